@@ -1,0 +1,127 @@
+"""Train, predict and cluster with Splink on whichever engine holds the standardised tables.
+
+Training follows the usual unsupervised recipe: the prior from deterministic rules, u by
+random sampling, m by expectation maximisation over several blocking rules so that every
+comparison is estimated at least once. Prediction keeps pairs above a low floor (for
+diagnostics and error-rate estimates); clustering runs at each of the three thresholds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from splink import Linker
+
+from linkage_models.project import ModelSpec, Thresholds, TrainingSpec
+from linkage_models.settings import blocking_rule, build_settings, exact_match_gamma
+
+# Pairs below this probability are not kept: they can never be accepted and only cost disk.
+PREDICTION_FLOOR = 0.01
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Physical table names (in the engine) of the blocked pairs and the kept predictions."""
+
+    blocked_pairs_table: str
+    table: str
+
+
+def make_linker(
+    db_api: Any,
+    input_tables: dict[str, str],
+    model: ModelSpec,
+    trained_model: dict[str, Any] | None = None,
+) -> Linker:
+    """Register each source's linkage input table with Splink and build a Linker.
+
+    With `trained_model` (a saved Splink model), its trained parameters are used as they are.
+    """
+    frames = [
+        db_api.register(table, table_name=f"splink_input_{source}")
+        for source, table in input_tables.items()
+    ]
+    settings: Any = trained_model if trained_model is not None else build_settings(model)
+    return Linker(frames, settings, log_level=logging.WARNING)
+
+
+def train(linker: Linker, training: TrainingSpec) -> dict[str, Any]:
+    """Estimate the prior, u and m; returns a summary for the model card."""
+    linker.training.estimate_probability_two_random_records_match(
+        [blocking_rule(r) for r in training.deterministic_rules],
+        recall=training.deterministic_rules_recall,
+    )
+    linker.training.estimate_u_using_random_sampling(
+        max_pairs=training.u_max_pairs, seed=training.seed
+    )
+    sessions = []
+    for rule in training.em_blocking_rules:
+        session = linker.training.estimate_parameters_using_expectation_maximisation(
+            blocking_rule(rule),
+            estimate_without_term_frequencies=True,
+            max_pairs=training.em_max_pairs,
+        )
+        sessions.append(
+            {
+                "blocking_rule": rule,
+                "iterations": len(getattr(session, "_lambda_history_records", []) or []),
+            }
+        )
+    settings = linker._settings_obj
+    return {
+        "probability_two_random_records_match": settings._probability_two_random_records_match,
+        "em_sessions": sessions,
+    }
+
+
+def predict(linker: Linker, floor: float = PREDICTION_FLOOR) -> Predictions:
+    """Score every blocked pair; keep those with match probability >= floor."""
+    blocked = linker.inference.compute_blocked_pairs_for_predict()
+    predictions = linker.inference.predict(threshold_match_probability=floor)
+    return Predictions(blocked_pairs_table=blocked.physical_name, table=predictions.physical_name)
+
+
+def probable_twins_condition(model: ModelSpec) -> str | None:
+    """SQL over a predictions row: same date of birth, both given names present and wholly
+    different (not equal, not a nickname, not similar, different initial).
+
+    Fellegi-Sunter assumes agreements are independent among non-matches; twins and siblings
+    born the same day break that (same surname, birth date and address), so such pairs score
+    as strong links. In administrative data a wholly different given name with an identical
+    date of birth is far more often a twin than a typing error, so these pairs are not linked.
+    """
+    if model.probable_twins_rule != "exclude":
+        return None
+    if "given_name" not in model.comparisons or "date_of_birth" not in model.comparisons:
+        return None
+    dob_exact = exact_match_gamma("date_of_birth", model.comparisons["date_of_birth"])
+    return f"(gamma_given_name = 0 AND gamma_date_of_birth = {dob_exact})"
+
+
+def apply_pair_rules(engine: Any, predictions_table: str, model: ModelSpec) -> tuple[str, int]:
+    """The predictions clustering may use, and how many pairs the twins rule removed."""
+    condition = probable_twins_condition(model)
+    if condition is None:
+        return predictions_table, 0
+    table = "pairs_for_clustering"
+    engine.create_table(table, f"SELECT * FROM {predictions_table} WHERE NOT {condition}")
+    return table, engine.count(predictions_table) - engine.count(table)
+
+
+def cluster_at_thresholds(
+    linker: Linker, predictions_table: str, thresholds: Thresholds
+) -> dict[str, str]:
+    """Connected components at each threshold; returns threshold name -> cluster table."""
+    db_api = linker._db_api
+    predictions = db_api.table_to_splink_dataframe("__joinedup_predictions", predictions_table)
+    tables = {}
+    for name, probability in thresholds.as_dict().items():
+        clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
+            predictions, threshold_match_probability=probability
+        )
+        tables[name] = clusters.physical_name
+    return tables

@@ -1,0 +1,191 @@
+"""Splink settings built from the linkage project: one standard comparison per primitive.
+
+The comparisons are designed for the error processes of administrative data: nicknames
+(alias arrays), people known by a middle name, swapped given/family names, hyphenated and
+partial surnames (token overlap), day/month swaps and typed-in digits in dates of birth,
+dates imputed as 1 January, and address moves (postcode sector/district/area levels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import splink.comparison_level_library as cll
+import splink.comparison_library as cl
+from splink import SettingsCreator, block_on
+from splink.internals.blocking_rule_creator import BlockingRuleCreator
+from splink.internals.comparison_creator import ComparisonCreator
+
+from linkage_models.project import BlockingRule, ComparisonSpec, ModelSpec
+
+# Columns Splink must carry through so outputs and diagnostics can use them.
+RETAINED_COLUMNS = ["given_name_aliases", "family_name_tokens", "dob_year", "dob_month", "dob_day"]
+
+
+def _jaro_winkler_levels(column: str, thresholds: list[float]) -> list[Any]:
+    return [cll.JaroWinklerLevel(column, t) for t in sorted(thresholds, reverse=True)]
+
+
+def given_name_comparison(spec: ComparisonSpec) -> ComparisonCreator:
+    return cl.CustomComparison(
+        output_column_name="given_name",
+        comparison_description="Given name, with nicknames and swapped names",
+        comparison_levels=[
+            cll.NullLevel("given_name"),
+            cll.ExactMatchLevel("given_name", spec.term_frequency_adjustments),
+            cll.CustomLevel(
+                "given_name_l = family_name_r AND family_name_l = given_name_r",
+                label_for_charts="Given and family names swapped",
+                base_dialect_str="duckdb",
+            ),
+            cll.ArrayIntersectLevel("given_name_aliases", 1).configure(
+                label_for_charts="Nickname of the same name"
+            ),
+            cll.CustomLevel(
+                "list_contains(string_split(coalesce(middle_names_r, ''), ' '), given_name_l) "
+                "OR list_contains(string_split(coalesce(middle_names_l, ''), ' '), given_name_r)",
+                label_for_charts="Known by a middle name",
+                base_dialect_str="duckdb",
+            ),
+            *_jaro_winkler_levels("given_name", spec.jaro_winkler_thresholds),
+            cll.CustomLevel(
+                "substr(given_name_l, 1, 1) = substr(given_name_r, 1, 1)",
+                label_for_charts="Same initial",
+                base_dialect_str="duckdb",
+            ),
+            cll.ElseLevel(),
+        ],
+    )
+
+
+def middle_names_comparison(spec: ComparisonSpec) -> ComparisonCreator:
+    return cl.CustomComparison(
+        output_column_name="middle_names",
+        comparison_description="Middle names",
+        comparison_levels=[
+            cll.NullLevel("middle_names"),
+            cll.ExactMatchLevel("middle_names", spec.term_frequency_adjustments),
+            cll.CustomLevel(
+                "substr(middle_names_l, 1, 1) = substr(middle_names_r, 1, 1)",
+                label_for_charts="Same initial",
+                base_dialect_str="duckdb",
+            ),
+            cll.ElseLevel(),
+        ],
+    )
+
+
+def family_name_comparison(spec: ComparisonSpec) -> ComparisonCreator:
+    return cl.CustomComparison(
+        output_column_name="family_name",
+        comparison_description="Family name, with hyphenated/partial names and sound-alikes",
+        comparison_levels=[
+            cll.NullLevel("family_name"),
+            cll.ExactMatchLevel("family_name", spec.term_frequency_adjustments),
+            *_jaro_winkler_levels("family_name", spec.jaro_winkler_thresholds[:1]),
+            cll.ArrayIntersectLevel("family_name_tokens", 1).configure(
+                label_for_charts="Shares a part of a multi-part name"
+            ),
+            *_jaro_winkler_levels("family_name", spec.jaro_winkler_thresholds[1:]),
+            cll.ExactMatchLevel("family_name_soundex").configure(
+                label_for_charts="Same Soundex code"
+            ),
+            cll.ElseLevel(),
+        ],
+    )
+
+
+def date_of_birth_comparison(spec: ComparisonSpec) -> ComparisonCreator:
+    return cl.CustomComparison(
+        output_column_name="date_of_birth",
+        comparison_description="Date of birth, with day/month swaps and typos",
+        comparison_levels=[
+            cll.NullLevel("date_of_birth"),
+            cll.ExactMatchLevel("date_of_birth", spec.term_frequency_adjustments),
+            cll.CustomLevel(
+                "dob_year_l = dob_year_r AND dob_month_l = dob_day_r AND dob_day_l = dob_month_r",
+                label_for_charts="Day and month swapped",
+                base_dialect_str="duckdb",
+            ),
+            cll.CustomLevel(
+                "levenshtein(CAST(date_of_birth_l AS VARCHAR), CAST(date_of_birth_r AS VARCHAR)) <= 1",
+                label_for_charts="One character different",
+                base_dialect_str="duckdb",
+            ),
+            cll.CustomLevel(
+                "dob_year_l = dob_year_r AND ((dob_month_l = 1 AND dob_day_l = 1) "
+                "OR (dob_month_r = 1 AND dob_day_r = 1))",
+                label_for_charts="Same year, one date imputed as 1 January",
+                base_dialect_str="duckdb",
+            ),
+            cll.CustomLevel(
+                "dob_year_l = dob_year_r AND dob_month_l = dob_month_r",
+                label_for_charts="Same year and month",
+                base_dialect_str="duckdb",
+            ),
+            cll.CustomLevel(
+                "dob_year_l = dob_year_r",
+                label_for_charts="Same year",
+                base_dialect_str="duckdb",
+            ),
+            cll.ElseLevel(),
+        ],
+    )
+
+
+def sex_comparison(spec: ComparisonSpec) -> ComparisonCreator:
+    return cl.ExactMatch("sex")
+
+
+def postcode_comparison(spec: ComparisonSpec) -> ComparisonCreator:
+    return cl.CustomComparison(
+        output_column_name="postcode",
+        comparison_description="Postcode, with sector, district and area",
+        comparison_levels=[
+            cll.NullLevel("postcode"),
+            cll.ExactMatchLevel("postcode", spec.term_frequency_adjustments),
+            cll.ExactMatchLevel("postcode_sector").configure(label_for_charts="Same sector"),
+            cll.ExactMatchLevel("postcode_district").configure(label_for_charts="Same district"),
+            cll.ExactMatchLevel("postcode_area").configure(label_for_charts="Same area"),
+            cll.ElseLevel(),
+        ],
+    )
+
+
+COMPARISON_BUILDERS = {
+    "given_name": given_name_comparison,
+    "middle_names": middle_names_comparison,
+    "family_name": family_name_comparison,
+    "date_of_birth": date_of_birth_comparison,
+    "sex": sex_comparison,
+    "postcode": postcode_comparison,
+}
+
+
+def exact_match_gamma(primitive: str, spec: ComparisonSpec) -> int:
+    """Splink's gamma value for a comparison's exact-match level (the first after null)."""
+    levels = COMPARISON_BUILDERS[primitive](spec).create_comparison_levels()
+    return len(levels) - 2
+
+
+def blocking_rule(rule: BlockingRule) -> BlockingRuleCreator | str:
+    """A list of columns is an equi-join; a string is a SQL condition over l. and r."""
+    if isinstance(rule, list):
+        return block_on(*rule)
+    return rule
+
+
+def build_settings(model: ModelSpec) -> SettingsCreator:
+    comparisons = [COMPARISON_BUILDERS[name](spec) for name, spec in model.comparisons.items()]
+    return SettingsCreator(
+        link_type=model.link_type,
+        unique_id_column_name="record_id",
+        source_dataset_column_name="source_dataset",
+        comparisons=comparisons,
+        blocking_rules_to_generate_predictions=[blocking_rule(r) for r in model.blocking_rules],
+        retain_matching_columns=True,
+        retain_intermediate_calculation_columns=False,
+        additional_columns_to_retain=RETAINED_COLUMNS,
+        max_iterations=25,
+        em_convergence=0.0001,
+    )

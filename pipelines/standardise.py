@@ -1,0 +1,297 @@
+"""Standardise identifying fields into the common data primitives, as SQL the engine runs.
+
+Every expression here is written once, in DuckDB's dialect, using only functions that have a
+direct Spark SQL counterpart (regexp_replace/regexp_extract, translate, try_strptime,
+string_split, list literals), so the Spark engine can transpile the same SQL with sqlglot.
+
+Output columns of `standardise_sql` (one row per input row):
+  _row_number, _delivery_file, source_dataset, record_id,
+  given_name, middle_names, family_name, date_of_birth, sex, postcode,
+  given_name_aliases, given_name_soundex, family_name_soundex, family_name_tokens,
+  dob_year, dob_month, dob_day, postcode_sector, postcode_district, postcode_area,
+  event_date, event_type, <declared attributes>,
+  dob_unparseable, dob_placeholder, dob_implausible, event_date_unparseable,
+  postcode_invalid, sex_unknown
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+from linkage_models.project import DEFAULT_PLACEHOLDERS, DateMapping, SourceSpec
+
+ACCENTED = "àáâãäåçèéêëìíîïñòóôõöøùúûüýÿÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝ"
+PLAIN = "aaaaaaceeeeiiiinoooooouuuuyyAAAAAACEEEEIIIINOOOOOOUUUUY"
+VALID_POSTCODE = "^[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}$"
+EARLIEST_PLAUSIBLE_DOB = "1890-01-01"
+NICKNAME_TABLE = "ref_nicknames"
+
+# The columns Splink sees: identical across sources (attributes and flags stay behind).
+LINKAGE_COLUMNS = (
+    "record_id", "source_dataset", "given_name", "middle_names", "family_name", "date_of_birth",
+    "sex", "postcode", "given_name_aliases", "given_name_soundex", "family_name_soundex",
+    "family_name_tokens", "dob_year", "dob_month", "dob_day", "postcode_sector",
+    "postcode_district", "postcode_area",
+)
+
+
+def lit(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier (source column names can be anything)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _in_list(values: list[str]) -> str:
+    return "(" + ", ".join(lit(v) for v in values) + ")"
+
+
+def _clean_placeholder(value: str) -> str:
+    """How `clean_name_sql` would render a placeholder: used to spot it after cleaning."""
+    v = re.sub(r"['’`]", "", value.lower())
+    v = re.sub(r"[^a-z\- ]", " ", v)
+    return re.sub(r"\s+", " ", v).strip(" -")
+
+
+NAME_PLACEHOLDERS = sorted({p for p in map(_clean_placeholder, DEFAULT_PLACEHOLDERS) if p})
+
+
+def clean_name_sql(expr: str, keep_comma: bool = False) -> str:
+    """Lower-case ASCII letters, single spaces, hyphens kept (joined), apostrophes dropped."""
+    allowed = "a-z\\- ," if keep_comma else "a-z\\- "
+    e = f"lower(translate({expr}, {lit(ACCENTED)}, {lit(PLAIN)}))"
+    e = f"regexp_replace({e}, '[''’`]', '', 'g')"
+    e = f"regexp_replace({e}, '[^{allowed}]', ' ', 'g')"
+    e = f"regexp_replace({e}, '\\s*-\\s*', '-', 'g')"
+    e = f"regexp_replace({e}, '\\s+', ' ', 'g')"
+    return f"nullif(trim({e}, ' -'), '')"
+
+
+def name_part_sql(expr: str) -> str:
+    """A split name part: placeholders become NULL; hyphens become spaces for matching."""
+    part = f"nullif(trim({expr}, ' -'), '')"
+    return (
+        f"CASE WHEN {part} IN {_in_list(NAME_PLACEHOLDERS)} THEN NULL "
+        f"ELSE nullif(replace({part}, '-', ' '), '') END"
+    )
+
+
+def first_word_sql(expr: str) -> str:
+    return f"nullif(regexp_extract({expr}, '^(\\S+)', 1), '')"
+
+
+def after_first_word_sql(expr: str) -> str:
+    return f"nullif(regexp_extract({expr}, '^\\S+\\s+(.*)$', 1), '')"
+
+
+def last_word_sql(expr: str) -> str:
+    return f"nullif(regexp_extract({expr}, '(\\S+)$', 1), '')"
+
+
+def between_first_and_last_sql(expr: str) -> str:
+    return f"nullif(regexp_extract({expr}, '^\\S+\\s+(.*)\\s+\\S+$', 1), '')"
+
+
+def parse_date_sql(text_expr: str, formats: list[str]) -> str:
+    """First declared format that parses, as a DATE; NULL when none does."""
+    attempts = ", ".join(f"try_strptime({text_expr}, {lit(fmt)})" for fmt in formats)
+    return f"CAST(coalesce({attempts}) AS DATE)"
+
+
+def date_text_sql(column: str) -> str:
+    """Trimmed text of a date column; placeholders ('UNKNOWN', 'N/A'...) become NULL."""
+    text = f"nullif(trim(CAST({ident(column)} AS VARCHAR)), '')"
+    return f"CASE WHEN upper({text}) IN {_in_list(DEFAULT_PLACEHOLDERS)} THEN NULL ELSE {text} END"
+
+
+def sex_sql(column: str, male: list[str], female: list[str]) -> str:
+    code = f"upper(trim(CAST({ident(column)} AS VARCHAR)))"
+    return (
+        f"CASE WHEN {code} IN {_in_list([c.upper() for c in male])} THEN 'M' "
+        f"WHEN {code} IN {_in_list([c.upper() for c in female])} THEN 'F' END"
+    )
+
+
+def postcode_compact_sql(column: str) -> str:
+    return f"nullif(upper(regexp_replace(CAST({ident(column)} AS VARCHAR), '[^A-Za-z0-9]', '', 'g')), '')"
+
+
+def soundex_sql(name_expr: str) -> str:
+    """American Soundex of a cleaned name, as pure SQL (H/W do not separate equal codes)."""
+    s = f"upper(regexp_replace({name_expr}, '[^a-zA-Z]', '', 'g'))"
+    coded = f"translate({s}, 'AEIOUYBFPVCGJKQSXZDTLMNRHW', '000000111122222222334556')"
+    for digit in "123456":
+        coded = f"regexp_replace({coded}, '{digit}+', '{digit}', 'g')"
+    first = f"left({s}, 1)"
+    tail = f"CASE WHEN {first} IN ('H', 'W') THEN {coded} ELSE substr({coded}, 2) END"
+    return (
+        f"CASE WHEN {s} = '' OR {s} IS NULL THEN NULL "
+        f"ELSE {first} || rpad(replace({tail}, '0', ''), 3, '0') END"
+    )
+
+
+def load_reference_tables_sql() -> list[str]:
+    """Statements that register the nickname table the standardisation joins to."""
+    path = resources.files("pipelines").joinpath("reference_data", "nicknames.csv")
+    return [
+        f"CREATE OR REPLACE TABLE {NICKNAME_TABLE} AS "
+        f"SELECT variant, list(canonical ORDER BY canonical) AS canonicals "
+        f"FROM read_csv({lit(str(path))}, header=true, all_varchar=true) GROUP BY variant"
+    ]
+
+
+def _name_parts(source: SourceSpec) -> tuple[str, str, str]:
+    """SQL for (given, middle, family) cleaned text, before placeholder handling."""
+    ids = source.identifiers
+    if ids.full_name is not None:
+        full = clean_name_sql(ident(ids.full_name.column), keep_comma=True)
+        rest = f"trim(regexp_extract({full}, ',(.*)$', 1))"
+        surname_first = (
+            first_word_sql(rest),
+            after_first_word_sql(rest),
+            f"nullif(trim(regexp_extract({full}, '^([^,]*),', 1)), '')",
+        )
+        plain = f"replace({full}, ',', ' ')"
+        forename_first = (
+            f"CASE WHEN {plain} LIKE '% %' THEN {first_word_sql(plain)} END",
+            between_first_and_last_sql(plain),
+            last_word_sql(plain),
+        )
+        if ids.full_name.order == "surname_first":
+            return surname_first
+        if ids.full_name.order == "forename_first":
+            return forename_first
+        has_comma = f"strpos({full}, ',') > 0"
+        return tuple(  # type: ignore[return-value]
+            f"CASE WHEN {has_comma} THEN {a} ELSE {b} END"
+            for a, b in zip(surname_first, forename_first, strict=True)
+        )
+    given = middle = family = "CAST(NULL AS VARCHAR)"
+    if ids.given_name is not None:
+        g = clean_name_sql(ident(ids.given_name.column))
+        if ids.given_name.includes_middle_names:
+            given, middle = first_word_sql(g), after_first_word_sql(g)
+        else:
+            given = g
+    if ids.middle_names is not None:
+        middle = clean_name_sql(ident(ids.middle_names.column))
+    if ids.family_name is not None:
+        family = clean_name_sql(ident(ids.family_name.column))
+    return given, middle, family
+
+
+def _date_columns(prefix: str, mapping: DateMapping | None) -> dict[str, str]:
+    """text, parsed, and flags for one date column, as name -> SQL (within `base`)."""
+    if mapping is None:
+        return {f"{prefix}_text": "CAST(NULL AS VARCHAR)", f"{prefix}_parsed": "CAST(NULL AS DATE)"}
+    text = date_text_sql(mapping.column)
+    return {f"{prefix}_text": text, f"{prefix}_parsed": parse_date_sql(text, mapping.formats)}
+
+
+def standardise_sql(source: SourceSpec, raw_table: str) -> str:
+    """SELECT that turns a raw (all-text) extract into the standardised primitives."""
+    ids = source.identifiers
+    given, middle, family = _name_parts(source)
+    dob = _date_columns("dob", ids.date_of_birth)
+    event = _date_columns("event", source.event.date if source.event else None)
+    placeholder_dates = ids.date_of_birth.placeholder_dates if ids.date_of_birth else []
+    placeholder_list = ", ".join(f"DATE {lit(d)}" for d in placeholder_dates) or "NULL"
+    sex = (
+        sex_sql(ids.sex.column, ids.sex.male_codes, ids.sex.female_codes)
+        if ids.sex
+        else "CAST(NULL AS VARCHAR)"
+    )
+    sex_present = (
+        f"nullif(trim(CAST({ident(ids.sex.column)} AS VARCHAR)), '') IS NOT NULL"
+        if ids.sex
+        else "false"
+    )
+    postcode = postcode_compact_sql(ids.postcode.column) if ids.postcode else "CAST(NULL AS VARCHAR)"
+    attributes = "".join(
+        f",\n    CAST({ident(a)} AS VARCHAR) AS {ident(a)}" for a in source.attributes
+    )
+    attribute_refs = "".join(f",\n  c.{ident(a)}" for a in source.attributes)
+    event_type = lit(source.event.type) if source.event else "CAST(NULL AS VARCHAR)"
+
+    return f"""
+WITH base AS (
+  SELECT
+    _row_number,
+    _delivery_file,
+    {lit(source.name)} AS source_dataset,
+    nullif(trim(CAST({ident(source.record_id)} AS VARCHAR)), '') AS record_id,
+    {given} AS given_text,
+    {middle} AS middle_text,
+    {family} AS family_text,
+    {dob['dob_text']} AS dob_text,
+    {dob['dob_parsed']} AS dob_parsed,
+    {event['event_text']} AS event_text,
+    {event['event_parsed']} AS event_parsed,
+    {sex} AS sex,
+    {sex_present} AS sex_present,
+    {postcode} AS postcode_compact{attributes}
+  FROM {raw_table}
+),
+cleaned AS (
+  SELECT
+    *,
+    {name_part_sql('given_text')} AS given_name,
+    {name_part_sql('middle_text')} AS middle_names,
+    {name_part_sql('family_text')} AS family_name,
+    CASE
+      WHEN dob_parsed IN ({placeholder_list}) THEN NULL
+      WHEN dob_parsed < DATE '{EARLIEST_PLAUSIBLE_DOB}' OR dob_parsed > current_date THEN NULL
+      ELSE dob_parsed
+    END AS date_of_birth,
+    CASE WHEN regexp_matches(postcode_compact, '{VALID_POSTCODE}')
+      THEN left(postcode_compact, length(postcode_compact) - 3) || ' ' || right(postcode_compact, 3)
+    END AS postcode
+  FROM base
+)
+SELECT
+  c._row_number,
+  c._delivery_file,
+  c.source_dataset,
+  c.record_id,
+  c.given_name,
+  c.middle_names,
+  c.family_name,
+  c.date_of_birth,
+  c.sex,
+  c.postcode,
+  CASE WHEN c.given_name IS NOT NULL
+    THEN list_distinct(list_concat([c.given_name], coalesce(n.canonicals, [])))
+  END AS given_name_aliases,
+  {soundex_sql('c.given_name')} AS given_name_soundex,
+  {soundex_sql('c.family_name')} AS family_name_soundex,
+  CASE WHEN c.family_name IS NOT NULL THEN string_split(c.family_name, ' ') END
+    AS family_name_tokens,
+  year(c.date_of_birth) AS dob_year,
+  month(c.date_of_birth) AS dob_month,
+  day(c.date_of_birth) AS dob_day,
+  left(c.postcode, length(c.postcode) - 2) AS postcode_sector,
+  CASE WHEN c.postcode IS NOT NULL THEN left(c.postcode_compact, length(c.postcode_compact) - 3)
+    END AS postcode_district,
+  CASE WHEN c.postcode IS NOT NULL THEN regexp_extract(c.postcode_compact, '^([A-Z]{{1,2}})', 1)
+    END AS postcode_area,
+  c.event_parsed AS event_date,
+  {event_type} AS event_type{attribute_refs},
+  (c.dob_text IS NOT NULL AND c.dob_parsed IS NULL) AS dob_unparseable,
+  (c.dob_parsed IN ({placeholder_list})) IS TRUE AS dob_placeholder,
+  (c.dob_parsed IS NOT NULL AND c.date_of_birth IS NULL
+    AND NOT (c.dob_parsed IN ({placeholder_list})) IS TRUE) AS dob_implausible,
+  (c.event_text IS NOT NULL AND c.event_parsed IS NULL) AS event_date_unparseable,
+  (c.postcode_compact IS NOT NULL AND c.postcode IS NULL) AS postcode_invalid,
+  (c.sex_present AND c.sex IS NULL) AS sex_unknown
+FROM cleaned c
+LEFT JOIN {NICKNAME_TABLE} n ON n.variant = c.given_name
+"""
+
+
+def linkage_input_sql(accepted_table: str) -> str:
+    """The accepted rows projected onto the columns every source shares for linkage."""
+    return f"SELECT {', '.join(LINKAGE_COLUMNS)} FROM {accepted_table}"
