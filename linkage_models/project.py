@@ -34,8 +34,26 @@ STANDARD_COLUMNS = (
 )
 
 DEFAULT_PLACEHOLDERS = [
-    "UNKNOWN", "UNK", "NOT KNOWN", "NOT STATED", "NOT GIVEN", "N/A", "NA", "N.A.", "NONE",
-    "NULL", "NIL", "-", "?", "XXX", "ZZZ", "TBC", "REFUSED", "NO NAME", "NFA", "NO FIXED ABODE",
+    "UNKNOWN",
+    "UNK",
+    "NOT KNOWN",
+    "NOT STATED",
+    "NOT GIVEN",
+    "N/A",
+    "NA",
+    "N.A.",
+    "NONE",
+    "NULL",
+    "NIL",
+    "-",
+    "?",
+    "XXX",
+    "ZZZ",
+    "TBC",
+    "REFUSED",
+    "NO NAME",
+    "NFA",
+    "NO FIXED ABODE",
 ]
 DEFAULT_PLACEHOLDER_DATES = ["1900-01-01", "1901-01-01", "1800-01-01", "1899-12-31", "1753-01-01"]
 
@@ -102,8 +120,14 @@ class Identifiers(_Strict):
     postcode: ColumnMapping | None = None
 
     _shorthand = field_validator(
-        "full_name", "given_name", "middle_names", "family_name", "date_of_birth", "sex",
-        "postcode", mode="before",
+        "full_name",
+        "given_name",
+        "middle_names",
+        "family_name",
+        "date_of_birth",
+        "sex",
+        "postcode",
+        mode="before",
     )(_column_shorthand)
 
     @model_validator(mode="after")
@@ -113,7 +137,8 @@ class Identifiers(_Strict):
                 "declare either full_name or given_name/middle_names/family_name, not both"
             )
         usable = [
-            p for p in ("full_name", "given_name", "family_name", "date_of_birth", "postcode")
+            p
+            for p in ("full_name", "given_name", "family_name", "date_of_birth", "postcode")
             if getattr(self, p) is not None
         ]
         if len(usable) < 2:
@@ -141,6 +166,8 @@ class EventMapping(_Strict):
 
 class CsvOptions(_Strict):
     delimiter: str = Field(default=",", min_length=1, max_length=1)
+    # Declared, never sniffed: an apostrophe in O'Brien must not be taken for a quote.
+    quote: str = Field(default='"', min_length=1, max_length=1)
     encoding: Literal["utf-8", "latin-1", "utf-16"] = "utf-8"
 
 
@@ -320,7 +347,9 @@ def _format_location(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
 def parse_project(raw: Any, origin: str) -> LinkageProject:
     """Validate a parsed YAML document; errors name `origin`, the key path and the fix."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{origin}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     try:
         return LinkageProject.model_validate(raw)
     except ValidationError as exc:

@@ -106,7 +106,7 @@ def model_card_markdown(
         f"- Training data fingerprint: `{entry.training_data_fingerprint}`",
         f"- Prior probability two random records match: {prior:.3e} "
         f"(match weight {math.log2(prior / (1 - prior)):+.2f})",
-        f"- Clustering thresholds (match probability): "
+        "- Clustering thresholds (match probability): "
         + ", ".join(f"{k} {v}" for k, v in thresholds.items()),
         f"- Probable-twins rule: {probable_twins_rule} (pairs with the same date of birth and "
         "wholly different given names are not linked)",
@@ -124,8 +124,13 @@ def model_card_markdown(
             lines.append(f"- `{s['blocking_rule']}`")
     else:
         lines.append("This run reused an earlier version; no training was done.")
-    lines += ["", "## Parameters", "", "| comparison | level | m | u | match weight |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Parameters",
+        "",
+        "| comparison | level | m | u | match weight |",
+        "|---|---|---|---|---|",
+    ]
     for comp in model.get("comparisons", []):
         for level in comp.get("comparison_levels", []):
             if level.get("is_null_level"):

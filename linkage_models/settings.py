@@ -108,7 +108,8 @@ def date_of_birth_comparison(spec: ComparisonSpec) -> ComparisonCreator:
                 base_dialect_str="duckdb",
             ),
             cll.CustomLevel(
-                "levenshtein(CAST(date_of_birth_l AS VARCHAR), CAST(date_of_birth_r AS VARCHAR)) <= 1",
+                "levenshtein(CAST(date_of_birth_l AS VARCHAR), "
+                "CAST(date_of_birth_r AS VARCHAR)) <= 1",
                 label_for_charts="One character different",
                 base_dialect_str="duckdb",
             ),

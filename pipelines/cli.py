@@ -61,14 +61,21 @@ def _print_summary(result: RunResult) -> None:
     rec = m["reconciliation"]
     table = Table("source", "rows in", "linked", "quarantined", title="Reconciliation")
     for name, r in rec["by_source"].items():
-        table.add_row(name, f"{r['rows_in']:,}", f"{r['rows_accepted']:,}", f"{r['rows_quarantined']:,}")
+        table.add_row(
+            name, f"{r['rows_in']:,}", f"{r['rows_accepted']:,}", f"{r['rows_quarantined']:,}"
+        )
     table.add_row(
-        "[bold]all[/]", f"{rec['rows_in']:,}", f"{rec['rows_linked']:,}", f"{rec['rows_quarantined']:,}"
+        "[bold]all[/]",
+        f"{rec['rows_in']:,}",
+        f"{rec['rows_linked']:,}",
+        f"{rec['rows_quarantined']:,}",
     )
     console.print(table)
     links = Table("threshold", "match probability", "links", "persons", title="Links")
     for name, counts in m["links"].items():
-        links.add_row(name, str(m["thresholds"][name]), f"{counts['links']:,}", f"{counts['persons']:,}")
+        links.add_row(
+            name, str(m["thresholds"][name]), f"{counts['links']:,}", f"{counts['persons']:,}"
+        )
     console.print(links)
     if m.get("measured_accuracy"):
         acc = Table("threshold", "precision", "recall", "F1", title="Measured against ground truth")
@@ -101,8 +108,12 @@ def run(
     """Validate, standardise, link and publish one linkage project."""
     try:
         result = _run_with_progress(
-            config, data_dir, out,
-            engine_name=engine, model_version=model_version, ground_truth=ground_truth,
+            config,
+            data_dir,
+            out,
+            engine_name=engine,
+            model_version=model_version,
+            ground_truth=ground_truth,
         )
     except STRUCTURAL_ERRORS as exc:
         _fail(exc)

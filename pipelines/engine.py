@@ -75,9 +75,7 @@ class DuckDBEngine:
 
     def write_parquet(self, select_sql: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.con.execute(
-            f"COPY ({select_sql}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)"
-        )
+        self.con.execute(f"COPY ({select_sql}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
 
     def splink_api(self) -> Any:
         from splink import DuckDBAPI

@@ -60,10 +60,10 @@ def delivery_files(source: SourceSpec, pattern: str) -> list[str]:
 
 def _reader_sql(source: SourceSpec, path: str) -> str:
     if source.format == "csv":
-        enc = source.csv.encoding
+        opts = source.csv
         return (
-            f"read_csv({lit(path)}, header=true, all_varchar=true, delim={lit(source.csv.delimiter)}, "
-            f"encoding={lit(enc)}, strict_mode=false, null_padding=true)"
+            f"read_csv({lit(path)}, header=true, all_varchar=true, delim={lit(opts.delimiter)}, "
+            f"quote={lit(opts.quote)}, escape={lit(opts.quote)}, encoding={lit(opts.encoding)})"
         )
     return f"read_parquet({lit(path)})"
 
@@ -92,14 +92,16 @@ def ingest_source(engine: Engine, source: SourceSpec, pattern: str) -> IngestedS
     selects = []
     for path in files:
         _check_columns(engine, source, path)
-        cols = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in source.mapped_columns())
-        selects.append(f"SELECT {cols}, {lit(path)} AS _delivery_file FROM {_reader_sql(source, path)}")
+        cols = ", ".join(
+            f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in source.mapped_columns()
+        )
+        selects.append(
+            f"SELECT {cols}, {lit(path)} AS _delivery_file FROM {_reader_sql(source, path)}"
+        )
     table = f"raw_{source.name}"
     union = "\nUNION ALL\n".join(selects)
     try:
-        engine.create_table(
-            table, f"SELECT *, row_number() OVER () AS _row_number FROM ({union})"
-        )
+        engine.create_table(table, f"SELECT *, row_number() OVER () AS _row_number FROM ({union})")
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise SourceError(f"source '{source.name}': failed to read {files}: {first_line}") from None

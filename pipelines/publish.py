@@ -41,9 +41,9 @@ def person_lookup_sql(cluster_tables: dict[str, str], key: str, snapshot: date) 
     return f"""
 SELECT b.source_dataset,
        b.record_id AS source_record_id,
-       {_person_id_sql('b.cluster_id', key)} AS person_id,
-       {_person_id_sql('hp.cluster_id', key)} AS person_id_high_precision,
-       {_person_id_sql('hr.cluster_id', key)} AS person_id_high_recall,
+       {_person_id_sql("b.cluster_id", key)} AS person_id,
+       {_person_id_sql("hp.cluster_id", key)} AS person_id_high_precision,
+       {_person_id_sql("hr.cluster_id", key)} AS person_id_high_recall,
        DATE {lit(snapshot.isoformat())} AS linking_snapshot_date
 FROM {b} b
 JOIN {hp} hp ON hp.source_dataset = b.source_dataset AND hp.record_id = b.record_id
@@ -58,7 +58,9 @@ def events_sql(project: LinkageProject, lookup_table: str, accepted_tables: dict
     parts = []
     for source in project.sources:
         attrs = "".join(
-            f", a.{ident(col)}" if col in source.attributes else f", CAST(NULL AS VARCHAR) AS {ident(col)}"
+            f", a.{ident(col)}"
+            if col in source.attributes
+            else f", CAST(NULL AS VARCHAR) AS {ident(col)}"
             for col in all_attributes
         )
         parts.append(
@@ -67,7 +69,10 @@ def events_sql(project: LinkageProject, lookup_table: str, accepted_tables: dict
 FROM {accepted_tables[source.name]} a
 JOIN {lookup_table} l ON l.source_dataset = a.source_dataset AND l.source_record_id = a.record_id"""
         )
-    return "\nUNION ALL\n".join(parts) + "\nORDER BY person_id, event_date, source_dataset, source_record_id"
+    return (
+        "\nUNION ALL\n".join(parts)
+        + "\nORDER BY person_id, event_date, source_dataset, source_record_id"
+    )
 
 
 def publish_linked_dataset(

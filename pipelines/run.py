@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,11 @@ def _run(
                 trained, config_hash=project.config_hash, training_data_fingerprint=fingerprint
             )
         card = model_card_markdown(
-            spec.project, entry, trained, spec.model.thresholds.as_dict(), training_summary,
+            spec.project,
+            entry,
+            trained,
+            spec.model.thresholds.as_dict(),
+            training_summary,
             spec.model.probable_twins_rule,
         )
         (out / "model" / "model_card.md").write_text(card)
@@ -165,7 +169,9 @@ def _run(
         pairs_kept = engine.count(predictions.table)
         pairs_table, twins_removed = linkage.apply_pair_rules(engine, predictions.table, spec.model)
         # A stable name for diagnostics; Splink's own table name changes run to run.
-        engine.execute(f"CREATE OR REPLACE VIEW pairwise_predictions AS SELECT * FROM {predictions.table}")
+        engine.execute(
+            f"CREATE OR REPLACE VIEW pairwise_predictions AS SELECT * FROM {predictions.table}"
+        )
 
     with timer.stage("cluster"):
         clusters = linkage.cluster_at_thresholds(linker, pairs_table, spec.model.thresholds)

@@ -29,10 +29,24 @@ NICKNAME_TABLE = "ref_nicknames"
 
 # The columns Splink sees: identical across sources (attributes and flags stay behind).
 LINKAGE_COLUMNS = (
-    "record_id", "source_dataset", "given_name", "middle_names", "family_name", "date_of_birth",
-    "sex", "postcode", "given_name_aliases", "given_name_soundex", "family_name_soundex",
-    "family_name_tokens", "dob_year", "dob_month", "dob_day", "postcode_sector",
-    "postcode_district", "postcode_area",
+    "record_id",
+    "source_dataset",
+    "given_name",
+    "middle_names",
+    "family_name",
+    "date_of_birth",
+    "sex",
+    "postcode",
+    "given_name_aliases",
+    "given_name_soundex",
+    "family_name_soundex",
+    "family_name_tokens",
+    "dob_year",
+    "dob_month",
+    "dob_day",
+    "postcode_sector",
+    "postcode_district",
+    "postcode_area",
 )
 
 
@@ -61,9 +75,14 @@ NAME_PLACEHOLDERS = sorted({p for p in map(_clean_placeholder, DEFAULT_PLACEHOLD
 
 
 def clean_name_sql(expr: str, keep_comma: bool = False) -> str:
-    """Lower-case ASCII letters, single spaces, hyphens kept (joined), apostrophes dropped."""
+    """Lower-case ASCII letters, single spaces, hyphens kept (joined), apostrophes dropped.
+
+    A whole field that is a placeholder ("N/A", "UNKNOWN") is missing before any splitting.
+    """
     allowed = "a-z\\- ," if keep_comma else "a-z\\- "
-    e = f"lower(translate({expr}, {lit(ACCENTED)}, {lit(PLAIN)}))"
+    placeholder = f"upper(trim({expr})) IN {_in_list(DEFAULT_PLACEHOLDERS)}"
+    whole = f"CASE WHEN {placeholder} THEN NULL ELSE {expr} END"
+    e = f"lower(translate({whole}, {lit(ACCENTED)}, {lit(PLAIN)}))"
     e = f"regexp_replace({e}, '[''’`]', '', 'g')"
     e = f"regexp_replace({e}, '[^{allowed}]', ' ', 'g')"
     e = f"regexp_replace({e}, '\\s*-\\s*', '-', 'g')"
@@ -117,7 +136,8 @@ def sex_sql(column: str, male: list[str], female: list[str]) -> str:
 
 
 def postcode_compact_sql(column: str) -> str:
-    return f"nullif(upper(regexp_replace(CAST({ident(column)} AS VARCHAR), '[^A-Za-z0-9]', '', 'g')), '')"
+    alphanumeric = f"regexp_replace(CAST({ident(column)} AS VARCHAR), '[^A-Za-z0-9]', '', 'g')"
+    return f"nullif(upper({alphanumeric}), '')"
 
 
 def soundex_sql(name_expr: str) -> str:
@@ -210,7 +230,9 @@ def standardise_sql(source: SourceSpec, raw_table: str) -> str:
         if ids.sex
         else "false"
     )
-    postcode = postcode_compact_sql(ids.postcode.column) if ids.postcode else "CAST(NULL AS VARCHAR)"
+    postcode = (
+        postcode_compact_sql(ids.postcode.column) if ids.postcode else "CAST(NULL AS VARCHAR)"
+    )
     attributes = "".join(
         f",\n    CAST({ident(a)} AS VARCHAR) AS {ident(a)}" for a in source.attributes
     )
@@ -227,10 +249,10 @@ WITH base AS (
     {given} AS given_text,
     {middle} AS middle_text,
     {family} AS family_text,
-    {dob['dob_text']} AS dob_text,
-    {dob['dob_parsed']} AS dob_parsed,
-    {event['event_text']} AS event_text,
-    {event['event_parsed']} AS event_parsed,
+    {dob["dob_text"]} AS dob_text,
+    {dob["dob_parsed"]} AS dob_parsed,
+    {event["event_text"]} AS event_text,
+    {event["event_parsed"]} AS event_parsed,
     {sex} AS sex,
     {sex_present} AS sex_present,
     {postcode} AS postcode_compact{attributes}
@@ -239,9 +261,9 @@ WITH base AS (
 cleaned AS (
   SELECT
     *,
-    {name_part_sql('given_text')} AS given_name,
-    {name_part_sql('middle_text')} AS middle_names,
-    {name_part_sql('family_text')} AS family_name,
+    {name_part_sql("given_text")} AS given_name,
+    {name_part_sql("middle_text")} AS middle_names,
+    {name_part_sql("family_text")} AS family_name,
     CASE
       WHEN dob_parsed IN ({placeholder_list}) THEN NULL
       WHEN dob_parsed < DATE '{EARLIEST_PLAUSIBLE_DOB}' OR dob_parsed > current_date THEN NULL
@@ -266,8 +288,8 @@ SELECT
   CASE WHEN c.given_name IS NOT NULL
     THEN list_distinct(list_concat([c.given_name], coalesce(n.canonicals, [])))
   END AS given_name_aliases,
-  {soundex_sql('c.given_name')} AS given_name_soundex,
-  {soundex_sql('c.family_name')} AS family_name_soundex,
+  {soundex_sql("c.given_name")} AS given_name_soundex,
+  {soundex_sql("c.family_name")} AS family_name_soundex,
   CASE WHEN c.family_name IS NOT NULL THEN string_split(c.family_name, ' ') END
     AS family_name_tokens,
   year(c.date_of_birth) AS dob_year,

@@ -53,10 +53,10 @@ def pairwise_cluster_metrics(
         true_ AS (SELECT count(*) AS n FROM j GROUP BY t),
         all_true AS (SELECT count(*) AS n FROM {truth} GROUP BY true_person_id)
         SELECT (SELECT count(*) FROM j),
-               (SELECT {_pairs('n')} FROM true_),
-               (SELECT {_pairs('n')} FROM pred),
-               (SELECT {_pairs('n')} FROM both_),
-               (SELECT {_pairs('n')} FROM all_true)
+               (SELECT {_pairs("n")} FROM true_),
+               (SELECT {_pairs("n")} FROM pred),
+               (SELECT {_pairs("n")} FROM both_),
+               (SELECT {_pairs("n")} FROM all_true)
         """
     )[0]
     records, true_pairs, predicted, tp, all_true_pairs = (int(v) for v in row)

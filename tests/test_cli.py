@@ -1,0 +1,37 @@
+"""The command line a platform engineer uses: clear errors, no stack traces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+
+runner = CliRunner()
+
+
+def test_invalid_config_exits_with_the_key_and_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("project: x\nsources: []\n")
+    result = runner.invoke(app, ["run", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.yaml" in result.output and "sources" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_source_file_is_named(tmp_path: Path) -> None:
+    from .conftest import DEMO_CONFIG
+
+    result = runner.invoke(
+        app, ["run", str(DEMO_CONFIG), "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2
+    assert "source 'magistrates_courts': no file found" in result.output
+
+
+def test_generate_writes_extracts_and_ground_truth(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["generate", "--out", str(tmp_path), "--people", "200"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ground_truth.parquet").exists()
+    assert (tmp_path / "magistrates_courts.csv").exists()

@@ -1,0 +1,226 @@
+"""End to end on DuckDB: the output contract, privacy, reconciliation, registry, accuracy."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from linkage_models.project import load_project
+from linkage_models.registry import ModelRegistry
+from pipelines.run import RunResult, run_project
+from pipelines.synthetic import GeneratedData
+
+from .conftest import DEMO_CONFIG
+
+pytestmark = pytest.mark.slow
+
+
+def test_outputs_follow_the_contract(small_run: RunResult) -> None:
+    out = small_run.output_dir
+    lookup = pd.read_parquet(out / "linked" / "person_lookup.parquet")
+    assert list(lookup.columns) == [
+        "source_dataset",
+        "source_record_id",
+        "person_id",
+        "person_id_high_precision",
+        "person_id_high_recall",
+        "linking_snapshot_date",
+    ]
+    assert not lookup.duplicated(["source_dataset", "source_record_id"]).any()
+    events = pd.read_parquet(out / "linked" / "events.parquet")
+    assert list(events.columns[:5]) == [
+        "person_id",
+        "source_dataset",
+        "source_record_id",
+        "event_date",
+        "event_type",
+    ]
+    assert {"offence_group", "benefit_type", "sen_provision"} <= set(events.columns)
+    assert len(events) == len(lookup)
+    assert events.event_date.notna().mean() > 0.99
+    for name in ("magistrates_courts", "prisons", "probation", "pupils", "benefits"):
+        assert (out / "quarantine" / f"{name}.parquet").exists()
+    assert list((out / "model").glob("model_v*.json"))
+    assert "## Parameters" in (out / "model" / "model_card.md").read_text()
+
+
+def test_person_ids_are_pseudonymous_and_nest_across_thresholds(small_run: RunResult) -> None:
+    lookup = pd.read_parquet(small_run.output_dir / "linked" / "person_lookup.parquet")
+    assert lookup.person_id.str.fullmatch(r"P[0-9a-f]{16}").all()
+    ids = set(lookup.source_record_id)
+    assert not any(pid[1:] in ids for pid in lookup.person_id)
+    # Stricter thresholds only split persons: each high-precision person sits inside one
+    # balanced person, and each balanced person inside one high-recall person.
+    assert lookup.groupby("person_id_high_precision").person_id.nunique().max() == 1
+    assert lookup.groupby("person_id").person_id_high_recall.nunique().max() == 1
+    assert (
+        lookup.person_id_high_precision.nunique()
+        >= lookup.person_id.nunique()
+        >= lookup.person_id_high_recall.nunique()
+    )
+
+
+def test_no_identifiers_in_published_outputs(
+    small_run: RunResult, small_data: GeneratedData
+) -> None:
+    extracts = {
+        name: (
+            pd.read_parquet(p)
+            if p.suffix == ".parquet"
+            else pd.read_csv(p, sep=";" if name == "benefits" else ",", dtype=str)
+        )
+        for name, p in small_data.files.items()
+    }
+    name_and_postcode_columns = {
+        "magistrates_courts": ["defendant_name", "home_postcode"],
+        "prisons": ["first_name", "middle_name", "last_name", "postcode"],
+        "probation": ["full_name", "postcode"],
+        "pupils": ["forename", "surname", "postcode"],
+        "benefits": ["claimant_forenames", "claimant_surname", "postcode"],
+    }
+    identifiers = set()
+    for name, cols in name_and_postcode_columns.items():
+        for col in cols:
+            values = extracts[name][col].dropna().astype(str).str.strip().str.lower()
+            identifiers |= {v for v in values if len(v) > 3}
+            identifiers |= {w for v in values for w in v.replace(",", " ").split() if len(w) > 3}
+    forbidden_columns = re.compile(r"name|birth|dob|postcode|sex|gender", re.IGNORECASE)
+    for path in (small_run.output_dir / "linked").glob("*.parquet"):
+        table = pd.read_parquet(path)
+        assert not [c for c in table.columns if forbidden_columns.search(c)], path
+        published = {str(v).lower() for col in table.columns for v in table[col].dropna()}
+        assert not (published & identifiers), f"names or postcodes leaked into {path.name}"
+    # No published date is a record's date of birth (event dates are genuine events).
+    events = pd.read_parquet(small_run.output_dir / "linked" / "events.parquet")
+    pupils = extracts["pupils"][["pupil_matching_ref", "date_of_birth"]]
+    joined = events.merge(pupils, left_on="source_record_id", right_on="pupil_matching_ref")
+    assert len(joined) > 0
+    assert (pd.to_datetime(joined.event_date) == pd.to_datetime(joined.date_of_birth)).mean() < 0.01
+
+
+def test_every_row_reconciles(small_run: RunResult, small_data: GeneratedData) -> None:
+    manifest = json.loads(small_run.manifest_path.read_text())
+    rec = manifest["reconciliation"]
+    assert rec["reconciles"]
+    assert rec["rows_in"] == sum(small_data.records.values())
+    assert rec["rows_in"] == rec["rows_linked"] + rec["rows_quarantined"]
+    for name, counts in rec["by_source"].items():
+        quarantined = pd.read_parquet(counts["quarantine_file"])
+        assert len(quarantined) == counts["rows_quarantined"], name
+        assert counts["rows_in"] == counts["rows_accepted"] + counts["rows_quarantined"]
+    # The generator re-delivers some rows: those must be quarantined as duplicates.
+    assert (
+        sum(
+            c["quarantined_by_reason"].get("duplicate record id", 0)
+            for c in rec["by_source"].values()
+        )
+        > 0
+    )
+
+
+def test_manifest_describes_the_run(small_run: RunResult) -> None:
+    m = small_run.manifest
+    assert m["engine"] == "duckdb" and m["versions"]["splink"].startswith("5.")
+    assert all(len(f["sha256"]) == 64 for i in m["inputs"] for f in i["files"])
+    assert m["model"]["trained_in_this_run"] and m["model"]["version"] >= 1
+    assert m["pairs"]["scored"] >= m["pairs"]["kept_above_floor"] > 0
+    assert set(m["links"]) == {"high_precision", "balanced", "high_recall"}
+    assert {"ingest", "standardise", "quarantine", "train", "predict", "cluster", "publish"} <= set(
+        m["stages"]
+    )
+    text = small_run.manifest_path.read_text().lower()
+    assert "smith" not in text and "jones" not in text  # counts and rates only
+
+
+def test_balanced_clusters_are_accurate_on_synthetic_data(small_run: RunResult) -> None:
+    acc = small_run.manifest["measured_accuracy"]
+    # Measured on 3,000 simulated people; the demo and benchmark report larger runs.
+    assert acc["balanced"]["precision"] >= 0.99
+    assert acc["balanced"]["recall"] >= 0.97
+    assert acc["high_precision"]["precision"] >= acc["high_recall"]["precision"]
+    assert acc["high_recall"]["recall"] >= acc["high_precision"]["recall"]
+
+
+def test_registry_adds_a_version_per_training_and_can_reuse_one(
+    small_data: GeneratedData, tmp_path: Path
+) -> None:
+    project = load_project(DEMO_CONFIG, data_dir=small_data.out_dir, output_dir=tmp_path)
+    first = run_project(project)
+    second = run_project(project)
+    registry = ModelRegistry(tmp_path / "model")
+    assert [v.version for v in registry.versions()] == [1, 2]
+    assert (
+        registry.versions()[0].training_data_fingerprint
+        == registry.versions()[1].training_data_fingerprint
+    )
+    reused = run_project(project, model_version="1")
+    assert not reused.manifest["model"]["trained_in_this_run"]
+    assert reused.manifest["model"]["version"] == 1
+    assert len(registry.versions()) == 2
+    lookup = lambda r: pd.read_parquet(r.output_dir / "linked" / "person_lookup.parquet")  # noqa: E731
+    # Training is seeded, so the same data gives the same persons.
+    assert first.manifest["links"] == second.manifest["links"]
+    assert lookup(first).person_id.nunique() == lookup(reused).person_id.nunique()
+
+
+def test_a_new_source_needs_only_yaml(small_data: GeneratedData, tmp_path: Path) -> None:
+    """An unfamiliar extract (odd column names, formats and codes) joins by config alone."""
+    courts = pd.read_csv(small_data.files["magistrates_courts"], dtype=str, keep_default_na=False)
+    sample = courts.sample(300, random_state=1)
+    names = sample.defendant_name.str.split(", ", n=1, expand=True)
+    hospital = pd.DataFrame(
+        {
+            "EPISODE_KEY": "H" + sample.case_defendant_id.str[2:],
+            "PATIENT SURNAME": names[0].str.title(),
+            "PATIENT FORENAMES": names[1].str.lower(),
+            "BIRTH_DT": pd.to_datetime(sample.date_of_birth, format="%d/%m/%Y", errors="coerce")
+            .dt.strftime("%Y%m%d")
+            .fillna(""),
+            "GENDER_CD": sample.gender.map({"M": "1", "F": "2"}).fillna("9"),
+            "PCODE": sample.home_postcode.str.replace(" ", "").str.lower(),
+            "ADMIT": "2021-06-01",
+            "SPECIALTY": "A&E",
+        }
+    )
+    hospital_dir = tmp_path / "data"
+    hospital_dir.mkdir()
+    hospital.to_csv(hospital_dir / "hospital_2021.tsv", sep="\t", index=False)
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw["sources"] = [s for s in raw["sources"] if s["name"] == "magistrates_courts"]
+    raw["sources"][0]["path"] = str(small_data.files["magistrates_courts"])
+    raw["sources"].append(
+        {
+            "name": "hospital_episodes",
+            "department": "NHS England",
+            "path": "hospital_*.tsv",
+            "format": "csv",
+            "csv": {"delimiter": "\t"},
+            "record_id": "EPISODE_KEY",
+            "identifiers": {
+                "given_name": {"column": "PATIENT FORENAMES", "includes_middle_names": True},
+                "family_name": "PATIENT SURNAME",
+                "date_of_birth": {"column": "BIRTH_DT", "formats": ["%Y%m%d"]},
+                "sex": {"column": "GENDER_CD", "male_codes": ["1"], "female_codes": ["2"]},
+                "postcode": "PCODE",
+            },
+            "event": {"date": "ADMIT", "type": "hospital_admission"},
+            "attributes": ["SPECIALTY"],
+        }
+    )
+    raw["data_dir"] = str(hospital_dir)
+    config = tmp_path / "with_hospital.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    result = run_project(load_project(config, output_dir=tmp_path / "out"))
+    lookup = pd.read_parquet(result.output_dir / "linked" / "person_lookup.parquet")
+    by_person = lookup.groupby("person_id").source_dataset.nunique()
+    linked_hospital = lookup[lookup.source_dataset == "hospital_episodes"].person_id.isin(
+        by_person[by_person > 1].index
+    )
+    # Each hospital row was copied from a court record, so nearly all should link to one.
+    assert linked_hospital.mean() > 0.95
+    assert "SPECIALTY" in pd.read_parquet(result.output_dir / "linked" / "events.parquet").columns
