@@ -247,7 +247,7 @@ class ModelSpec(_Strict):
     blocking_rules: list[BlockingRule] = Field(min_length=1)
     training: TrainingSpec
     thresholds: Thresholds
-    # "exclude": pairs with the same date of birth but wholly different given names are not
+    # "exclude": pairs with the same date of birth but different given names are not
     # linked (probable twins); "off": trust the match weights alone.
     probable_twins_rule: Literal["exclude", "off"] = "exclude"
 

@@ -109,7 +109,7 @@ def model_card_markdown(
         "- Clustering thresholds (match probability): "
         + ", ".join(f"{k} {v}" for k, v in thresholds.items()),
         f"- Probable-twins rule: {probable_twins_rule} (pairs with the same date of birth and "
-        "wholly different given names are not linked)",
+        "different given names, at most sharing an initial, are not linked)",
         "",
         "## Training",
         "",

@@ -34,7 +34,8 @@ def given_name_comparison(spec: ComparisonSpec) -> ComparisonCreator:
             cll.NullLevel("given_name"),
             cll.ExactMatchLevel("given_name", spec.term_frequency_adjustments),
             cll.CustomLevel(
-                "given_name_l = family_name_r AND family_name_l = given_name_r",
+                "jaro_winkler_similarity(given_name_l, family_name_r) >= 0.9 "
+                "AND jaro_winkler_similarity(family_name_l, given_name_r) >= 0.9",
                 label_for_charts="Given and family names swapped",
                 base_dialect_str="duckdb",
             ),
@@ -48,6 +49,9 @@ def given_name_comparison(spec: ComparisonSpec) -> ComparisonCreator:
                 base_dialect_str="duckdb",
             ),
             *_jaro_winkler_levels("given_name", spec.jaro_winkler_thresholds),
+            cll.DamerauLevenshteinLevel("given_name", 1).configure(
+                label_for_charts="One edit or transposition apart"
+            ),
             cll.CustomLevel(
                 "substr(given_name_l, 1, 1) = substr(given_name_r, 1, 1)",
                 label_for_charts="Same initial",

@@ -44,7 +44,7 @@ class QuarantineResult:
     rows_accepted: int
     rows_quarantined: int
     by_reason: dict[str, int]
-    path: Path | None
+    path: Path
     accepted_table: str
     # Counts of values that were set to missing during standardisation (not quarantined).
     cleaning: dict[str, int] = field(default_factory=dict)
@@ -96,7 +96,6 @@ def split_accepted_and_quarantined(
     rows_in = engine.count(raw_table)
     rows_accepted = engine.count(accepted)
     quarantined = sum(by_reason.values())
-    path: Path | None = None
     raw_cols = ", ".join(f"r.{ident(c)}" for c in source.mapped_columns())
     path = quarantine_dir / f"{source.name}.parquet"
     engine.write_parquet(

@@ -142,8 +142,11 @@ def test_balanced_clusters_are_accurate_on_synthetic_data(small_run: RunResult) 
     # Measured on 3,000 simulated people; the demo and benchmark report larger runs.
     assert acc["balanced"]["precision"] >= 0.99
     assert acc["balanced"]["recall"] >= 0.97
-    assert acc["high_precision"]["precision"] >= acc["high_recall"]["precision"]
-    assert acc["high_recall"]["recall"] >= acc["high_precision"]["recall"]
+    # Clusters are nested, so looser thresholds find a superset of pairs (precision need
+    # not move monotonically on a small sample, so it is not asserted).
+    hp, bal, hr = (acc[k] for k in ("high_precision", "balanced", "high_recall"))
+    assert hp["predicted_pairs"] <= bal["predicted_pairs"] <= hr["predicted_pairs"]
+    assert hp["recall"] <= bal["recall"] <= hr["recall"]
 
 
 def test_registry_adds_a_version_per_training_and_can_reuse_one(
