@@ -171,6 +171,50 @@ class CsvOptions(_Strict):
     encoding: Literal["utf-8", "latin-1", "utf-16"] = "utf-8"
 
 
+class RowCountBounds(_Strict):
+    min: int = Field(default=1, ge=0)
+    max: int | None = Field(default=None, ge=1)
+
+
+class ExtraExpectation(_Strict):
+    """Any Great Expectations 1.x expectation, by its snake_case type name."""
+
+    type: str = Field(pattern=r"^expect_[a-z_]+$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    severity: Literal["critical", "warning"] = "warning"
+    description: str = ""
+
+
+class ValidationSpec(_Strict):
+    """The delivery contract checked before a delivery may be linked.
+
+    Critical expectations block the delivery; warnings are reported only. Rates are the
+    share of non-missing values allowed to fail.
+    """
+
+    max_missing_rate: dict[str, float] = Field(default_factory=dict)
+    default_max_missing_rate: float = Field(default=0.5, ge=0, le=1)
+    max_unparseable_date_rate: float = Field(default=0.01, ge=0, le=1)
+    max_duplicate_id_rate: float = Field(default=0.01, ge=0, le=1)
+    max_unknown_sex_code_rate: float = Field(default=0.01, ge=0, le=1)
+    max_malformed_postcode_rate: float = Field(default=0.1, ge=0, le=1)
+    unknown_sex_codes: list[str] = Field(
+        default_factory=lambda: [
+            "U",
+            "9",
+            "0",
+            "N",
+            "X",
+            "UNKNOWN",
+            "NOT KNOWN",
+            "NOT STATED",
+            "INDETERMINATE",
+        ]
+    )
+    row_count: RowCountBounds = RowCountBounds()
+    expectations: list[ExtraExpectation] = Field(default_factory=list)
+
+
 class SourceSpec(_Strict):
     name: str
     department: str
@@ -182,6 +226,7 @@ class SourceSpec(_Strict):
     identifiers: Identifiers
     event: EventMapping | None = None
     attributes: list[str] = Field(default_factory=list)
+    validation: ValidationSpec = ValidationSpec()
 
     @field_validator("name")
     @classmethod
@@ -272,6 +317,13 @@ class OutputSpec(_Strict):
     duckdb_memory_limit: str = "8GB"
 
 
+class OrchestrationSpec(_Strict):
+    """How the Dagster code location watches for deliveries and relinks."""
+
+    relink_cron: str = "0 2 * * *"
+    sensor_interval_seconds: int = Field(default=60, ge=5)
+
+
 class LinkageProject(_Strict):
     project: str
     description: str = ""
@@ -279,6 +331,7 @@ class LinkageProject(_Strict):
     sources: list[SourceSpec] = Field(min_length=1)
     model: ModelSpec
     output: OutputSpec = OutputSpec()
+    orchestration: OrchestrationSpec = OrchestrationSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> LinkageProject:

@@ -12,14 +12,22 @@ from rich.table import Table
 
 from linkage_models.project import ConfigError, load_project
 from pipelines.ingest import SourceError
-from pipelines.run import ReconciliationError, RunResult, run_project
+from pipelines.run import RunError, RunResult, run_project
+from pipelines.stages import ReconciliationError
 from pipelines.synthetic import generate_extracts
 
 app = typer.Typer(add_completion=False, help="Batch linkage of administrative data extracts.")
 console = Console()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "examples" / "demo_project.yaml"
-STRUCTURAL_ERRORS = (ConfigError, SourceError, ReconciliationError, FileNotFoundError, KeyError)
+STRUCTURAL_ERRORS = (
+    ConfigError,
+    SourceError,
+    ReconciliationError,
+    RunError,
+    FileNotFoundError,
+    KeyError,
+)
 
 
 def _fail(exc: Exception) -> None:
@@ -88,6 +96,9 @@ def _print_summary(result: RunResult) -> None:
     console.print(f"quarantine    : {out / 'quarantine'}")
     console.print(f"model         : {m['model']['path']} (card: {out / 'model' / 'model_card.md'})")
     console.print(f"manifest      : {result.manifest_path}")
+    console.print(f"quality       : {out / 'reports' / 'quality' / 'index.html'} (data owners)")
+    docs = out / "quality" / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site"
+    console.print(f"data docs     : {docs / 'index.html'} (Great Expectations)")
     total = sum(s["seconds"] for s in m["stages"].values())
     console.print(f"finished in {total:.1f}s on {m['engine']}")
 

@@ -7,10 +7,12 @@ write Parquet, and hand Splink its database API.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
+import pandas as pd
 
 
 class Engine(Protocol):
@@ -21,6 +23,8 @@ class Engine(Protocol):
     def create_table(self, name: str, select_sql: str) -> None: ...
 
     def fetch(self, sql: str) -> list[tuple[Any, ...]]: ...
+
+    def fetch_df(self, sql: str) -> pd.DataFrame: ...
 
     def columns(self, table: str) -> list[str]: ...
 
@@ -34,6 +38,25 @@ class Engine(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def _connect_waiting_for_lock(database: Path, timeout: float) -> duckdb.DuckDBPyConnection:
+    """A DuckDB file has one writer process at a time. Runs launched together (e.g. by the
+    delivery sensors) wait their turn here instead of failing on the lock."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        try:
+            return duckdb.connect(str(database))
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
 
 class DuckDBEngine:
     """A DuckDB database file with a memory cap and a spill directory."""
@@ -46,10 +69,11 @@ class DuckDBEngine:
         *,
         memory_limit: str = "8GB",
         threads: int | None = None,
+        lock_timeout_seconds: float = 1800,
     ):
         database.parent.mkdir(parents=True, exist_ok=True)
         self.database = database
-        self.con = duckdb.connect(str(database))
+        self.con = _connect_waiting_for_lock(database, lock_timeout_seconds)
         spill = database.parent / "duckdb_spill"
         spill.mkdir(exist_ok=True)
         self.con.execute(f"SET memory_limit = '{memory_limit}'")
@@ -66,6 +90,9 @@ class DuckDBEngine:
 
     def fetch(self, sql: str) -> list[tuple[Any, ...]]:
         return self.con.execute(sql).fetchall()
+
+    def fetch_df(self, sql: str) -> pd.DataFrame:
+        return self.con.execute(sql).df()
 
     def columns(self, table: str) -> list[str]:
         return [row[0] for row in self.con.execute(f"DESCRIBE {table}").fetchall()]
@@ -87,6 +114,12 @@ class DuckDBEngine:
 
     def close(self) -> None:
         self.con.close()
+
+    def __enter__(self) -> DuckDBEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def open_engine(name: str, work_dir: Path, memory_limit: str = "8GB") -> Engine:

@@ -1,4 +1,4 @@
-"""Ingest: read every delivery file of a source into one raw, all-text table.
+"""Ingest: read one delivery file of a source into a raw, all-text table.
 
 Only the columns the project maps are read (data minimisation), as text, so that parsing is
 ours and leading zeros survive. Structural problems stop with a message naming the file and
@@ -7,7 +7,6 @@ what was expected; nothing row-level is decided here.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,33 +28,12 @@ class DeliveryFile:
     bytes: int
 
 
-@dataclass(frozen=True)
-class IngestedSource:
-    source: str
-    table: str
-    files: list[DeliveryFile]
-
-    @property
-    def rows(self) -> int:
-        return sum(f.rows for f in self.files)
-
-
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def delivery_files(source: SourceSpec, pattern: str) -> list[str]:
-    files = sorted(glob.glob(pattern))
-    if not files:
-        raise SourceError(
-            f"source '{source.name}': no file found at {pattern} "
-            f"(expected at least one {source.format} file)"
-        )
-    return files
 
 
 def _reader_sql(source: SourceSpec, path: str) -> str:
@@ -86,30 +64,25 @@ def _check_columns(engine: Engine, source: SourceSpec, path: str) -> None:
         )
 
 
-def ingest_source(engine: Engine, source: SourceSpec, pattern: str) -> IngestedSource:
-    """Load all deliveries of `source` into table raw_<name>, one row per input row."""
-    files = delivery_files(source, pattern)
-    selects = []
-    for path in files:
-        _check_columns(engine, source, path)
-        cols = ", ".join(
-            f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in source.mapped_columns()
-        )
-        selects.append(
-            f"SELECT {cols}, {lit(path)} AS _delivery_file FROM {_reader_sql(source, path)}"
-        )
-    table = f"raw_{source.name}"
-    union = "\nUNION ALL\n".join(selects)
+def ingest_delivery(
+    engine: Engine, source: SourceSpec, path: str, key: str, table: str
+) -> DeliveryFile:
+    """Load one delivery file into `table`: mapped columns as text, plus _delivery_file,
+    _delivery and _row_number (its position in the file)."""
+    _check_columns(engine, source, path)
+    cols = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in source.mapped_columns())
     try:
-        engine.create_table(table, f"SELECT *, row_number() OVER () AS _row_number FROM ({union})")
+        engine.create_table(
+            table,
+            f"SELECT {cols}, {lit(path)} AS _delivery_file, {lit(key)} AS _delivery, "
+            f"row_number() OVER () AS _row_number FROM {_reader_sql(source, path)}",
+        )
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0]
-        raise SourceError(f"source '{source.name}': failed to read {files}: {first_line}") from None
-    counts = dict(engine.fetch(f"SELECT _delivery_file, count(*) FROM {table} GROUP BY 1"))
-    delivered = [
-        DeliveryFile(
-            path=p, rows=int(counts.get(p, 0)), sha256=file_sha256(p), bytes=Path(p).stat().st_size
-        )
-        for p in files
-    ]
-    return IngestedSource(source=source.name, table=table, files=delivered)
+        raise SourceError(f"source '{source.name}': failed to read {path}: {first_line}") from None
+    return DeliveryFile(
+        path=path,
+        rows=engine.count(table),
+        sha256=file_sha256(path),
+        bytes=Path(path).stat().st_size,
+    )

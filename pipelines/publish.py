@@ -57,6 +57,8 @@ def events_sql(project: LinkageProject, lookup_table: str, accepted_tables: dict
     all_attributes = list(dict.fromkeys(a for s in project.sources for a in s.attributes))
     parts = []
     for source in project.sources:
+        if source.name not in accepted_tables:  # no accepted delivery: nothing to publish
+            continue
         attrs = "".join(
             f", a.{ident(col)}"
             if col in source.attributes

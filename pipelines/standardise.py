@@ -5,7 +5,7 @@ direct Spark SQL counterpart (regexp_replace/regexp_extract, translate, try_strp
 string_split, list literals), so the Spark engine can transpile the same SQL with sqlglot.
 
 Output columns of `standardise_sql` (one row per input row):
-  _row_number, _delivery_file, source_dataset, record_id,
+  _row_number, _delivery, _delivery_file, source_dataset, record_id,
   given_name, middle_names, family_name, date_of_birth, sex, postcode,
   given_name_aliases, given_name_soundex, family_name_soundex, family_name_tokens,
   dob_year, dob_month, dob_day, postcode_sector, postcode_district, postcode_area,
@@ -243,6 +243,7 @@ def standardise_sql(source: SourceSpec, raw_table: str) -> str:
 WITH base AS (
   SELECT
     _row_number,
+    _delivery,
     _delivery_file,
     {lit(source.name)} AS source_dataset,
     nullif(trim(CAST({ident(source.record_id)} AS VARCHAR)), '') AS record_id,
@@ -276,6 +277,7 @@ cleaned AS (
 )
 SELECT
   c._row_number,
+  c._delivery,
   c._delivery_file,
   c.source_dataset,
   c.record_id,

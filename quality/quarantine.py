@@ -1,21 +1,25 @@
 """Quarantine: row-level problems leave the linkage with a reason; nothing is dropped.
 
 A row is quarantined for the first of these reasons that applies (in this order):
-missing record id, duplicate record id (the first occurrence in delivery order is kept),
-unparseable date of birth, unparseable event date, insufficient identifiers (fewer than
-two of given name, family name, date of birth and postcode).
+the whole delivery was rejected by validation; missing record id; duplicate record id (the
+first occurrence, in delivery then row order, is kept); unparseable date of birth;
+unparseable event date; insufficient identifiers (fewer than two of given name, family name,
+date of birth and postcode).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from linkage_models.project import SourceSpec
 from pipelines.engine import Engine
-from pipelines.standardise import ident
+from pipelines.standardise import ident, lit
 
+REJECTED_DELIVERY = "delivery rejected by validation"
 REASONS = (
+    REJECTED_DELIVERY,
     "missing record id",
     "duplicate record id",
     "unparseable date of birth",
@@ -26,7 +30,7 @@ REASONS = (
 QUARANTINE_REASON_SQL = """
 CASE
   WHEN record_id IS NULL THEN 'missing record id'
-  WHEN row_number() OVER (PARTITION BY record_id ORDER BY _row_number) > 1
+  WHEN row_number() OVER (PARTITION BY record_id ORDER BY _delivery_order, _row_number) > 1
     THEN 'duplicate record id'
   WHEN dob_unparseable THEN 'unparseable date of birth'
   WHEN event_date_unparseable THEN 'unparseable event date'
@@ -35,6 +39,23 @@ CASE
     THEN 'insufficient identifiers'
 END
 """
+
+CLEANING_COUNTS = {
+    "date_of_birth_placeholder_set_missing": "dob_placeholder",
+    "date_of_birth_implausible_set_missing": "dob_implausible",
+    "postcode_invalid_set_missing": "postcode_invalid",
+    "sex_code_unknown_set_missing": "sex_unknown",
+}
+
+
+@dataclass(frozen=True)
+class DeliveryTables:
+    """One delivery as the quarantine step sees it."""
+
+    key: str
+    raw_table: str
+    standardised_table: str | None  # None when validation rejected the delivery
+    rejection: str = ""  # which critical expectations failed
 
 
 @dataclass(frozen=True)
@@ -45,73 +66,118 @@ class QuarantineResult:
     rows_quarantined: int
     by_reason: dict[str, int]
     path: Path
-    accepted_table: str
-    # Counts of values that were set to missing during standardisation (not quarantined).
+    accepted_table: str | None  # None when no delivery of the source was accepted
+    # Counts of values set to missing during standardisation (rows kept).
     cleaning: dict[str, int] = field(default_factory=dict)
+    by_delivery: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def reconciles(self) -> bool:
         return self.rows_in == self.rows_accepted + self.rows_quarantined
 
 
-def split_accepted_and_quarantined(
+def _union(selects: list[str]) -> str:
+    return "\nUNION ALL\n".join(selects)
+
+
+def combine_and_quarantine(
     engine: Engine,
     source: SourceSpec,
-    raw_table: str,
-    standardised_table: str,
+    deliveries: list[DeliveryTables],
     quarantine_dir: Path,
 ) -> QuarantineResult:
-    """Tag each standardised row with a reason; write quarantined raw rows to Parquet."""
-    checked = f"checked_{source.name}"
-    engine.create_table(
-        checked, f"SELECT *, {QUARANTINE_REASON_SQL} AS quarantine_reason FROM {standardised_table}"
-    )
+    """Combine a source's deliveries, tag rows with reasons, write quarantine Parquet."""
+    raw_cols = ", ".join(ident(c) for c in source.mapped_columns())
+    accepted_deliveries = [d for d in deliveries if d.standardised_table]
+    rejected = [d for d in deliveries if not d.standardised_table]
     accepted = f"accepted_{source.name}"
-    engine.create_table(
-        accepted,
-        f"SELECT * EXCLUDE (quarantine_reason) FROM {checked} WHERE quarantine_reason IS NULL",
-    )
-    by_reason = dict(
-        engine.fetch(
-            f"SELECT quarantine_reason, count(*) FROM {checked} "
-            "WHERE quarantine_reason IS NOT NULL GROUP BY 1 ORDER BY 1"
+    checked = f"checked_{source.name}"
+    quarantine_parts = []
+    if accepted_deliveries:
+        engine.create_table(
+            checked,
+            f"SELECT *, {QUARANTINE_REASON_SQL} AS quarantine_reason FROM ("
+            + _union(
+                [
+                    f"SELECT *, {i} AS _delivery_order FROM {d.standardised_table}"
+                    for i, d in enumerate(accepted_deliveries)
+                ]
+            )
+            + ")",
         )
-    )
-    cleaning_row = engine.fetch(
-        f"""SELECT count_if(dob_placeholder), count_if(dob_implausible), count_if(postcode_invalid),
-                   count_if(sex_unknown) FROM {accepted}"""
-    )[0]
-    cleaning = dict(
-        zip(
-            [
-                "date_of_birth_placeholder_set_missing",
-                "date_of_birth_implausible_set_missing",
-                "postcode_invalid_set_missing",
-                "sex_code_unknown_set_missing",
-            ],
-            (int(v or 0) for v in cleaning_row),
-            strict=True,
+        engine.create_table(
+            accepted,
+            f"SELECT * EXCLUDE (quarantine_reason, _delivery_order) FROM {checked} "
+            "WHERE quarantine_reason IS NULL",
         )
-    )
-    rows_in = engine.count(raw_table)
-    rows_accepted = engine.count(accepted)
-    quarantined = sum(by_reason.values())
-    raw_cols = ", ".join(f"r.{ident(c)}" for c in source.mapped_columns())
-    path = quarantine_dir / f"{source.name}.parquet"
-    engine.write_parquet(
-        f"""SELECT {raw_cols}, c.quarantine_reason, r._delivery_file AS delivery_file,
+        engine.create_table(
+            f"raw_{source.name}",
+            _union([f"SELECT * FROM {d.raw_table}" for d in accepted_deliveries]),
+        )
+        quarantine_parts.append(
+            f"""SELECT {", ".join("r." + ident(c) for c in source.mapped_columns())},
+                   c.quarantine_reason, r._delivery AS delivery, r._delivery_file AS delivery_file,
                    r._row_number AS row_number
-            FROM {checked} c JOIN {raw_table} r USING (_row_number)
-            WHERE c.quarantine_reason IS NOT NULL ORDER BY r._row_number""",
-        path,
-    )
+            FROM {checked} c JOIN raw_{source.name} r USING (_delivery, _row_number)
+            WHERE c.quarantine_reason IS NOT NULL"""
+        )
+    for d in rejected:
+        reason = lit(f"{REJECTED_DELIVERY}: {d.rejection}" if d.rejection else REJECTED_DELIVERY)
+        quarantine_parts.append(
+            f"SELECT {raw_cols}, {reason} AS quarantine_reason, _delivery AS delivery, "
+            f"_delivery_file AS delivery_file, _row_number AS row_number FROM {d.raw_table}"
+        )
+    quarantine_table = f"quarantined_{source.name}"
+    if quarantine_parts:
+        engine.create_table(quarantine_table, _union(quarantine_parts))
+    else:  # nothing delivered at all: an empty, well-typed file
+        empty_cols = ", ".join(
+            f"CAST(NULL AS VARCHAR) AS {ident(c)}" for c in source.mapped_columns()
+        )
+        engine.create_table(
+            quarantine_table,
+            f"SELECT {empty_cols}, "
+            "CAST(NULL AS VARCHAR) AS quarantine_reason, CAST(NULL AS VARCHAR) AS delivery, "
+            "CAST(NULL AS VARCHAR) AS delivery_file, CAST(NULL AS BIGINT) AS row_number LIMIT 0",
+        )
+    path = quarantine_dir / f"{source.name}.parquet"
+    engine.write_parquet(f"SELECT * FROM {quarantine_table} ORDER BY delivery, row_number", path)
+
+    by_delivery: dict[str, dict[str, Any]] = {}
+    for d in deliveries:
+        rows_in = engine.count(d.raw_table)
+        by_delivery[d.key] = {
+            "rows_in": rows_in,
+            "rows_accepted": 0,
+            "rows_quarantined": 0,
+            "status": "accepted" if d.standardised_table else "rejected",
+            "quarantined_by_reason": {},
+        }
+    for key, reason, n in engine.fetch(
+        f"SELECT delivery, quarantine_reason, count(*) FROM {quarantine_table} GROUP BY 1, 2"
+    ):
+        entry = by_delivery[key]
+        entry["quarantined_by_reason"][reason] = int(n)
+        entry["rows_quarantined"] += int(n)
+    cleaning: dict[str, int] = dict.fromkeys(CLEANING_COUNTS, 0)
+    if accepted_deliveries:
+        for key, n in engine.fetch(f"SELECT _delivery, count(*) FROM {accepted} GROUP BY 1"):
+            by_delivery[key]["rows_accepted"] = int(n)
+        sums = ", ".join(f"count_if({flag})" for flag in CLEANING_COUNTS.values())
+        row = engine.fetch(f"SELECT {sums} FROM {accepted}")[0]
+        cleaning = {k: int(v or 0) for k, v in zip(CLEANING_COUNTS, row, strict=True)}
+    by_reason: dict[str, int] = {}
+    for entry in by_delivery.values():
+        for reason, n in entry["quarantined_by_reason"].items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
     return QuarantineResult(
         source=source.name,
-        rows_in=rows_in,
-        rows_accepted=rows_accepted,
-        rows_quarantined=quarantined,
-        by_reason={k: int(v) for k, v in by_reason.items()},
+        rows_in=sum(e["rows_in"] for e in by_delivery.values()),
+        rows_accepted=sum(e["rows_accepted"] for e in by_delivery.values()),
+        rows_quarantined=sum(e["rows_quarantined"] for e in by_delivery.values()),
+        by_reason=dict(sorted(by_reason.items())),
         path=path,
-        accepted_table=accepted,
+        accepted_table=accepted if accepted_deliveries else None,
         cleaning=cleaning,
+        by_delivery=by_delivery,
     )

@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 from linkage_models.project import SourceSpec
+from pipelines.deliveries import Delivery
 from pipelines.engine import DuckDBEngine
-from pipelines.ingest import SourceError, ingest_source
+from pipelines.ingest import SourceError, ingest_delivery
 from pipelines.standardise import load_reference_tables_sql, standardise_sql
-from quality.quarantine import split_accepted_and_quarantined
+from quality.quarantine import DeliveryTables, combine_and_quarantine
 
 SOURCE = SourceSpec.model_validate(
     {
@@ -30,6 +31,15 @@ SOURCE = SourceSpec.model_validate(
     }
 )
 
+GOOD = {
+    "episode_id": "E1",
+    "forename": "Ann",
+    "surname": "O'Brien",
+    "dob": "01/02/1980",
+    "postcode": "LS1 4AP",
+    "admitted": "2020-01-01",
+}
+
 
 @pytest.fixture
 def engine(tmp_path: Path) -> DuckDBEngine:
@@ -45,26 +55,17 @@ def _csv(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-GOOD = {
-    "episode_id": "E1",
-    "forename": "Ann",
-    "surname": "O'Brien",
-    "dob": "01/02/1980",
-    "postcode": "LS1 4AP",
-    "admitted": "2020-01-01",
-}
-
-
-def test_missing_file_names_source_and_path(engine: DuckDBEngine, tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match=r"source 'hospital': no file found at .*missing\*\.csv"):
-        ingest_source(engine, SOURCE, str(tmp_path / "missing*.csv"))
+def _ingest(engine: DuckDBEngine, path: Path, spec: SourceSpec = SOURCE) -> Delivery:
+    d = Delivery(spec.name, path.name, str(path))
+    ingest_delivery(engine, spec, d.path, d.key, d.raw_table)
+    return d
 
 
 def test_missing_column_names_file_and_column(engine: DuckDBEngine, tmp_path: Path) -> None:
     row = {k: v for k, v in GOOD.items() if k != "surname"}
     path = _csv(tmp_path / "delivery.csv", [row])
     with pytest.raises(SourceError) as info:
-        ingest_source(engine, SOURCE, str(path))
+        _ingest(engine, path)
     message = str(info.value)
     assert "delivery.csv is missing column(s) ['surname']" in message
     assert "O'Brien" not in message  # column names only, never values
@@ -73,20 +74,29 @@ def test_missing_column_names_file_and_column(engine: DuckDBEngine, tmp_path: Pa
 def test_unreadable_parquet_names_the_file(engine: DuckDBEngine, tmp_path: Path) -> None:
     bad = tmp_path / "broken.parquet"
     bad.write_text("this is not parquet")
-    spec = SOURCE.model_copy(update={"format": "parquet"})
     with pytest.raises(SourceError, match=r"cannot read .*broken\.parquet as parquet"):
-        ingest_source(engine, spec, str(bad))
+        _ingest(engine, bad, SOURCE.model_copy(update={"format": "parquet"}))
 
 
-def test_several_deliveries_are_read_together_with_counts_and_hashes(
-    engine: DuckDBEngine, tmp_path: Path
-) -> None:
-    _csv(tmp_path / "d1.csv", [GOOD])
-    _csv(tmp_path / "d2.csv", [{**GOOD, "episode_id": "E2"}, {**GOOD, "episode_id": "E3"}])
-    ingested = ingest_source(engine, SOURCE, str(tmp_path / "d*.csv"))
-    assert [(Path(f.path).name, f.rows) for f in ingested.files] == [("d1.csv", 1), ("d2.csv", 2)]
-    assert all(len(f.sha256) == 64 for f in ingested.files)
-    assert engine.count(ingested.table) == 3
+def test_ragged_csv_row_names_the_file(engine: DuckDBEngine, tmp_path: Path) -> None:
+    path = tmp_path / "ragged.csv"
+    good_line = ",".join(GOOD.values())
+    path.write_text(",".join(GOOD) + "\n" + (good_line + "\n") * 3000 + "E9,too,few\n")
+    with pytest.raises(SourceError, match=r"source 'hospital': .*ragged\.csv"):
+        _ingest(engine, path)
+
+
+def test_ingest_records_rows_and_hash(engine: DuckDBEngine, tmp_path: Path) -> None:
+    path = _csv(tmp_path / "d1.csv", [GOOD, {**GOOD, "episode_id": "E2"}])
+    d = Delivery("hospital", "d1.csv", str(path))
+    file = ingest_delivery(engine, SOURCE, d.path, d.key, d.raw_table)
+    assert (file.rows, len(file.sha256), file.bytes) == (2, 64, path.stat().st_size)
+    assert engine.fetch(f"SELECT DISTINCT _delivery FROM {d.raw_table}") == [("d1.csv",)]
+
+
+def _standardised(engine: DuckDBEngine, d: Delivery) -> DeliveryTables:
+    engine.create_table(d.standardised_table, standardise_sql(SOURCE, d.raw_table))
+    return DeliveryTables(d.key, d.raw_table, d.standardised_table)
 
 
 def test_row_problems_are_quarantined_with_reasons_and_reconcile(
@@ -101,24 +111,50 @@ def test_row_problems_are_quarantined_with_reasons_and_reconcile(
         {**GOOD, "episode_id": "", "forename": "Bob"},  # no record id
         {**GOOD, "episode_id": "E7", "dob": "UNKNOWN"},  # placeholder: kept
     ]
-    path = _csv(tmp_path / "delivery.csv", rows)
-    ingested = ingest_source(engine, SOURCE, str(path))
-    engine.create_table("std_hospital", standardise_sql(SOURCE, ingested.table))
-    result = split_accepted_and_quarantined(
-        engine, SOURCE, ingested.table, "std_hospital", tmp_path / "quarantine"
+    d = _ingest(engine, _csv(tmp_path / "delivery.csv", rows))
+    result = combine_and_quarantine(
+        engine, SOURCE, [_standardised(engine, d)], tmp_path / "quarantine"
     )
     assert result.by_reason == {
         "duplicate record id": 1,
-        "unparseable date of birth": 1,
-        "unparseable event date": 1,
         "insufficient identifiers": 1,
         "missing record id": 1,
+        "unparseable date of birth": 1,
+        "unparseable event date": 1,
     }
     assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (7, 2, 5)
     assert result.reconciles
     quarantined = pd.read_parquet(result.path)
     assert len(quarantined) == 5
-    assert set(quarantined.columns) >= {"episode_id", "quarantine_reason", "delivery_file"}
+    assert set(quarantined.columns) >= {"episode_id", "quarantine_reason", "delivery"}
     # The first occurrence of a duplicated id is the one kept.
     kept = engine.fetch("SELECT record_id, given_name FROM accepted_hospital ORDER BY 1")
     assert kept == [("E1", "ann"), ("E7", "ann")]
+
+
+def test_duplicates_across_deliveries_and_rejected_deliveries(
+    engine: DuckDBEngine, tmp_path: Path
+) -> None:
+    first = _ingest(engine, _csv(tmp_path / "2024-01.csv", [GOOD]))
+    second = _ingest(engine, _csv(tmp_path / "2024-02.csv", [GOOD, {**GOOD, "episode_id": "E2"}]))
+    rejected = _ingest(engine, _csv(tmp_path / "2024-03.csv", [{**GOOD, "episode_id": "E3"}]))
+    result = combine_and_quarantine(
+        engine,
+        SOURCE,
+        [
+            _standardised(engine, first),
+            _standardised(engine, second),
+            DeliveryTables(rejected.key, rejected.raw_table, None, "record_id_unique"),
+        ],
+        tmp_path / "quarantine",
+    )
+    assert result.by_delivery["2024-01.csv"]["rows_accepted"] == 1
+    assert result.by_delivery["2024-02.csv"]["quarantined_by_reason"] == {"duplicate record id": 1}
+    assert result.by_delivery["2024-03.csv"] == {
+        "rows_in": 1,
+        "rows_accepted": 0,
+        "rows_quarantined": 1,
+        "status": "rejected",
+        "quarantined_by_reason": {"delivery rejected by validation: record_id_unique": 1},
+    }
+    assert result.reconciles and (result.rows_in, result.rows_accepted) == (4, 2)

@@ -38,7 +38,7 @@ def _standardise(source: SourceSpec, rows: list[dict[str, str | None]]) -> list[
     values = ", ".join(
         "("
         + ", ".join(
-            [str(i + 1), "'f.csv'"]
+            [str(i + 1), "'f.csv'", "'f.csv'"]
             + [
                 "NULL" if row.get(c) is None else "'" + str(row[c]).replace("'", "''") + "'"
                 for c in columns
@@ -50,7 +50,7 @@ def _standardise(source: SourceSpec, rows: list[dict[str, str | None]]) -> list[
     col_defs = ", ".join(f'"{c}"' for c in columns)
     con.execute(
         f"CREATE TABLE raw AS SELECT * FROM (VALUES {values}) "
-        f"AS t(_row_number, _delivery_file, {col_defs})"
+        f"AS t(_row_number, _delivery, _delivery_file, {col_defs})"
     )
     cur = con.execute(standardise_sql(source, "raw") + " ORDER BY _row_number")
     names = [d[0] for d in cur.description]

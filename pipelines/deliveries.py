@@ -1,0 +1,127 @@
+"""Deliveries: each file matching a source's path is one delivery of that source.
+
+A delivery is the unit of validation (and a Dagster partition). Its progress is kept in a
+small status table in the engine, so a later relink knows which deliveries were accepted,
+which were rejected by validation, and what each contained.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from linkage_models.project import LoadedProject, SourceSpec
+from pipelines.engine import Engine
+from pipelines.ingest import DeliveryFile, SourceError
+from pipelines.standardise import lit
+
+STATUS_TABLE = "joinedup_deliveries"
+STATUS_COLUMNS = ("source", "delivery", "path", "rows", "sha256", "bytes", "status", "detail")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    source: str
+    key: str  # the file name: unique within a source, stable across re-deliveries
+    path: str
+
+    @property
+    def suffix(self) -> str:
+        """A safe table-name suffix for this delivery."""
+        slug = re.sub(r"[^0-9a-zA-Z]+", "_", self.key).strip("_").lower()[:40]
+        digest = hashlib.sha1(f"{self.source}/{self.key}".encode()).hexdigest()[:8]
+        return f"{self.source}__{slug}_{digest}"
+
+    @property
+    def raw_table(self) -> str:
+        return f"raw__{self.suffix}"
+
+    @property
+    def standardised_table(self) -> str:
+        return f"std__{self.suffix}"
+
+
+def discover_deliveries(project: LoadedProject, source: SourceSpec) -> list[Delivery]:
+    """Files currently matching the source's path, as deliveries (sorted by file name)."""
+    pattern = project.source_path(source)
+    paths = sorted(glob.glob(pattern))
+    by_key: dict[str, str] = {}
+    for path in paths:
+        key = Path(path).name
+        if key in by_key:
+            raise SourceError(
+                f"source '{source.name}': two delivery files share the name {key!r} "
+                f"({by_key[key]} and {path}); delivery file names must be unique per source"
+            )
+        by_key[key] = path
+    return [Delivery(source.name, key, path) for key, path in sorted(by_key.items())]
+
+
+def require_deliveries(project: LoadedProject, source: SourceSpec) -> list[Delivery]:
+    deliveries = discover_deliveries(project, source)
+    if not deliveries:
+        raise SourceError(
+            f"source '{source.name}': no file found at {project.source_path(source)} "
+            f"(expected at least one {source.format} file)"
+        )
+    return deliveries
+
+
+def ensure_status_table(engine: Engine) -> None:
+    engine.execute(
+        f"""CREATE TABLE IF NOT EXISTS {STATUS_TABLE} (
+            source VARCHAR, delivery VARCHAR, path VARCHAR, rows BIGINT, sha256 VARCHAR,
+            bytes BIGINT, status VARCHAR, detail VARCHAR, updated_at TIMESTAMP)"""
+    )
+
+
+def set_status(
+    engine: Engine,
+    delivery: Delivery,
+    status: str,
+    file: DeliveryFile | None = None,
+    detail: str = "",
+) -> None:
+    """Record a delivery's progress: ingested, accepted, rejected or standardised."""
+    ensure_status_table(engine)
+    where = f"source = {lit(delivery.source)} AND delivery = {lit(delivery.key)}"
+    if file is None:
+        engine.execute(
+            f"UPDATE {STATUS_TABLE} SET status = {lit(status)}, detail = {lit(detail)}, "
+            f"updated_at = now() WHERE {where}"
+        )
+        return
+    engine.execute(f"DELETE FROM {STATUS_TABLE} WHERE {where}")
+    engine.execute(
+        f"INSERT INTO {STATUS_TABLE} VALUES ({lit(delivery.source)}, {lit(delivery.key)}, "
+        f"{lit(file.path)}, {file.rows}, {lit(file.sha256)}, {file.bytes}, {lit(status)}, "
+        f"{lit(detail)}, now())"
+    )
+
+
+def delivery_statuses(engine: Engine, source: str | None = None) -> list[dict[str, Any]]:
+    ensure_status_table(engine)
+    where = f"WHERE source = {lit(source)}" if source else ""
+    rows = engine.fetch(
+        f"SELECT {', '.join(STATUS_COLUMNS)} FROM {STATUS_TABLE} {where} ORDER BY source, delivery"
+    )
+    return [dict(zip(STATUS_COLUMNS, row, strict=True)) for row in rows]
+
+
+def forget_missing_deliveries(engine: Engine, project: LoadedProject) -> list[str]:
+    """Drop status rows whose file has gone from the landing folder; returns their keys."""
+    gone = []
+    for row in delivery_statuses(engine):
+        if not Path(row["path"]).exists() or row["source"] not in {
+            s.name for s in project.spec.sources
+        }:
+            engine.execute(
+                f"DELETE FROM {STATUS_TABLE} WHERE source = {lit(row['source'])} "
+                f"AND delivery = {lit(row['delivery'])}"
+            )
+            gone.append(f"{row['source']}/{row['delivery']}")
+    return gone

@@ -1,0 +1,262 @@
+"""Quality reports for data owners: one self-contained HTML page per source and delivery.
+
+These pages may leave the secure setting, so they hold counts and rates only, and any
+count from 1 to 9 is shown as "<10" (a rate that would reveal such a count is shown as a
+bound instead).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from jinja2 import Environment, select_autoescape
+
+from linkage_models.project import LoadedProject
+from pipelines.deliveries import Delivery, delivery_statuses
+from pipelines.engine import Engine
+from pipelines.standardise import lit
+from quality.validation import load_outcome
+
+SMALL_CELL = 10
+
+
+def suppress_count(n: int | None) -> str:
+    if n is None:
+        return "—"
+    return f"<{SMALL_CELL}" if 0 < n < SMALL_CELL else f"{n:,}"
+
+
+def suppress_rate(n: int | None, d: int | None) -> str:
+    """n/d as a percentage, or a bound when n is a small cell."""
+    if n is None or not d:
+        return "—"
+    if 0 < n < SMALL_CELL:
+        return f"<{SMALL_CELL / d:.1%}"
+    return f"{n / d:.1%}"
+
+
+def index_path(project: LoadedProject) -> Path:
+    return project.output_dir / "reports" / "quality" / "index.html"
+
+
+def report_path(project: LoadedProject, source: str, delivery: str) -> Path:
+    return project.output_dir / "reports" / "quality" / source / f"{delivery}.html"
+
+
+def _link_rates(engine: Engine, source: str, delivery: str) -> dict[str, int]:
+    """Counts for one delivery's accepted records: total, with another record in the same
+    source (duplicates), and linked to at least one other source."""
+    accepted = f"accepted_{source}"
+    if not engine.fetch(
+        f"SELECT count(*) FROM information_schema.tables WHERE table_name = {lit(accepted)}"
+    )[0][0]:
+        return {"records": 0, "within_source_duplicates": 0, "linked_to_other_sources": 0}
+    row = engine.fetch(f"""
+        WITH mine AS (
+            SELECT l.person_id FROM person_lookup l JOIN {accepted} a
+              ON l.source_dataset = a.source_dataset AND l.source_record_id = a.record_id
+            WHERE a._delivery = {lit(delivery)}),
+        per_person AS (
+            SELECT person_id,
+                   count(*) FILTER (WHERE source_dataset = {lit(source)}) AS same_source,
+                   count(*) FILTER (WHERE source_dataset <> {lit(source)}) AS other_sources
+            FROM person_lookup WHERE person_id IN (SELECT person_id FROM mine) GROUP BY 1)
+        SELECT count(*), count(*) FILTER (WHERE p.same_source > 1),
+               count(*) FILTER (WHERE p.other_sources > 0)
+        FROM mine m JOIN per_person p USING (person_id)""")[0]
+    return dict(
+        zip(
+            ("records", "within_source_duplicates", "linked_to_other_sources"),
+            (int(v) for v in row),
+            strict=True,
+        )
+    )
+
+
+def _values_set_missing(engine: Engine, source: str, delivery: str) -> dict[str, int]:
+    checked = f"checked_{source}"
+    if not engine.fetch(
+        f"SELECT count(*) FROM information_schema.tables WHERE table_name = {lit(checked)}"
+    )[0][0]:
+        return {}
+    row = engine.fetch(f"""
+        SELECT count_if(dob_placeholder), count_if(dob_implausible), count_if(postcode_invalid),
+               count_if(sex_unknown)
+        FROM {checked} WHERE _delivery = {lit(delivery)}""")[0]
+    labels = (
+        "Date of birth was a placeholder (e.g. 01/01/1900)",
+        "Date of birth was implausible (before 1890 or in the future)",
+        "Postcode was not a valid UK postcode",
+        "Sex code meant 'unknown'",
+    )
+    return dict(zip(labels, (int(v or 0) for v in row), strict=True))
+
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{{ title }}</title>
+<style>
+ body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #1b1b1b; }
+ h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+ table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
+ th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #ddd; }
+ td.n { text-align: right; font-variant-numeric: tabular-nums; }
+ .pass { color: #0b6e2e; font-weight: 600; } .fail { color: #b00020; font-weight: 600; }
+ .warn { color: #8a5300; font-weight: 600; }
+ .verdict { padding: .8rem 1rem; border-radius: .4rem; background: #f3f6f4; }
+ .verdict.rejected { background: #fdecee; } .note { color: #555; font-size: .9rem; }
+</style></head><body>
+<h1>{{ title }}</h1>
+<p class="note">{{ department }} · delivery <strong>{{ delivery }}</strong> · report written
+ {{ written }}. Counts from 1 to 9 are shown as "&lt;10".</p>
+<div class="verdict {{ 'rejected' if rejected else '' }}">
+{% if rejected %}<strong>This delivery was not linked.</strong> It failed
+ {{ critical|length }} critical check(s): {{ critical|join(', ') }}. Its {{ rows }} rows are held
+ in quarantine; send a corrected file with the same name to replace it.
+{% else %}<strong>This delivery was accepted.</strong> {{ rows }} rows received,
+ {{ accepted }} linked, {{ quarantined }} held back (reasons below).{% endif %}
+</div>
+
+<h2>Checks on the delivery</h2>
+<table><tr><th>What we check</th><th>Importance</th><th>Result</th>
+<th>Rows not meeting it</th><th>Share</th></tr>
+{% for e in expectations %}<tr><td>{{ e.description }}</td><td>{{ e.severity }}</td>
+<td class="{{ 'pass' if e.success else ('fail' if e.severity == 'critical' else 'warn') }}">
+{{ 'met' if e.success else 'not met' }}</td><td class="n">{{ e.failing }}</td>
+<td class="n">{{ e.share }}</td></tr>{% endfor %}
+</table>
+{% if data_docs %}<p class="note">Technical detail: <a href="{{ data_docs }}">Great Expectations
+ Data Docs</a>.</p>{% endif %}
+
+<h2>Completeness of identifying fields</h2>
+<table><tr><th>Field</th><th>Column</th><th>Missing</th><th>Filled in</th></tr>
+{% for c in completeness %}<tr><td>{{ c.field }}</td><td>{{ c.column }}</td>
+<td class="n">{{ c.missing }}</td><td class="n">{{ c.filled }}</td></tr>{% endfor %}
+</table>
+
+<h2>Values we could not use (row kept, value treated as missing)</h2>
+<table><tr><th>Problem</th><th>Rows</th></tr>
+{% for label, n in set_missing %}<tr><td>{{ label }}</td><td class="n">{{ n }}</td></tr>
+{% else %}<tr><td colspan="2">Not assessed (delivery not standardised)</td></tr>{% endfor %}
+</table>
+
+<h2>Rows held back (quarantine)</h2>
+<table><tr><th>Reason</th><th>Rows</th></tr>
+{% for reason, n in quarantine %}<tr><td>{{ reason }}</td><td class="n">{{ n }}</td></tr>
+{% else %}<tr><td colspan="2">None</td></tr>{% endfor %}
+</table>
+
+<h2>How well the records linked</h2>
+{% if rejected %}<p>Not linked: the delivery was rejected.</p>{% else %}
+<table><tr><th>Measure</th><th>Records</th><th>Share</th></tr>
+<tr><td>Linked to at least one record from another department</td>
+<td class="n">{{ link.linked }}</td><td class="n">{{ link.linked_share }}</td></tr>
+<tr><td>Same person appears more than once in this source (within-source duplicates)</td>
+<td class="n">{{ link.dupes }}</td><td class="n">{{ link.dupes_share }}</td></tr>
+</table>
+<p class="note">Links use the balanced threshold of the latest linkage run.</p>{% endif %}
+</body></html>
+"""
+
+INDEX = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ project }}: delivery quality</title>
+<style>body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; }
+td, th { padding: .3rem .6rem; text-align: left; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; }</style></head><body>
+<h1>{{ project }}: delivery quality reports</h1>
+<table><tr><th>Source</th><th>Department</th><th>Delivery</th><th>Status</th></tr>
+{% for r in rows %}<tr><td>{{ r.source }}</td><td>{{ r.department }}</td>
+<td><a href="{{ r.href }}">{{ r.delivery }}</a></td><td>{{ r.status }}</td></tr>{% endfor %}
+</table></body></html>
+"""
+
+
+def write_quality_reports(engine: Engine, project: LoadedProject) -> list[Path]:
+    """Write one report per delivery in the last linkage, plus an index page."""
+    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
+    page, index = env.from_string(TEMPLATE), env.from_string(INDEX)
+    inputs = json.loads(
+        (project.output_dir / "work" / "stages" / "linkage_inputs.json").read_text()
+    )["sources"]
+    written: list[Path] = []
+    index_rows = []
+    for row in delivery_statuses(engine):
+        source = project.spec.source(row["source"])
+        stats = inputs.get(source.name, {}).get("by_delivery", {}).get(row["delivery"])
+        if stats is None:  # not part of the last linkage (pending)
+            continue
+        delivery = Delivery(source.name, row["delivery"], row["path"])
+        outcome = load_outcome(
+            project.output_dir / "quality" / source.name / f"{delivery.key}.validation.json"
+        )
+        rows_in = stats["rows_in"]
+        expectations = [
+            {
+                "description": e.description,
+                "severity": e.severity,
+                "success": e.success,
+                "failing": suppress_count(e.unexpected_count),
+                "share": suppress_rate(e.unexpected_count, e.element_count - e.missing_count),
+            }
+            for e in outcome.expectations
+        ]
+        completeness = [
+            {
+                "field": e.key.removesuffix("_completeness").replace("_", " "),
+                "column": source.identifiers.columns()[e.key.removesuffix("_completeness")],
+                "missing": suppress_count(e.unexpected_count),
+                "filled": suppress_rate(e.element_count - e.unexpected_count, e.element_count)
+                if e.unexpected_count == 0 or e.unexpected_count >= SMALL_CELL
+                else f">{1 - SMALL_CELL / e.element_count:.1%}",
+            }
+            for e in outcome.expectations
+            if e.key.endswith("_completeness")
+        ]
+        link = _link_rates(engine, source.name, delivery.key)
+        html = page.render(
+            title=f"Quality report: {source.name}",
+            department=source.department,
+            delivery=delivery.key,
+            written=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            rejected=stats["status"] == "rejected",
+            critical=[e.description for e in outcome.critical_failures],
+            rows=suppress_count(rows_in),
+            accepted=suppress_count(stats["rows_accepted"]),
+            quarantined=suppress_count(stats["rows_quarantined"]),
+            expectations=expectations,
+            data_docs=outcome.data_docs_index,
+            completeness=completeness,
+            set_missing=[
+                (k, suppress_count(v))
+                for k, v in _values_set_missing(engine, source.name, delivery.key).items()
+            ],
+            quarantine=[
+                (reason, suppress_count(n))
+                for reason, n in sorted(stats["quarantined_by_reason"].items())
+            ],
+            link={
+                "linked": suppress_count(link["linked_to_other_sources"]),
+                "linked_share": suppress_rate(link["linked_to_other_sources"], link["records"]),
+                "dupes": suppress_count(link["within_source_duplicates"]),
+                "dupes_share": suppress_rate(link["within_source_duplicates"], link["records"]),
+            },
+        )
+        path = report_path(project, source.name, delivery.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(html)
+        written.append(path)
+        index_rows.append(
+            {
+                "source": source.name,
+                "department": source.department,
+                "delivery": delivery.key,
+                "status": stats["status"],
+                "href": f"{source.name}/{delivery.key}.html",
+            }
+        )
+    target = index_path(project)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(index.render(project=project.spec.project, rows=index_rows))
+    return written
