@@ -97,7 +97,7 @@ def _print_summary(result: RunResult) -> None:
     console.print(f"model         : {m['model']['path']} (card: {out / 'model' / 'model_card.md'})")
     console.print(f"manifest      : {result.manifest_path}")
     console.print(f"quality       : {out / 'reports' / 'quality' / 'index.html'} (data owners)")
-    docs = out / "quality" / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site"
+    docs = out / "quality" / "gx" / "uncommitted" / "data_docs" / "local_site"
     console.print(f"data docs     : {docs / 'index.html'} (Great Expectations)")
     total = sum(s["seconds"] for s in m["stages"].values())
     console.print(f"finished in {total:.1f}s on {m['engine']}")

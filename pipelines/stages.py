@@ -100,7 +100,7 @@ def validate(
     record: dict[str, Any] = {"source": source.name, "delivery": delivery.key}
     with timed(record):
         outcome = validate_delivery(
-            engine, source, delivery.key, delivery.raw_table, project.output_dir / "quality" / "gx"
+            engine, source, delivery.key, delivery.raw_table, project.output_dir / "quality"
         )
         save_outcome(outcome, validation_path(project, delivery))
         failed = ", ".join(e.key for e in outcome.critical_failures)

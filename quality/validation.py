@@ -301,14 +301,15 @@ def validate_delivery(
     source: SourceSpec,
     delivery: str,
     raw_table: str,
-    gx_dir: Path,
+    gx_root: Path,
     batch_rows: int = BATCH_ROWS,
 ) -> ValidationOutcome:
-    """Run the source's contract over one delivery; builds the GX Data Docs site too."""
+    """Run the source's contract over one delivery; builds the GX Data Docs site too (under
+    gx_root/gx/)."""
     import great_expectations as gx
 
     specs = build_expectations(source)
-    context = _context(gx_dir)
+    context = _context(gx_root)
     datasource = context.data_sources.add_or_update_pandas("joinedup")
     asset_name = f"{source.name}__{delivery}"
     try:

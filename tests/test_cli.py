@@ -35,3 +35,29 @@ def test_generate_writes_extracts_and_ground_truth(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ground_truth.parquet").exists()
     assert (tmp_path / "magistrates_courts.csv").exists()
+
+
+def test_malformed_delivery_fails_its_ingest_with_the_file_named(
+    small_data, tmp_path: Path
+) -> None:
+    import shutil
+
+    import yaml
+
+    from .conftest import DEMO_CONFIG
+
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw["sources"] = [s for s in raw["sources"] if s["name"] in ("probation", "benefits")]
+    for s in raw["sources"]:
+        shutil.copy(small_data.files[s["name"]], tmp_path / s["path"])
+    broken = tmp_path / "probation.csv"
+    lines = broken.read_text().splitlines()
+    broken.write_text("\n".join([lines[0].replace("birth_date", "dob")] + lines[1:]) + "\n")
+    raw["data_dir"] = str(tmp_path)
+    config = tmp_path / "project.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert "probation__delivery" in flat and "probation.csv is missing column(s)" in flat
+    assert "['birth_date']" in flat and "Traceback" not in result.output
