@@ -305,10 +305,14 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         p = project.load()
         with engine.open(p) as e:
+            stages.estimate_errors(e, p)
             document = stages.manifest(e, p, run_id=context.run_id)
         rec = document["reconciliation"]
+        balanced = document["estimated_error_rates"]["balanced"]
         return dg.MaterializeResult(
             metadata={
+                "estimated_precision_balanced": balanced["precision"],
+                "estimated_recall_balanced": balanced["recall"],
                 "reconciles": rec["reconciles"],
                 "rows_in": rec["rows_in"],
                 "rows_linked": rec["rows_linked"],

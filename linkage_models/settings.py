@@ -139,7 +139,24 @@ def date_of_birth_comparison(spec: ComparisonSpec) -> ComparisonCreator:
 
 
 def sex_comparison(spec: ComparisonSpec) -> ComparisonCreator:
-    return cl.ExactMatch("sex")
+    """Disagreement on sex is evidence against a match; agreement is not counted, because
+    given names already carry it (counting both double-counts: among non-matches with the
+    same given name, the same sex is near certain, not a coin toss)."""
+    return cl.CustomComparison(
+        output_column_name="sex",
+        comparison_description="Sex: disagreement only",
+        comparison_levels=[
+            cll.NullLevel("sex"),
+            cll.ExactMatchLevel("sex").configure(
+                m_probability=0.5,
+                u_probability=0.5,
+                fix_m_probability=True,
+                fix_u_probability=True,
+                label_for_charts="Same sex (not counted as evidence)",
+            ),
+            cll.ElseLevel().configure(label_for_charts="Different sex"),
+        ],
+    )
 
 
 def postcode_comparison(spec: ComparisonSpec) -> ComparisonCreator:

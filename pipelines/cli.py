@@ -85,11 +85,22 @@ def _print_summary(result: RunResult) -> None:
             name, str(m["thresholds"][name]), f"{counts['links']:,}", f"{counts['persons']:,}"
         )
     console.print(links)
-    if m.get("measured_accuracy"):
-        acc = Table("threshold", "precision", "recall", "F1", title="Measured against ground truth")
-        for name, a in m["measured_accuracy"].items():
-            acc.add_row(name, f"{a['precision']:.4f}", f"{a['recall']:.4f}", f"{a['f1']:.4f}")
-        console.print(acc)
+    measured = m.get("measured_accuracy") or {}
+    columns = ["threshold", "precision (estimated)", "recall (estimated)"]
+    if measured:
+        columns += ["precision (measured)", "recall (measured)"]
+    acc = Table(*columns, title="Pairwise precision and recall of the clusters")
+    for name, est in m["estimated_error_rates"].items():
+        row = [name, f"{est['precision']:.4f}", f"{est['recall']:.4f}"]
+        if measured:
+            row += [f"{measured[name]['precision']:.4f}", f"{measured[name]['recall']:.4f}"]
+        acc.add_row(*row)
+    console.print(acc)
+    console.print(
+        "estimated: from the model's match probabilities, without labels"
+        + ("; measured: against ground truth" if measured else ""),
+        style="dim",
+    )
     out = result.output_dir
     console.print(f"person lookup : {out / 'linked' / 'person_lookup.parquet'}")
     console.print(f"events        : {out / 'linked' / 'events.parquet'}")

@@ -30,6 +30,7 @@ from pipelines.ingest import DeliveryFile, ingest_delivery
 from pipelines.publish import publish_linked_dataset
 from pipelines.standardise import linkage_input_sql, load_reference_tables_sql, standardise_sql
 from quality.accuracy import pairwise_cluster_metrics
+from quality.error_rates import estimate_error_rates
 from quality.quarantine import DeliveryTables, QuarantineResult, combine_and_quarantine
 from quality.validation import ValidationOutcome, save_outcome, validate_delivery
 
@@ -137,6 +138,8 @@ def linkage_inputs(engine: Engine, project: LoadedProject) -> dict[str, Quaranti
     Deliveries rejected by validation are quarantined whole; deliveries not yet through
     validation and standardisation are left out of this linkage and listed as pending.
     """
+    # A new linkage starts: an evaluation of the previous one no longer applies.
+    (stage_dir(project) / "evaluate.json").unlink(missing_ok=True)
     record: dict[str, Any] = {}
     results: dict[str, QuarantineResult] = {}
     pending: list[dict[str, Any]] = []
@@ -328,6 +331,15 @@ def publish(engine: Engine, project: LoadedProject) -> dict[str, Any]:
     return result
 
 
+def estimate_errors(engine: Engine, project: LoadedProject) -> dict[str, Any]:
+    """Label-free estimates of each threshold's pairwise precision and recall."""
+    record: dict[str, Any] = {}
+    with timed(record):
+        estimates = estimate_error_rates(engine, THRESHOLD_COLUMNS)
+    save_stage(project, "estimate_errors", {**record, "estimated": estimates})
+    return estimates
+
+
 def evaluate(engine: Engine, project: LoadedProject, ground_truth: Path) -> dict[str, Any]:
     """Pairwise precision/recall of each threshold's clusters against ground truth."""
     record: dict[str, Any] = {}
@@ -355,6 +367,7 @@ def manifest(engine: Engine, project: LoadedProject, run_id: str | None = None) 
     pairs = load_stage(project, "predict")
     clusters = load_stage(project, "cluster")
     published = load_stage(project, "publish")
+    estimated = load_stage(project, "estimate_errors")["estimated"]
     sources = inputs["sources"]
     rows_in = sum(s["rows_in"] for s in sources.values())
     rows_quarantined = sum(s["rows_quarantined"] for s in sources.values())
@@ -372,6 +385,7 @@ def manifest(engine: Engine, project: LoadedProject, run_id: str | None = None) 
         "predict",
         "cluster",
         "publish",
+        "estimate_errors",
         "evaluate",
     )
     stages: dict[str, dict[str, float]] = {}
@@ -441,6 +455,7 @@ def manifest(engine: Engine, project: LoadedProject, run_id: str | None = None) 
         "pairs": {k: v for k, v in pairs.items() if k not in ("seconds", "peak_rss_mb")},
         "links": clusters["links"],
         "outputs": published["outputs"],
+        "estimated_error_rates": estimated,
         "measured_accuracy": measured,
         "stages": stages,
     }

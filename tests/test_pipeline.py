@@ -139,6 +139,7 @@ def test_manifest_describes_the_run(small_run: RunResult) -> None:
         "predict",
         "cluster",
         "publish",
+        "estimate_errors",
         "evaluate",
     ]
     text = small_run.manifest_path.read_text().lower()
@@ -155,6 +156,18 @@ def test_balanced_clusters_are_accurate_on_synthetic_data(small_run: RunResult) 
     hp, bal, hr = (acc[k] for k in ("high_precision", "balanced", "high_recall"))
     assert hp["predicted_pairs"] <= bal["predicted_pairs"] <= hr["predicted_pairs"]
     assert hp["recall"] <= bal["recall"] <= hr["recall"]
+
+
+def test_label_free_error_estimates_are_close_to_measured(small_run: RunResult) -> None:
+    estimated = small_run.manifest["estimated_error_rates"]
+    measured = small_run.manifest["measured_accuracy"]
+    for name in ("high_precision", "balanced", "high_recall"):
+        est, meas = estimated[name], measured[name]
+        assert est["precision_95ci"][0] <= est["precision"] <= est["precision_95ci"][1]
+        assert est["recall_95ci"][0] <= est["recall"] <= est["recall_95ci"][1]
+        assert abs(est["precision"] - meas["precision"]) <= 0.01, name
+        assert abs(est["recall"] - meas["recall"]) <= 0.01, name
+        assert est["pairs_within_clusters"] == meas["predicted_pairs"]
 
 
 def test_registry_adds_a_version_per_training_and_can_reuse_one(
