@@ -86,9 +86,9 @@ def _print_summary(result: RunResult) -> None:
         )
     console.print(links)
     measured = m.get("measured_accuracy") or {}
-    columns = ["threshold", "precision (estimated)", "recall (estimated)"]
+    columns = ["threshold", "precision est.", "recall est."]
     if measured:
-        columns += ["precision (measured)", "recall (measured)"]
+        columns += ["precision meas.", "recall meas."]
     acc = Table(*columns, title="Pairwise precision and recall of the clusters")
     for name, est in m["estimated_error_rates"].items():
         row = [name, f"{est['precision']:.4f}", f"{est['recall']:.4f}"]
