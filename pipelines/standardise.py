@@ -19,7 +19,12 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from linkage_models.project import DEFAULT_PLACEHOLDERS, DateMapping, SourceSpec
+from linkage_models.project import (
+    DEFAULT_PLACEHOLDERS,
+    STANDARD_COLUMNS,
+    DateMapping,
+    SourceSpec,
+)
 
 ACCENTED = "àáâãäåçèéêëìíîïñòóôõöøùúûüýÿÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝ"
 PLAIN = "aaaaaaceeeeiiiinoooooouuuuyyAAAAAACEEEEIIIINOOOOOOUUUUY"
@@ -28,26 +33,7 @@ EARLIEST_PLAUSIBLE_DOB = "1890-01-01"
 NICKNAME_TABLE = "ref_nicknames"
 
 # The columns Splink sees: identical across sources (attributes and flags stay behind).
-LINKAGE_COLUMNS = (
-    "record_id",
-    "source_dataset",
-    "given_name",
-    "middle_names",
-    "family_name",
-    "date_of_birth",
-    "sex",
-    "postcode",
-    "given_name_aliases",
-    "given_name_soundex",
-    "family_name_soundex",
-    "family_name_tokens",
-    "dob_year",
-    "dob_month",
-    "dob_day",
-    "postcode_sector",
-    "postcode_district",
-    "postcode_area",
-)
+LINKAGE_COLUMNS = ("record_id", "source_dataset", *STANDARD_COLUMNS)
 
 
 def lit(value: str) -> str:

@@ -16,7 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from linkage_models.project import SourceSpec
+from linkage_models.project import DateMapping, SourceSpec
 from pipelines.engine import Engine
 from pipelines.standardise import (
     date_text_sql,
@@ -101,6 +101,16 @@ class ValidationOutcome:
         )
 
 
+def _dates(source: SourceSpec) -> dict[str, DateMapping]:
+    """The date columns a delivery is checked on: date of birth and event date."""
+    dates = {}
+    if source.identifiers.date_of_birth is not None:
+        dates["date_of_birth"] = source.identifiers.date_of_birth
+    if source.event is not None:
+        dates["event_date"] = source.event.date
+    return dates
+
+
 def validation_frame_sql(source: SourceSpec, raw_table: str) -> str:
     """The columns the expectations look at, derived in SQL from the raw delivery."""
     ids = source.identifiers
@@ -114,12 +124,7 @@ def validation_frame_sql(source: SourceSpec, raw_table: str) -> str:
         if key in ("date_of_birth",):
             continue
         cols.append(f"nullif(trim({ident(column)}), '') AS {ident('present_' + key)}")
-    dates = {"date_of_birth": ids.date_of_birth}
-    if source.event:
-        dates["event_date"] = source.event.date
-    for key, mapping in dates.items():
-        if mapping is None:
-            continue
+    for key, mapping in _dates(source).items():
         text = date_text_sql(mapping.column)
         parsed = parse_date_sql(text, mapping.formats)
         cols.append(f"{text} AS {ident('present_' + key)}")
@@ -176,12 +181,7 @@ def build_expectations(source: SourceSpec, today: date | None = None) -> list[Ex
                 {"column": f"present_{key}", "mostly": round(1 - limit, 6)},
             )
         )
-    dates = {"date_of_birth": ids.date_of_birth}
-    if source.event:
-        dates["event_date"] = source.event.date
-    for key, mapping in dates.items():
-        if mapping is None:
-            continue
+    for key, mapping in _dates(source).items():
         label = key.replace("_", " ")
         specs.append(
             ExpectationSpec(
