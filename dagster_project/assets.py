@@ -342,6 +342,27 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
             }
         )
 
+    @dg.asset(
+        key=["quality", "linkage_report"],
+        deps=[manifest.key],
+        group_name="quality",
+        kinds={"html", "json"},
+        description="The linkage report: data provided, method, estimated (and measured) "
+        "error rates, linkage bias by group; with linkage_quality.json.",
+    )
+    def linkage_report(
+        project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        p = project.load()
+        with engine.open(p) as e:
+            html, data = stages.linkage_report(e, p)
+        return dg.MaterializeResult(
+            metadata={
+                "report": dg.MetadataValue.path(str(html)),
+                "linkage_quality": dg.MetadataValue.path(str(data)),
+            }
+        )
+
     return [
         linkage_inputs,
         model,
@@ -350,6 +371,7 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
         published,
         manifest,
         quality_reports,
+        linkage_report,
     ]
 
 

@@ -107,6 +107,7 @@ def _print_summary(result: RunResult) -> None:
     console.print(f"quarantine    : {out / 'quarantine'}")
     console.print(f"model         : {m['model']['path']} (card: {out / 'model' / 'model_card.md'})")
     console.print(f"manifest      : {result.manifest_path}")
+    console.print(f"linkage report: {m['outputs']['linkage_report']}")
     console.print(f"quality       : {out / 'reports' / 'quality' / 'index.html'} (data owners)")
     docs = out / "quality" / "gx" / "uncommitted" / "data_docs" / "local_site"
     console.print(f"data docs     : {docs / 'index.html'} (Great Expectations)")

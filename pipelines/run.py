@@ -126,6 +126,7 @@ def run_project(
         ) as engine:
             stages.evaluate(engine, project, ground_truth)
             stages.manifest(engine, project, run_id=result.run_id)
+            stages.linkage_report(engine, project)
     manifest_path = out / "manifest.json"
     return RunResult(out, manifest_path, json.loads(manifest_path.read_text()))
 

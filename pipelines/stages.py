@@ -31,6 +31,7 @@ from pipelines.publish import publish_linked_dataset
 from pipelines.standardise import linkage_input_sql, load_reference_tables_sql, standardise_sql
 from quality.accuracy import pairwise_cluster_metrics
 from quality.error_rates import estimate_error_rates
+from quality.linkage_report import report_paths, write_linkage_report
 from quality.quarantine import DeliveryTables, QuarantineResult, combine_and_quarantine
 from quality.validation import ValidationOutcome, save_outcome, validate_delivery
 
@@ -356,6 +357,15 @@ def evaluate(engine: Engine, project: LoadedProject, ground_truth: Path) -> dict
     return measured
 
 
+def linkage_report(engine: Engine, project: LoadedProject) -> tuple[Path, Path]:
+    """The GUILD-style linkage report and linkage_quality.json (after the manifest)."""
+    record: dict[str, Any] = {}
+    with timed(record):
+        paths = write_linkage_report(engine, project)
+    save_stage(project, "linkage_report", {**record, "paths": [str(p) for p in paths]})
+    return paths
+
+
 # --- the manifest ------------------------------------------------------------------------
 
 
@@ -454,7 +464,11 @@ def manifest(engine: Engine, project: LoadedProject, run_id: str | None = None) 
         "thresholds": spec.model.thresholds.as_dict(),
         "pairs": {k: v for k, v in pairs.items() if k not in ("seconds", "peak_rss_mb")},
         "links": clusters["links"],
-        "outputs": published["outputs"],
+        "outputs": {
+            **published["outputs"],
+            "linkage_report": str(report_paths(project)[0]),
+            "linkage_quality": str(report_paths(project)[1]),
+        },
         "estimated_error_rates": estimated,
         "measured_accuracy": measured,
         "stages": stages,

@@ -1,0 +1,149 @@
+"""Linkage bias: for which groups is linkage worse?
+
+Per group of records (source, sex, age band at the event, region, event year): the share
+linked to another source, the within-source duplicate rate, and label-free estimates of
+precision and recall of the balanced clusters (pairs attributed to both records' groups).
+Groups whose estimated recall is markedly below the overall figure are flagged. Counts
+from 1 to 9 are suppressed by the report, which may leave the secure setting.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from pipelines.engine import Engine
+from pipelines.standardise import lit
+
+AGE_BANDS = (
+    (0, 17, "0-17"),
+    (18, 24, "18-24"),
+    (25, 34, "25-34"),
+    (35, 49, "35-49"),
+    (50, 64, "50-64"),
+    (65, 200, "65+"),
+)
+DIMENSIONS = ("source", "sex", "age_band", "region", "event_year")
+# A group is flagged when its estimated recall is this far below the overall estimate.
+FLAG_RECALL_GAP = 0.01
+
+
+def _regions_sql() -> str:
+    path = resources.files("pipelines").joinpath("reference_data", "postcode_areas.csv")
+    return f"SELECT area, region FROM read_csv({lit(str(path))}, header=true, all_varchar=true)"
+
+
+def _age_band_sql(age: str) -> str:
+    cases = " ".join(
+        f"WHEN {age} BETWEEN {lo} AND {hi} THEN '{label}'" for lo, hi, label in AGE_BANDS
+    )
+    return f"CASE {cases} ELSE 'unknown' END"
+
+
+def build_record_groups(engine: Engine, accepted_tables: dict[str, str]) -> None:
+    """Table __record_groups: one row per linked record with its group on each dimension."""
+    parts = []
+    for table in accepted_tables.values():
+        parts.append(
+            f"SELECT source_dataset, record_id, sex, date_of_birth, postcode_area, event_date "
+            f"FROM {table}"
+        )
+    age = "date_diff('year', a.date_of_birth, a.event_date)"
+    engine.create_table(
+        "__record_groups",
+        f"""
+        WITH a AS ({" UNION ALL ".join(parts)}), regions AS ({_regions_sql()})
+        SELECT a.source_dataset || '|' || a.record_id AS id,
+               l.person_id,
+               a.source_dataset AS source,
+               coalesce(a.sex, 'unknown') AS sex,
+               {_age_band_sql(age)} AS age_band,
+               coalesce(r.region, 'unknown') AS region,
+               coalesce(CAST(year(a.event_date) AS VARCHAR), 'unknown') AS event_year
+        FROM a
+        JOIN person_lookup l ON l.source_dataset = a.source_dataset
+                            AND l.source_record_id = a.record_id
+        LEFT JOIN regions r ON r.area = a.postcode_area""",
+    )
+
+
+def bias_tables(
+    engine: Engine, accepted_tables: dict[str, str], pairs_table: str = "pairs_for_clustering"
+) -> dict[str, Any]:
+    """Link rates and estimated error rates by group, for each dimension."""
+    build_record_groups(engine, accepted_tables)
+    engine.create_table(
+        "__person_sources",
+        """SELECT person_id, count(DISTINCT source) AS sources FROM __record_groups
+           GROUP BY 1""",
+    )
+    engine.create_table(
+        "__record_dupes",
+        """SELECT id, count(*) OVER (PARTITION BY person_id, source) AS in_source
+           FROM __record_groups""",
+    )
+    # Scored pairs with whether they ended in the same balanced cluster.
+    engine.create_table(
+        "__group_pairs",
+        f"""SELECT ga.id AS a, gb.id AS b, p.match_probability AS p,
+                   ga.person_id = gb.person_id AS together
+            FROM {pairs_table} p
+            JOIN __record_groups ga ON ga.id = p.source_dataset_l || '|' || p.record_id_l
+            JOIN __record_groups gb ON gb.id = p.source_dataset_r || '|' || p.record_id_r""",
+    )
+    overall = _group_stats(engine, None)
+    result: dict[str, Any] = {"overall": overall, "dimensions": {}}
+    for dim in DIMENSIONS:
+        rows = _group_stats(engine, dim)
+        for row in rows:
+            row["flagged"] = (
+                row["estimated_recall"] is not None
+                and overall[0]["estimated_recall"] is not None
+                and row["estimated_recall"] < overall[0]["estimated_recall"] - FLAG_RECALL_GAP
+            )
+        result["dimensions"][dim] = rows
+    for table in ("__record_groups", "__person_sources", "__record_dupes", "__group_pairs"):
+        engine.execute(f"DROP TABLE IF EXISTS {table}")
+    return result
+
+
+def _group_stats(engine: Engine, dim: str | None) -> list[dict[str, Any]]:
+    group = f"g.{dim}" if dim else "'all'"
+    rows = engine.fetch(f"""
+        WITH per_record AS (
+            SELECT {group} AS grp, g.id, ps.sources > 1 AS cross_linked, d.in_source > 1 AS dupe
+            FROM __record_groups g
+            JOIN __person_sources ps USING (person_id)
+            JOIN __record_dupes d USING (id)),
+        pair_groups AS (
+            SELECT {group} AS grp, p.p, p.together
+            FROM __group_pairs p JOIN __record_groups g ON g.id = p.a
+            UNION ALL
+            SELECT {group} AS grp, p.p, p.together
+            FROM __group_pairs p JOIN __record_groups g ON g.id = p.b),
+        pair_stats AS (
+            SELECT grp,
+                   sum(p) FILTER (WHERE together) AS tp,
+                   count(*) FILTER (WHERE together) AS within,
+                   sum(p) FILTER (WHERE NOT together) AS missed
+            FROM pair_groups GROUP BY grp)
+        SELECT r.grp, count(*) AS records,
+               count(*) FILTER (WHERE r.cross_linked) AS linked_to_other_sources,
+               count(*) FILTER (WHERE r.dupe) AS within_source_duplicates,
+               s.tp, s.within, s.missed
+        FROM per_record r LEFT JOIN pair_stats s USING (grp)
+        GROUP BY r.grp, s.tp, s.within, s.missed ORDER BY r.grp""")
+    out = []
+    for grp, records, linked, dupes, tp, within, missed in rows:
+        tp, missed = float(tp or 0), float(missed or 0)
+        out.append(
+            {
+                "group": str(grp),
+                "records": int(records),
+                "linked_to_other_sources": int(linked),
+                "within_source_duplicates": int(dupes),
+                "estimated_precision": round(tp / within, 6) if within else None,
+                "estimated_recall": round(tp / (tp + missed), 6) if tp + missed else None,
+            }
+        )
+    return out

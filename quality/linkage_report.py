@@ -1,0 +1,218 @@
+"""The linkage report (GUILD-style): what data was provided, how it was linked, how good the
+links are and for whom they are worse. Self-contained HTML (no CDN, works offline) and a
+machine-readable linkage_quality.json with the same figures.
+
+The report may leave the secure setting: it holds counts, rates and pseudonymous person ids
+only, with counts from 1 to 9 shown as "<10". Diagnostics that show identifiers (waterfall
+charts, comparison viewer, cluster studio) are linked, never embedded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, select_autoescape
+
+from linkage_models.project import LoadedProject
+from pipelines.engine import Engine
+from quality.bias import bias_tables
+from quality.reports import suppress_count, suppress_rate
+from quality.validation import load_outcome
+
+OVERSIZED_CLUSTER = 25  # records; larger balanced clusters are listed by person id
+
+THRESHOLD_MEANING = {
+    "high_precision": "for analyses where a false link does more harm than a missed one",
+    "balanced": "the default person id: false and missed links in balance",
+    "high_recall": "for analyses where missing someone's records does more harm",
+}
+
+
+def report_paths(project: LoadedProject) -> tuple[Path, Path]:
+    reports = project.output_dir / "reports"
+    return reports / "linkage_report.html", reports / "linkage_quality.json"
+
+
+def _cluster_sizes(engine: Engine) -> dict[str, Any]:
+    sizes = engine.fetch(
+        "SELECT n, count(*) FROM (SELECT person_id, count(*) AS n FROM person_lookup "
+        "GROUP BY 1) GROUP BY 1 ORDER BY 1"
+    )
+    oversized = engine.fetch(
+        "SELECT person_id, count(*) AS n FROM person_lookup GROUP BY 1 "
+        f"HAVING count(*) > {OVERSIZED_CLUSTER} ORDER BY n DESC, person_id LIMIT 100"
+    )
+    return {
+        "distribution": [{"records_per_person": int(n), "persons": int(c)} for n, c in sizes],
+        "oversized_threshold": OVERSIZED_CLUSTER,
+        "oversized": [{"person_id": p, "records": int(n)} for p, n in oversized],
+    }
+
+
+def _completeness(project: LoadedProject, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for entry in manifest["inputs"]:
+        for file in entry["files"]:
+            path = (
+                project.output_dir
+                / "quality"
+                / entry["source"]
+                / f"{file['delivery']}.validation.json"
+            )
+            if not path.exists():
+                continue
+            outcome = load_outcome(path)
+            for e in outcome.expectations:
+                if e.key.endswith("_completeness"):
+                    rows.append(
+                        {
+                            "source": entry["source"],
+                            "delivery": file["delivery"],
+                            "field": e.key.removesuffix("_completeness").replace("_", " "),
+                            "missing": e.unexpected_count,
+                            "rows": e.element_count,
+                        }
+                    )
+    return rows
+
+
+def _model_summary(model_path: Path) -> list[dict[str, Any]]:
+    model = json.loads(model_path.read_text())
+    comparisons = []
+    for comp in model.get("comparisons", []):
+        levels = [
+            {
+                "label": level.get("label_for_charts") or level.get("sql_condition"),
+                "match_weight": (
+                    round(math.log2(level["m_probability"] / level["u_probability"]), 2)
+                    if level.get("m_probability") and level.get("u_probability")
+                    else None
+                ),
+            }
+            for level in comp.get("comparison_levels", [])
+            if not level.get("is_null_level")
+        ]
+        comparisons.append({"name": comp.get("output_column_name"), "levels": levels})
+    return comparisons
+
+
+def linkage_quality(
+    engine: Engine, project: LoadedProject, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Every figure in the report, as plain data (counts unsuppressed: secure setting)."""
+    inputs = json.loads(
+        (project.output_dir / "work" / "stages" / "linkage_inputs.json").read_text()
+    )["sources"]
+    accepted = {n: s["accepted_table"] for n, s in inputs.items() if s["accepted_table"]}
+    spec = project.spec
+    return {
+        "project": spec.project,
+        "run_id": manifest["run_id"],
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "linking_snapshot_date": manifest["linking_snapshot_date"],
+        "data_provided": {
+            "sources": [
+                {
+                    "source": s.name,
+                    "department": s.department,
+                    "description": s.description,
+                    "deliveries": len(
+                        manifest["reconciliation"]["by_source"][s.name]["by_delivery"]
+                    ),
+                    **{
+                        k: manifest["reconciliation"]["by_source"][s.name][k]
+                        for k in (
+                            "rows_in",
+                            "rows_accepted",
+                            "rows_quarantined",
+                            "quarantined_by_reason",
+                        )
+                    },
+                }
+                for s in spec.sources
+            ],
+            "completeness": _completeness(project, manifest),
+            "reconciles": manifest["reconciliation"]["reconciles"],
+        },
+        "method": {
+            "link_type": spec.model.link_type,
+            "primitives_compared": list(spec.model.comparisons),
+            "comparisons": _model_summary(Path(manifest["model"]["path"])),
+            "blocking_rules": [str(r) for r in spec.model.blocking_rules],
+            "training": {
+                "deterministic_rules": [str(r) for r in spec.model.training.deterministic_rules],
+                "deterministic_rules_recall": spec.model.training.deterministic_rules_recall,
+                "em_blocking_rules": [str(r) for r in spec.model.training.em_blocking_rules],
+                "u_max_pairs": spec.model.training.u_max_pairs,
+            },
+            "model_version": manifest["model"]["version"],
+            "probability_two_random_records_match": manifest["model"][
+                "probability_two_random_records_match"
+            ],
+            "thresholds": {
+                name: {"match_probability": p, "use": THRESHOLD_MEANING[name]}
+                for name, p in manifest["thresholds"].items()
+            },
+            "probable_twins_rule": spec.model.probable_twins_rule,
+            "pairs": manifest["pairs"],
+        },
+        "quality": {
+            "estimated": manifest["estimated_error_rates"],
+            "measured_against_ground_truth": manifest.get("measured_accuracy"),
+            "links": manifest["links"],
+            "clusters": _cluster_sizes(engine),
+        },
+        "bias": bias_tables(engine, accepted),
+    }
+
+
+def _template() -> str:
+    return resources.files("quality").joinpath("templates", "linkage_report.html.j2").read_text()
+
+
+def render_linkage_report(q: dict[str, Any], diagnostics: list[dict[str, Any]]) -> str:
+    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
+    sources = q["data_provided"]["sources"]
+    measured = q["quality"]["measured_against_ground_truth"]
+    flagged = [
+        f"{dim.replace('_', ' ')} {row['group']}"
+        for dim, rows in q["bias"]["dimensions"].items()
+        for row in rows
+        if row["flagged"]
+    ]
+
+    def small(records: int, value: float | None) -> str:
+        return "—" if value is None or records < 10 else f"{value:.4f}"
+
+    return env.from_string(_template()).render(
+        q=q,
+        measured=measured,
+        bal=q["quality"]["estimated"]["balanced"],
+        persons=suppress_count(q["quality"]["links"]["balanced"]["persons"]),
+        total_in=suppress_count(sum(s["rows_in"] for s in sources)),
+        total_linked=suppress_count(sum(s["rows_accepted"] for s in sources)),
+        total_quarantined=suppress_count(sum(s["rows_quarantined"] for s in sources)),
+        flagged=flagged,
+        diagnostics=diagnostics,
+        c=suppress_count,
+        rate=suppress_rate,
+        small=small,
+        pct=lambda x: "—" if x is None else f"{x:.2%}",
+    )
+
+
+def write_linkage_report(
+    engine: Engine, project: LoadedProject, diagnostics: list[dict[str, Any]] | None = None
+) -> tuple[Path, Path]:
+    manifest = json.loads((project.output_dir / "manifest.json").read_text())
+    q = linkage_quality(engine, project, manifest)
+    html_path, json_path = report_paths(project)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(q, indent=2, default=str))
+    html_path.write_text(render_linkage_report(q, diagnostics or []))
+    return html_path, json_path
