@@ -343,8 +343,29 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
+        key=["quality", "diagnostics"],
+        deps=[person_clusters.key],
+        group_name="quality",
+        kinds={"splink", "html"},
+        description="Splink's match-weight charts, waterfalls, comparison viewer and cluster "
+        "studio, as offline HTML (those showing identifiers: secure setting only).",
+    )
+    def diagnostics(
+        project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        p = project.load()
+        with engine.open(p) as e:
+            written = stages.diagnostics(e, p)
+        return dg.MaterializeResult(
+            metadata={
+                "charts": len(written),
+                "folder": dg.MetadataValue.path(str(p.output_dir / "reports" / "diagnostics")),
+            }
+        )
+
+    @dg.asset(
         key=["quality", "linkage_report"],
-        deps=[manifest.key],
+        deps=[manifest.key, diagnostics.key],
         group_name="quality",
         kinds={"html", "json"},
         description="The linkage report: data provided, method, estimated (and measured) "
@@ -371,6 +392,7 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
         published,
         manifest,
         quality_reports,
+        diagnostics,
         linkage_report,
     ]
 

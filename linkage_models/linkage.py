@@ -19,6 +19,9 @@ from linkage_models.settings import blocking_rule, build_settings, exact_match_g
 
 # Pairs below this probability are not kept: they can never be accepted and only cost disk.
 PREDICTION_FLOOR = 0.01
+# EM can drive m for a level it never sees among matches to ~0 (a match weight of -60 or
+# worse), which would veto true links wherever the level does occur. m is floored here.
+M_PROBABILITY_FLOOR = 1e-5
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,21 @@ def train(linker: Linker, training: TrainingSpec) -> dict[str, Any]:
         "probability_two_random_records_match": settings._probability_two_random_records_match,
         "em_sessions": sessions,
     }
+
+
+def floor_m_probabilities(model: dict[str, Any]) -> list[str]:
+    """Raise any trained m probability below the floor to it (in place); returns the levels
+    changed, as 'comparison: level'."""
+    changed = []
+    for comparison in model.get("comparisons", []):
+        for level in comparison.get("comparison_levels", []):
+            m = level.get("m_probability")
+            if m is not None and not level.get("fix_m_probability") and m < M_PROBABILITY_FLOOR:
+                level["m_probability"] = M_PROBABILITY_FLOOR
+                changed.append(
+                    f"{comparison.get('output_column_name')}: {level.get('label_for_charts')}"
+                )
+    return changed
 
 
 def predict(linker: Linker, floor: float = PREDICTION_FLOOR) -> Predictions:

@@ -122,6 +122,14 @@ def model_card_markdown(
         lines.append("")
         for s in training_summary.get("em_sessions", []):
             lines.append(f"- `{s['blocking_rule']}`")
+        floored = training_summary.get("m_probabilities_floored") or []
+        lines.append("")
+        lines.append(
+            "Levels whose m probability EM drove below 1e-5 (never seen among matches in the "
+            "training data) were raised to 1e-5 so they cannot veto a link on their own: "
+            + (", ".join(floored) if floored else "none")
+            + "."
+        )
     else:
         lines.append("This run reused an earlier version; no training was done.")
     lines += [

@@ -30,6 +30,7 @@ from pipelines.ingest import DeliveryFile, ingest_delivery
 from pipelines.publish import publish_linked_dataset
 from pipelines.standardise import linkage_input_sql, load_reference_tables_sql, standardise_sql
 from quality.accuracy import pairwise_cluster_metrics
+from quality.diagnostics import write_diagnostics
 from quality.error_rates import estimate_error_rates
 from quality.linkage_report import report_paths, write_linkage_report
 from quality.quarantine import DeliveryTables, QuarantineResult, combine_and_quarantine
@@ -206,6 +207,7 @@ def train(
             linker = linkage.make_linker(engine.splink_api(), inputs, spec.model)
             summary = linkage.train(linker, spec.model.training)
             trained = linker.misc.save_model_to_json()
+            summary["m_probabilities_floored"] = linkage.floor_m_probabilities(trained)
             entry = registry.register(
                 trained,
                 config_hash=project.config_hash,
@@ -240,7 +242,7 @@ def training_data_fingerprint(engine: Engine, project: LoadedProject) -> str:
     return digest.hexdigest()
 
 
-def _linker_with_trained_model(engine: Engine, project: LoadedProject) -> Any:
+def trained_linker(engine: Engine, project: LoadedProject) -> Any:
     model_path = Path(load_stage(project, "train")["path"])
     trained = json.loads(model_path.read_text())
     return linkage.make_linker(
@@ -252,7 +254,7 @@ def predict(engine: Engine, project: LoadedProject) -> dict[str, Any]:
     """Score blocked pairs; apply the probable-twins rule; keep stable table names."""
     record: dict[str, Any] = {}
     with timed(record):
-        linker = _linker_with_trained_model(engine, project)
+        linker = trained_linker(engine, project)
         predictions = linkage.predict(linker)
         scored = engine.count(predictions.blocked_pairs_table)
         engine.create_table("pairwise_predictions", f"SELECT * FROM {predictions.table}")
@@ -277,7 +279,7 @@ def cluster(engine: Engine, project: LoadedProject) -> dict[str, dict[str, int]]
     thresholds = project.spec.model.thresholds.as_dict()
     summary: dict[str, dict[str, int]] = {}
     with timed(record):
-        linker = _linker_with_trained_model(engine, project)
+        linker = trained_linker(engine, project)
         tables = linkage.cluster_at_thresholds(
             linker, "pairs_for_clustering", project.spec.model.thresholds
         )
@@ -357,11 +359,25 @@ def evaluate(engine: Engine, project: LoadedProject, ground_truth: Path) -> dict
     return measured
 
 
+def diagnostics(engine: Engine, project: LoadedProject) -> list[dict[str, Any]]:
+    """Splink's charts and dashboards for analysts, as offline HTML."""
+    record: dict[str, Any] = {}
+    with timed(record):
+        model = json.loads(Path(load_stage(project, "train")["path"]).read_text())
+        written = write_diagnostics(engine, project, model, linkage_input_tables(project))
+    save_stage(project, "diagnostics", {**record, "written": written})
+    return written
+
+
 def linkage_report(engine: Engine, project: LoadedProject) -> tuple[Path, Path]:
     """The GUILD-style linkage report and linkage_quality.json (after the manifest)."""
     record: dict[str, Any] = {}
+    diagnostics_path = stage_dir(project) / "diagnostics.json"
+    written = (
+        json.loads(diagnostics_path.read_text())["written"] if diagnostics_path.exists() else []
+    )
     with timed(record):
-        paths = write_linkage_report(engine, project)
+        paths = write_linkage_report(engine, project, written)
     save_stage(project, "linkage_report", {**record, "paths": [str(p) for p in paths]})
     return paths
 

@@ -86,3 +86,27 @@ def test_report_renders_in_a_headless_browser_without_network(
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Linkage bias: for whom are links worse?" in done.stdout
     assert "Linkage quality" in done.stdout
+
+
+def test_diagnostics_are_offline_html_linked_from_the_report(small_run: RunResult) -> None:
+    html, _ = _report(small_run)
+    folder = small_run.output_dir / "reports" / "diagnostics"
+    expected = {
+        "match_weights.html",
+        "m_u_parameters.html",
+        "match_weight_histogram.html",
+        "unlinkables.html",
+        "completeness.html",
+        "blocking_rule_comparisons.html",
+        "waterfall_high_precision.html",
+        "waterfall_balanced.html",
+        "waterfall_high_recall.html",
+        "comparison_viewer.html",
+        "cluster_studio.html",
+    }
+    assert {p.name for p in folder.glob("*.html")} == expected
+    for name in expected:
+        assert f'href="diagnostics/{name}"' in html
+        assert not re.search(r"<script[^>]*\bsrc=", (folder / name).read_text())
+    # Those showing record values are marked as secure-setting only.
+    assert html.count("shows identifiers: secure setting only") == 5

@@ -1,0 +1,145 @@
+"""Match-weight diagnostics for analysts: Splink's own charts and dashboards, saved as
+self-contained HTML (JavaScript inlined, works offline) under OUT/reports/diagnostics/.
+
+Charts of the model and of counts carry no identifiers; the waterfall charts, comparison
+viewer and cluster studio show record values and are for the secure setting only — the
+linkage report links to them and marks them so.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import splink.exploratory as exploratory
+from splink.blocking_analysis import chart_comparisons_from_blocking_rules
+
+from linkage_models.linkage import PREDICTION_FLOOR, make_linker
+from linkage_models.project import LoadedProject
+from linkage_models.settings import blocking_rule
+from pipelines.engine import Engine
+from pipelines.standardise import LINKAGE_COLUMNS, ident, lit
+
+WATERFALL_PAIRS_PER_THRESHOLD = 5
+DASHBOARD_CLUSTERS = 10
+BLOCKING_SAMPLE_RECORDS = 100_000
+
+
+def diagnostics_dir(project: LoadedProject) -> Path:
+    return project.output_dir / "reports" / "diagnostics"
+
+
+def _save(chart: Any, path: Path) -> None:
+    path.write_text(chart.to_html(inline=True))
+
+
+def _records(
+    engine: Engine, input_tables: dict[str, str], source: str, record_id: str
+) -> dict[str, Any]:
+    """One linkage-input record as plain Python values (None, date, list), as Splink wants."""
+    cols = ", ".join(ident(c) for c in LINKAGE_COLUMNS)
+    row = engine.fetch(
+        f"SELECT {cols} FROM {input_tables[source]} WHERE record_id = {lit(record_id)}"
+    )[0]
+    return dict(zip(LINKAGE_COLUMNS, row, strict=True))
+
+
+def write_diagnostics(
+    engine: Engine,
+    project: LoadedProject,
+    trained_model: dict[str, Any],
+    input_tables: dict[str, str],
+) -> list[dict[str, Any]]:
+    """Write every diagnostic; returns [{title, href (relative to reports/), identifying}]."""
+    # Waterfall charts need Splink's intermediate columns, which production scoring skips.
+    model = {**trained_model, "retain_intermediate_calculation_columns": True}
+    linker = make_linker(engine.splink_api(), input_tables, project.spec.model, model)
+    out = diagnostics_dir(project)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[dict[str, Any]] = []
+
+    def record(title: str, name: str, identifying: bool = False) -> None:
+        written.append({"title": title, "href": f"diagnostics/{name}", "identifying": identifying})
+
+    db_api = linker._db_api
+    # Scored again with the intermediate columns the comparison viewer needs (diagnostics
+    # only; the published clusters come from the production predictions).
+    predictions = linker.inference.predict(threshold_match_probability=PREDICTION_FLOOR)
+    frames = [db_api.table_to_splink_dataframe(f"__diag_{s}", t) for s, t in input_tables.items()]
+    records = sum(engine.count(t) for t in input_tables.values())
+
+    _save(linker.visualisations.match_weights_chart(), out / "match_weights.html")
+    record("Match weights of every comparison level", "match_weights.html")
+    _save(linker.visualisations.m_u_parameters_chart(), out / "m_u_parameters.html")
+    record("m and u probabilities", "m_u_parameters.html")
+    _save(
+        linker.visualisations.match_weights_histogram(predictions),
+        out / "match_weight_histogram.html",
+    )
+    record("Histogram of match weights of scored pairs", "match_weight_histogram.html")
+    _save(linker.evaluation.unlinkables_chart(), out / "unlinkables.html")
+    record("Unlinkable records (too little information to link)", "unlinkables.html")
+    _save(exploratory.completeness_chart(frames), out / "completeness.html")
+    record("Completeness of linkage columns by source", "completeness.html")
+    _save(
+        chart_comparisons_from_blocking_rules(
+            frames,
+            blocking_rules=[blocking_rule(r) for r in project.spec.model.blocking_rules],
+            link_type=project.spec.model.link_type,
+            unique_id_column_name="record_id",
+            source_dataset_column_name="source_dataset",
+            # About 100k records sampled: exact for small data, stable and quick for large.
+            record_sample_proportion=min(1.0, BLOCKING_SAMPLE_RECORDS / max(records, 1)),
+        ),
+        out / "blocking_rule_comparisons.html",
+    )
+    record("Comparisons generated per blocking rule", "blocking_rule_comparisons.html")
+
+    for name, probability in project.spec.model.thresholds.as_dict().items():
+        weight = math.log2(probability / (1 - probability))
+        pairs = engine.fetch(
+            "SELECT source_dataset_l, record_id_l, source_dataset_r, record_id_r "
+            f"FROM pairs_for_clustering ORDER BY abs(match_weight - {weight}), record_id_l "
+            f"LIMIT {WATERFALL_PAIRS_PER_THRESHOLD}"
+        )
+        scored = [
+            linker.inference.score_pair(
+                _records(engine, input_tables, sl, il), _records(engine, input_tables, sr, ir)
+            ).as_record_list()[0]
+            for sl, il, sr, ir in pairs
+        ]
+        if scored:
+            _save(linker.visualisations.waterfall_chart(scored), out / f"waterfall_{name}.html")
+            record(
+                f"Waterfall charts of pairs near the {name} threshold",
+                f"waterfall_{name}.html",
+                identifying=True,
+            )
+
+    linker.visualisations.comparison_viewer_dashboard(
+        predictions, str(out / "comparison_viewer.html"), overwrite=True, num_example_rows=2
+    )
+    record("Comparison viewer dashboard", "comparison_viewer.html", identifying=True)
+
+    union = " UNION ALL ".join(f"SELECT * FROM {t}" for t in input_tables.values())
+    engine.create_table(
+        "__diag_clusters",
+        f"SELECT c.cluster_id, i.* FROM clusters_balanced c JOIN ({union}) i "
+        "USING (source_dataset, record_id)",
+    )
+    clusters = db_api.table_to_splink_dataframe("__splink__df_clustered", "__diag_clusters")
+    linker.visualisations.cluster_studio_dashboard(
+        predictions,
+        clusters,
+        str(out / "cluster_studio.html"),
+        sampling_method="by_cluster_size",
+        sample_size=DASHBOARD_CLUSTERS,
+        overwrite=True,
+    )
+    record(
+        "Cluster studio dashboard (sample of clusters by size)",
+        "cluster_studio.html",
+        identifying=True,
+    )
+    return written
