@@ -10,11 +10,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from linkage_models.project import ConfigError, load_project
+from linkage_models.project import ConfigError, LoadedProject, load_project
+from pipelines import stages
+from pipelines.engine import Engine, open_engine
 from pipelines.ingest import SourceError
 from pipelines.run import RunError, RunResult, run_project
 from pipelines.stages import ReconciliationError
 from pipelines.synthetic import generate_extracts
+from quality.clerical_review import (
+    ReviewError,
+    label_from_ground_truth,
+    labels_path,
+    read_decisions,
+    read_decisions_frame,
+    sample_pairs,
+    store_labels,
+)
 
 app = typer.Typer(add_completion=False, help="Batch linkage of administrative data extracts.")
 console = Console()
@@ -158,7 +169,83 @@ def demo(
         )
     except STRUCTURAL_ERRORS as exc:
         _fail(exc)
+    _simulated_review(result, data_dir / "ground_truth.parquet")
     _print_summary(result)
+
+
+def _simulated_review(result: RunResult, truth: Path) -> None:
+    """The demo's clerical review loop, with ground truth standing in for the reviewers."""
+    project = load_project(DEMO_CONFIG, data_dir=truth.parent, output_dir=result.output_dir)
+    with _work_engine(project) as engine:
+        sample = sample_pairs(engine, 600)
+        store_labels(
+            read_decisions_frame(label_from_ground_truth(sample, truth)), project.output_dir
+        )
+        stages.linkage_report(engine, project)
+
+
+review_app = typer.Typer(help="Clerical review of scored pairs (inside the secure setting).")
+app.add_typer(review_app, name="review")
+
+
+def _work_engine(project: LoadedProject) -> Engine:
+    database = project.output_dir / "work" / "joinedup.duckdb"
+    if not database.exists():
+        raise FileNotFoundError(
+            f"{database}: no linkage has run for this project yet (run `joinedup run` first)"
+        )
+    return open_engine(
+        "duckdb", project.output_dir / "work", memory_limit=project.spec.output.duckdb_memory_limit
+    )
+
+
+@review_app.command("sample")
+def review_sample(
+    config: Path = typer.Argument(..., help="Linkage project YAML."),
+    n: int = typer.Option(300, min=10, help="About how many pairs to sample."),
+    out: Path | None = typer.Option(None, help="CSV to write (default OUT/review/...)."),
+    output_dir: Path | None = typer.Option(None, "--project-out", help="The run's output folder."),
+    seed: int = typer.Option(42, help="Sampling seed."),
+) -> None:
+    """Export a stratified sample of scored pairs, with identifiers, for reviewers."""
+    try:
+        project = load_project(config, output_dir=output_dir)
+        with _work_engine(project) as engine:
+            sample = sample_pairs(engine, n, seed)
+    except STRUCTURAL_ERRORS as exc:
+        _fail(exc)
+    target = out or project.output_dir / "review" / f"sample_seed{seed}.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sample.to_csv(target, index=False)
+    console.print(
+        f"{len(sample):,} pairs in {sample.stratum.nunique()} match-weight strata "
+        f"written to {target}"
+    )
+    console.print(
+        "Fill clerical_match with 1 (same person) or 0 (different); leave blank to "
+        "skip; then run `joinedup review import`. The file holds identifiers: keep it "
+        "in the secure setting."
+    )
+
+
+@review_app.command("import")
+def review_import(
+    config: Path = typer.Argument(..., help="Linkage project YAML."),
+    file: Path = typer.Argument(..., help="The reviewed CSV."),
+    output_dir: Path | None = typer.Option(None, "--project-out", help="The run's output folder."),
+) -> None:
+    """Store reviewers' decisions as labels and refresh the linkage report."""
+    try:
+        project = load_project(config, output_dir=output_dir)
+        stored = store_labels(read_decisions(file), project.output_dir)
+        with _work_engine(project) as engine:
+            html, _ = stages.linkage_report(engine, project)
+    except (*STRUCTURAL_ERRORS, ReviewError) as exc:
+        _fail(exc)
+    console.print(
+        f"{len(stored):,} labelled pairs stored in "
+        f"{labels_path(project.output_dir)}; report refreshed: {html}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

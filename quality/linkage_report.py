@@ -21,6 +21,7 @@ from jinja2 import Environment, select_autoescape
 from linkage_models.project import LoadedProject
 from pipelines.engine import Engine
 from quality.bias import bias_tables
+from quality.clerical_review import clerical_estimates, current_labels
 from quality.reports import suppress_count, suppress_rate
 from quality.validation import load_outcome
 
@@ -168,7 +169,15 @@ def linkage_quality(
             "clusters": _cluster_sizes(engine),
         },
         "bias": bias_tables(engine, accepted),
+        "clerical_review": _clerical(engine, project),
     }
+
+
+def _clerical(engine: Engine, project: LoadedProject) -> dict[str, Any] | None:
+    labels = current_labels(engine, project.output_dir)
+    if labels is None:
+        return None
+    return clerical_estimates(labels, project.spec.model.thresholds.as_dict())
 
 
 def _template() -> str:
