@@ -30,7 +30,8 @@ from pipelines.ingest import DeliveryFile, ingest_delivery
 from pipelines.publish import publish_linked_dataset
 from pipelines.standardise import linkage_input_sql, load_reference_tables_sql, standardise_sql
 from quality.accuracy import pairwise_cluster_metrics
-from quality.diagnostics import write_diagnostics
+from quality.clerical_review import labels_path
+from quality.diagnostics import write_diagnostics, write_label_accuracy
 from quality.error_rates import estimate_error_rates
 from quality.linkage_report import report_paths, write_linkage_report
 from quality.quarantine import DeliveryTables, QuarantineResult, combine_and_quarantine
@@ -377,7 +378,15 @@ def linkage_report(engine: Engine, project: LoadedProject) -> tuple[Path, Path]:
         json.loads(diagnostics_path.read_text())["written"] if diagnostics_path.exists() else []
     )
     with timed(record):
-        paths = write_linkage_report(engine, project, written)
+        truth_space: list[dict[str, Any]] = []
+        labels = labels_path(project.output_dir)
+        if labels.exists():
+            model = json.loads(Path(load_stage(project, "train")["path"]).read_text())
+            charts, truth_space = write_label_accuracy(
+                engine, project, model, linkage_input_tables(project), labels
+            )
+            written = [*written, *charts]
+        paths = write_linkage_report(engine, project, written, truth_space)
     save_stage(project, "linkage_report", {**record, "paths": [str(p) for p in paths]})
     return paths
 

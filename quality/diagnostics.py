@@ -143,3 +143,63 @@ def write_diagnostics(
         identifying=True,
     )
     return written
+
+
+def write_label_accuracy(
+    engine: Engine,
+    project: LoadedProject,
+    trained_model: dict[str, Any],
+    input_tables: dict[str, str],
+    labels_parquet: Path,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Splink's truth-space table and precision-recall chart from the clerical labels.
+
+    Counts are over the labelled pairs themselves (unweighted): the stratified sample
+    over-represents pairs near the thresholds, so read them as the model's behaviour on
+    reviewed pairs; the report's weighted figures are the population estimates.
+    """
+    linker = make_linker(engine.splink_api(), input_tables, project.spec.model, trained_model)
+    source = f"read_parquet({lit(str(labels_parquet))})"
+    engine.create_table(
+        "__labels_for_splink",
+        "SELECT source_dataset_l, record_id_l, source_dataset_r, record_id_r, "
+        f"CAST(clerical_match AS DOUBLE) AS clerical_match_score FROM {source}",
+    )
+    labels = linker._db_api.table_to_splink_dataframe("__labels", "__labels_for_splink")
+    evaluation = linker.evaluation
+    out = diagnostics_dir(project)
+    out.mkdir(parents=True, exist_ok=True)
+    _save(
+        evaluation.accuracy_analysis_from_labels_table(labels, output_type="precision_recall"),
+        out / "precision_recall.html",
+    )
+    table = evaluation.accuracy_analysis_from_labels_table(
+        labels, output_type="table", add_metrics=["f1"]
+    )
+    columns = (
+        "truth_threshold",
+        "match_probability",
+        "tp",
+        "fp",
+        "tn",
+        "fn",
+        "precision",
+        "recall",
+        "f1",
+    )
+    rows = []
+    for name, probability in project.spec.model.thresholds.as_dict().items():
+        weight = math.log2(probability / (1 - probability))
+        found = engine.fetch(
+            f"SELECT {', '.join(columns)} FROM {table.physical_name} "
+            f"ORDER BY abs(truth_threshold - {weight}) LIMIT 1"
+        )
+        if found:
+            rows.append({"threshold": name, **dict(zip(columns, found[0], strict=True))})
+    engine.execute("DROP TABLE IF EXISTS __labels_for_splink")
+    entry = {
+        "title": "Precision-recall curve from the clerically reviewed pairs",
+        "href": "diagnostics/precision_recall.html",
+        "identifying": False,
+    }
+    return [entry], rows

@@ -216,10 +216,15 @@ def render_linkage_report(q: dict[str, Any], diagnostics: list[dict[str, Any]]) 
 
 
 def write_linkage_report(
-    engine: Engine, project: LoadedProject, diagnostics: list[dict[str, Any]] | None = None
+    engine: Engine,
+    project: LoadedProject,
+    diagnostics: list[dict[str, Any]] | None = None,
+    truth_space: list[dict[str, Any]] | None = None,
 ) -> tuple[Path, Path]:
     manifest = json.loads((project.output_dir / "manifest.json").read_text())
     q = linkage_quality(engine, project, manifest)
+    if q["clerical_review"] is not None:
+        q["clerical_review"]["truth_space_unweighted"] = truth_space or []
     html_path, json_path = report_paths(project)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(q, indent=2, default=str))

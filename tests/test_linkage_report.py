@@ -54,8 +54,11 @@ def test_report_holds_no_names_dates_of_birth_or_postcodes(
     dobs = {d for d in courts.date_of_birth.dropna()} | {
         str(d) for d in pupils.date_of_birth.dropna()
     }
-    words = set(re.findall(r"[a-z][a-z-]+", text))
-    assert not (surnames & words)
+    # Words of the report's own text (e.g. "Wilson" intervals) are not data.
+    template = Path(__file__).parents[1] / "quality" / "templates" / "linkage_report.html.j2"
+    fixed = set(re.findall(r"[a-z][a-z-]+", template.read_text().lower()))
+    words = set(re.findall(r"[a-z][a-z-]+", text)) - fixed
+    assert not (surnames & words), sorted(surnames & words)
     assert not any(p in text for p in postcodes)
     assert not any(d in text for d in dobs)
 
@@ -104,7 +107,8 @@ def test_diagnostics_are_offline_html_linked_from_the_report(small_run: RunResul
         "comparison_viewer.html",
         "cluster_studio.html",
     }
-    assert {p.name for p in folder.glob("*.html")} == expected
+    # (precision_recall.html joins them once clerical labels exist)
+    assert expected <= {p.name for p in folder.glob("*.html")}
     for name in expected:
         assert f'href="diagnostics/{name}"' in html
         assert not re.search(r"<script[^>]*\bsrc=", (folder / name).read_text())
