@@ -11,6 +11,7 @@ Across sources (unpartitioned):
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
@@ -43,6 +44,15 @@ def _delivery(project: LoadedProject, source: SourceSpec, key: str) -> Delivery:
         f"source '{source.name}': delivery {key!r} is not in the landing folder "
         f"{project.source_path(source)}"
     )
+
+
+def _run_stage(
+    project: LinkageProjectResource, engine: EngineResource, stage: Any, *args: Any
+) -> tuple[LoadedProject, Any]:
+    """Load the project, open its engine, run one stage function: every asset's body."""
+    p = project.load()
+    with engine.open(p) as e:
+        return p, stage(e, p, *args)
 
 
 def _schema(columns: list[str]) -> dg.TableSchema:
@@ -163,9 +173,7 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
     def linkage_inputs(
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
-        p = project.load()
-        with engine.open(p) as e:
-            results = stages.linkage_inputs(e, p)
+        _, results = _run_stage(project, engine, stages.linkage_inputs)
         metadata: dict[str, object] = {
             "dagster/row_count": sum(r.rows_accepted for r in results.values()),
             "rows_in": sum(r.rows_in for r in results.values()),
@@ -188,9 +196,7 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
     def model(
         config: ModelConfig, project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
-        p = project.load()
-        with engine.open(p) as e:
-            entry = stages.train(e, p, config.model_version)
+        p, entry = _run_stage(project, engine, stages.train, config.model_version)
         return dg.MaterializeResult(
             metadata={
                 "version": entry["version"],
@@ -214,9 +220,7 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
     def pairwise_predictions(
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
-        p = project.load()
-        with engine.open(p) as e:
-            pairs = stages.predict(e, p)
+        _, pairs = _run_stage(project, engine, stages.predict)
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": pairs["kept_above_floor"],
@@ -236,9 +240,7 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
     def person_clusters(
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
-        p = project.load()
-        with engine.open(p) as e:
-            summary = stages.cluster(e, p)
+        _, summary = _run_stage(project, engine, stages.cluster)
         metadata: dict[str, object] = {}
         for name, s in summary.items():
             metadata[f"{name}_persons"] = s["persons"]
@@ -266,21 +268,13 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
         ],
     )
     def published(project: LinkageProjectResource, engine: EngineResource):
-        p = project.load()
-        with engine.open(p) as e:
-            result = stages.publish(e, p)
-            persons = e.fetch("SELECT count(DISTINCT person_id) FROM person_lookup")[0][0]
-            linked = e.fetch(
-                "SELECT avg(CAST(n > 1 AS INTEGER)) FROM (SELECT person_id, "
-                "count(DISTINCT source_dataset) AS n FROM person_lookup GROUP BY 1) p "
-                "JOIN person_lookup USING (person_id)"
-            )[0][0]
+        _, result = _run_stage(project, engine, stages.publish)
         yield dg.MaterializeResult(
             asset_key=["published", "person_lookup"],
             metadata={
                 "dagster/row_count": result["rows"],
-                "persons": int(persons),
-                "share_of_records_linked_across_sources": round(float(linked or 0), 4),
+                "persons": result["persons"],
+                "share_of_records_linked_across_sources": result["share_linked_across_sources"],
                 "path": dg.MetadataValue.path(result["outputs"]["person_lookup"]),
             },
         )
@@ -332,9 +326,7 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
     def quality_reports(
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
-        p = project.load()
-        with engine.open(p) as e:
-            written = reports.write_quality_reports(e, p)
+        p, written = _run_stage(project, engine, reports.write_quality_reports)
         return dg.MaterializeResult(
             metadata={
                 "reports": len(written),
@@ -353,9 +345,7 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
     def diagnostics(
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
-        p = project.load()
-        with engine.open(p) as e:
-            written = stages.diagnostics(e, p)
+        p, written = _run_stage(project, engine, stages.diagnostics)
         return dg.MaterializeResult(
             metadata={
                 "charts": len(written),
@@ -374,9 +364,7 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
     def linkage_report(
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
-        p = project.load()
-        with engine.open(p) as e:
-            html, data = stages.linkage_report(e, p)
+        _, (html, data) = _run_stage(project, engine, stages.linkage_report)
         return dg.MaterializeResult(
             metadata={
                 "report": dg.MetadataValue.path(str(html)),

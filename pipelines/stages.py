@@ -7,6 +7,7 @@ JSON summary (counts, timings, never row values) under OUT/work/stages/ for the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import resource
@@ -235,8 +236,7 @@ def train(
 
 
 def training_data_fingerprint(engine: Engine, project: LoadedProject) -> str:
-    import hashlib
-
+    """Which deliveries (by content hash and status) the model was trained on."""
     digest = hashlib.sha256()
     for row in delivery_statuses(engine):
         digest.update(f"{row['source']}:{row['delivery']}:{row['sha256']}:{row['status']}".encode())
@@ -320,6 +320,11 @@ def publish(engine: Engine, project: LoadedProject) -> dict[str, Any]:
             snapshot,
         )
         lookup_rows = engine.count("person_lookup")
+        persons, linked_share = engine.fetch(
+            "SELECT count(DISTINCT person_id), avg(CAST(sources > 1 AS INTEGER)) FROM "
+            "(SELECT person_id, count(DISTINCT source_dataset) OVER (PARTITION BY person_id) "
+            "AS sources FROM person_lookup)"
+        )[0]
         expected = sum(s["rows_accepted"] for s in inputs.values())
         if lookup_rows != expected:
             raise ReconciliationError(
@@ -328,6 +333,8 @@ def publish(engine: Engine, project: LoadedProject) -> dict[str, Any]:
     result = {
         **record,
         "rows": lookup_rows,
+        "persons": int(persons),
+        "share_linked_across_sources": round(float(linked_share or 0), 4),
         "snapshot_date": snapshot.isoformat(),
         "outputs": {k: str(v) for k, v in paths.items()},
     }
