@@ -110,18 +110,3 @@ def delivery_statuses(engine: Engine, source: str | None = None) -> list[dict[st
         f"SELECT {', '.join(STATUS_COLUMNS)} FROM {STATUS_TABLE} {where} ORDER BY source, delivery"
     )
     return [dict(zip(STATUS_COLUMNS, row, strict=True)) for row in rows]
-
-
-def forget_missing_deliveries(engine: Engine, project: LoadedProject) -> list[str]:
-    """Drop status rows whose file has gone from the landing folder; returns their keys."""
-    gone = []
-    for row in delivery_statuses(engine):
-        if not Path(row["path"]).exists() or row["source"] not in {
-            s.name for s in project.spec.sources
-        }:
-            engine.execute(
-                f"DELETE FROM {STATUS_TABLE} WHERE source = {lit(row['source'])} "
-                f"AND delivery = {lit(row['delivery'])}"
-            )
-            gone.append(f"{row['source']}/{row['delivery']}")
-    return gone

@@ -18,14 +18,6 @@ from pipelines.engine import Engine
 from pipelines.standardise import ident, lit
 
 REJECTED_DELIVERY = "delivery rejected by validation"
-REASONS = (
-    REJECTED_DELIVERY,
-    "missing record id",
-    "duplicate record id",
-    "unparseable date of birth",
-    "unparseable event date",
-    "insufficient identifiers",
-)
 
 QUARANTINE_REASON_SQL = """
 CASE
