@@ -122,8 +122,15 @@ class DuckDBEngine:
         self.close()
 
 
+ENGINES = ("duckdb",)
+
+
+def check_engine_name(name: str) -> None:
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; expected one of {list(ENGINES)}")
+
+
 def open_engine(name: str, work_dir: Path, memory_limit: str = "8GB") -> Engine:
     """The engine named in the CLI or config; DuckDB is the embedded default."""
-    if name == "duckdb":
-        return DuckDBEngine(work_dir / "joinedup.duckdb", memory_limit=memory_limit)
-    raise ValueError(f"unknown engine {name!r}; expected 'duckdb'")
+    check_engine_name(name)
+    return DuckDBEngine(work_dir / "joinedup.duckdb", memory_limit=memory_limit)

@@ -16,7 +16,7 @@ from typing import Any
 from linkage_models.project import LoadedProject
 from pipelines import stages
 from pipelines.deliveries import delivery_statuses, require_deliveries
-from pipelines.engine import open_engine
+from pipelines.engine import check_engine_name, open_engine
 
 StageCallback = Callable[[str], None]
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -75,6 +75,10 @@ def run_project(
     for category in (dg.BetaWarning, dg.PreviewWarning):
         warnings.filterwarnings("ignore", category=category)
     out = project.output_dir
+    try:  # before anything is touched
+        check_engine_name(engine_name)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     deliveries = {s.name: require_deliveries(project, s) for s in project.spec.sources}
     _prepare_output(out)
     assets = build_assets(project)

@@ -61,3 +61,16 @@ def test_malformed_delivery_fails_its_ingest_with_the_file_named(
     flat = " ".join(result.output.split())
     assert "probation__delivery" in flat and "probation.csv is missing column(s)" in flat
     assert "['birth_date']" in flat and "Traceback" not in result.output
+
+
+def test_unknown_engine_is_refused_before_outputs_are_touched(tmp_path: Path) -> None:
+    from .conftest import DEMO_CONFIG
+
+    out = tmp_path / "out"
+    (out / "linked").mkdir(parents=True)
+    marker = out / "linked" / "person_lookup.parquet"
+    marker.write_text("previous run")
+    result = runner.invoke(app, ["run", str(DEMO_CONFIG), "--engine", "oracle", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "unknown engine 'oracle'" in result.output and "Traceback" not in result.output
+    assert marker.read_text() == "previous run"
