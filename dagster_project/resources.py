@@ -1,17 +1,19 @@
-"""Dagster resources: the linkage project and the engine it runs on.
+"""Dagster resources: the linkage project, the Spark session, and the engine it runs on.
 
-Both are configurable from environment variables, so one code location is deployed
-unchanged and pointed at a project file, landing folders and an output folder.
+All are configurable from environment variables, so one code location is deployed
+unchanged and pointed at a project file, landing folders, an output folder and a cluster.
 """
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from linkage_models.project import LoadedProject, load_project
 from pipelines.engine import Engine, open_engine
+from pipelines.spark_engine import SparkSettings
 
 
 class LinkageProjectResource(dg.ConfigurableResource):
@@ -25,14 +27,59 @@ class LinkageProjectResource(dg.ConfigurableResource):
         return load_project(self.config_path, data_dir=self.data_dir, output_dir=self.output_dir)
 
 
+class SparkSessionResource(dg.ConfigurableResource):
+    """How to reach Spark: a master URL (local[2], spark://, yarn, k8s://) or a Spark
+    Connect endpoint (sc://host:port), extra conf, and where intermediate tables go.
+    Defaults come from JOINEDUP_SPARK_* variables (see docs/spark.md)."""
+
+    master: str = "local[2]"
+    remote: str | None = None
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8
+    break_lineage_method: str | None = None  # parquet locally, persist over Spark Connect
+    checkpoint_dir: str | None = None
+    tables_dir: str | None = None
+    conf: dict[str, str] = {}
+
+    @classmethod
+    def from_env(cls) -> "SparkSessionResource":
+        return cls.from_settings(SparkSettings.from_env())
+
+    @classmethod
+    def from_settings(cls, settings: SparkSettings) -> "SparkSessionResource":
+        fields: dict[str, Any] = {
+            k: getattr(settings, k) for k in cls.model_fields if hasattr(settings, k)
+        }
+        return cls(**fields)
+
+    def settings(self) -> SparkSettings:
+        return SparkSettings(
+            master=self.master,
+            remote=self.remote,
+            driver_memory=self.driver_memory,
+            shuffle_partitions=self.shuffle_partitions,
+            break_lineage_method=self.break_lineage_method,
+            checkpoint_dir=self.checkpoint_dir,
+            tables_dir=self.tables_dir,
+            conf=dict(self.conf),
+        )
+
+
 class EngineResource(dg.ConfigurableResource):
-    """Where the SQL runs. `duckdb` keeps a database file under OUT/work/."""
+    """Where the SQL runs: `duckdb` keeps a database file under OUT/work/; `spark` uses the
+    Spark session resource."""
 
     engine: str = "duckdb"
     memory_limit: str | None = None  # default: output.duckdb_memory_limit in the project
+    spark: SparkSessionResource
 
     @contextmanager
     def open(self, project: LoadedProject) -> Iterator[Engine]:
         limit = self.memory_limit or project.spec.output.duckdb_memory_limit
-        with open_engine(self.engine, Path(project.output_dir) / "work", memory_limit=limit) as e:
+        with open_engine(
+            self.engine,
+            Path(project.output_dir) / "work",
+            memory_limit=limit,
+            spark=self.spark.settings(),
+        ) as e:
             yield e

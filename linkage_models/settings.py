@@ -15,11 +15,30 @@ import splink.comparison_library as cl
 from splink import SettingsCreator, block_on
 from splink.internals.blocking_rule_creator import BlockingRuleCreator
 from splink.internals.comparison_creator import ComparisonCreator
+from splink.internals.comparison_level_creator import ComparisonLevelCreator
+from splink.internals.dialects import SplinkDialect
 
 from linkage_models.project import BlockingRule, ComparisonSpec, ModelSpec
 
 # Columns Splink must carry through so outputs and diagnostics can use them.
 RETAINED_COLUMNS = ["given_name_aliases", "family_name_tokens", "dob_year", "dob_month", "dob_day"]
+
+
+class NamesSwappedLevel(ComparisonLevelCreator):
+    """Two name columns similar crosswise (given name on one record is the family name on
+    the other). Written per dialect: the Jaro-Winkler function is named differently on each
+    engine (DuckDB's built-in, Splink's UDF jar on Spark)."""
+
+    def __init__(self, first: str, second: str, threshold: float):
+        self.first, self.second, self.threshold = first, second, threshold
+
+    def create_sql(self, sql_dialect: SplinkDialect) -> str:
+        jw = sql_dialect.jaro_winkler_function_name
+        a, b, t = self.first, self.second, self.threshold
+        return f"{jw}({a}_l, {b}_r) >= {t} AND {jw}({b}_l, {a}_r) >= {t}"
+
+    def create_label_for_charts(self) -> str:
+        return "Given and family names swapped"
 
 
 def _jaro_winkler_levels(column: str, thresholds: list[float]) -> list[Any]:
@@ -33,12 +52,7 @@ def given_name_comparison(spec: ComparisonSpec) -> ComparisonCreator:
         comparison_levels=[
             cll.NullLevel("given_name"),
             cll.ExactMatchLevel("given_name", spec.term_frequency_adjustments),
-            cll.CustomLevel(
-                "jaro_winkler_similarity(given_name_l, family_name_r) >= 0.9 "
-                "AND jaro_winkler_similarity(family_name_l, given_name_r) >= 0.9",
-                label_for_charts="Given and family names swapped",
-                base_dialect_str="duckdb",
-            ),
+            NamesSwappedLevel("given_name", "family_name", 0.9),
             cll.ArrayIntersectLevel("given_name_aliases", 1).configure(
                 label_for_charts="Nickname of the same name"
             ),

@@ -71,12 +71,23 @@ def require_deliveries(project: LoadedProject, source: SourceSpec) -> list[Deliv
     return deliveries
 
 
+_STATUS_TYPES = {
+    "source": "VARCHAR",
+    "delivery": "VARCHAR",
+    "path": "VARCHAR",
+    "rows": "BIGINT",
+    "sha256": "VARCHAR",
+    "bytes": "BIGINT",
+    "status": "VARCHAR",
+    "detail": "VARCHAR",
+    "updated_at": "TIMESTAMP",
+}
+
+
 def ensure_status_table(engine: Engine) -> None:
-    engine.execute(
-        f"""CREATE TABLE IF NOT EXISTS {STATUS_TABLE} (
-            source VARCHAR, delivery VARCHAR, path VARCHAR, rows BIGINT, sha256 VARCHAR,
-            bytes BIGINT, status VARCHAR, detail VARCHAR, updated_at TIMESTAMP)"""
-    )
+    if not engine.table_exists(STATUS_TABLE):
+        empty = ", ".join(f"CAST(NULL AS {t}) AS {c}" for c, t in _STATUS_TYPES.items())
+        engine.create_table(STATUS_TABLE, f"SELECT {empty} LIMIT 0")
 
 
 def set_status(
@@ -86,20 +97,40 @@ def set_status(
     file: DeliveryFile | None = None,
     detail: str = "",
 ) -> None:
-    """Record a delivery's progress: ingested, accepted, rejected or standardised."""
+    """Record a delivery's progress: ingested, accepted, rejected or standardised.
+
+    The small table is rewritten whole, so engines without UPDATE (Spark on Parquet) work.
+    """
     ensure_status_table(engine)
-    where = f"source = {lit(delivery.source)} AND delivery = {lit(delivery.key)}"
+    this = f"source = {lit(delivery.source)} AND delivery = {lit(delivery.key)}"
+    columns = ", ".join(_STATUS_TYPES)
     if file is None:
-        engine.execute(
-            f"UPDATE {STATUS_TABLE} SET status = {lit(status)}, detail = {lit(detail)}, "
-            f"updated_at = now() WHERE {where}"
+        changed = {"status": lit(status), "detail": lit(detail), "updated_at": "now()"}
+        select = ", ".join(
+            f"CASE WHEN {this} THEN CAST({changed[c]} AS {t}) ELSE {c} END AS {c}"
+            if c in changed
+            else c
+            for c, t in _STATUS_TYPES.items()
         )
+        engine.create_table(STATUS_TABLE, f"SELECT {select} FROM {STATUS_TABLE}")
         return
-    engine.execute(f"DELETE FROM {STATUS_TABLE} WHERE {where}")
-    engine.execute(
-        f"INSERT INTO {STATUS_TABLE} VALUES ({lit(delivery.source)}, {lit(delivery.key)}, "
-        f"{lit(file.path)}, {file.rows}, {lit(file.sha256)}, {file.bytes}, {lit(status)}, "
-        f"{lit(detail)}, now())"
+    values = [
+        lit(delivery.source),
+        lit(delivery.key),
+        lit(file.path),
+        str(file.rows),
+        lit(file.sha256),
+        str(file.bytes),
+        lit(status),
+        lit(detail),
+        "now()",
+    ]
+    new_row = ", ".join(
+        f"CAST({v} AS {t}) AS {c}" for v, (c, t) in zip(values, _STATUS_TYPES.items(), strict=True)
+    )
+    engine.create_table(
+        STATUS_TABLE,
+        f"SELECT {columns} FROM {STATUS_TABLE} WHERE NOT ({this}) UNION ALL SELECT {new_row}",
     )
 
 

@@ -1,18 +1,23 @@
-"""Engine sessions: where the SQL runs. DuckDB (one machine, a real database file) today.
+"""Engine sessions: where the SQL runs. DuckDB (one machine, a real database file) is the
+embedded default; Spark (`pipelines/spark_engine.py`) runs the same SQL on a cluster.
 
-The rest of the code talks to an engine through this small surface, so a Spark engine can
-stand beside it: run a statement, materialise a SELECT as a table, read columns and counts,
-write Parquet, and hand Splink its database API.
+The rest of the code talks to an engine through this small surface: run a statement,
+materialise a SELECT as a table, expose a file or a small frame as a table, read columns and
+counts, write Parquet, and hand Splink its database API. All SQL is written in DuckDB's
+dialect; the Spark engine transpiles it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
 import pandas as pd
+
+from linkage_models.project import CsvOptions
 
 
 class Engine(Protocol):
@@ -27,6 +32,21 @@ class Engine(Protocol):
     def fetch_df(self, sql: str) -> pd.DataFrame: ...
 
     def columns(self, table: str) -> list[str]: ...
+
+    def table_exists(self, name: str) -> bool: ...
+
+    def drop_table(self, name: str) -> None: ...
+
+    def register_file(
+        self,
+        view: str,
+        path: str,
+        file_format: str,
+        csv: CsvOptions | None = None,
+        row_number_column: str | None = None,
+    ) -> None: ...
+
+    def load_frame(self, name: str, frame: pd.DataFrame) -> None: ...
 
     def count(self, table: str) -> int: ...
 
@@ -56,6 +76,24 @@ def _connect_waiting_for_lock(database: Path, timeout: float) -> duckdb.DuckDBPy
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def error_summary(exc: BaseException) -> str:
+    """What went wrong in an engine, fit for a message: DuckDB's first line, or Spark's error
+    classes (Spark quotes the offending record after them, which must not be shown)."""
+    java = getattr(exc, "java_exception", None)
+    if java is None:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    classes = []
+    while java is not None:
+        found = re.match(r"\s*\[([A-Z0-9_.]+)\]", str(java.getMessage() or ""))
+        classes.append(found.group(1) if found else java.getClass().getSimpleName())
+        java = java.getCause()
+    return "Spark error " + " / ".join(dict.fromkeys(classes)) + " (row values withheld)"
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 class DuckDBEngine:
@@ -100,6 +138,44 @@ class DuckDBEngine:
     def count(self, table: str) -> int:
         return int(self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
+    def table_exists(self, name: str) -> bool:
+        found = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+        ).fetchall()
+        return bool(found[0][0])
+
+    def drop_table(self, name: str) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS {name}")
+
+    def register_file(
+        self,
+        view: str,
+        path: str,
+        file_format: str,
+        csv: CsvOptions | None = None,
+        row_number_column: str | None = None,
+    ) -> None:
+        """A temporary view over a CSV (every column as text) or Parquet file; with
+        `row_number_column`, each row's position in the file (1-based)."""
+        if file_format == "csv":
+            opts = csv or CsvOptions()
+            reader = (
+                f"read_csv({_lit(path)}, header=true, all_varchar=true, "
+                f"delim={_lit(opts.delimiter)}, quote={_lit(opts.quote)}, "
+                f"escape={_lit(opts.quote)}, encoding={_lit(opts.encoding)})"
+            )
+        else:
+            reader = f"read_parquet({_lit(path)})"
+        numbered = f", row_number() OVER () AS {row_number_column}" if row_number_column else ""
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *{numbered} FROM {reader}")
+
+    def load_frame(self, name: str, frame: pd.DataFrame) -> None:
+        self.con.register("__joinedup_frame", frame)
+        try:
+            self.con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM __joinedup_frame")
+        finally:
+            self.con.unregister("__joinedup_frame")
+
     def write_parquet(self, select_sql: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.con.execute(f"COPY ({select_sql}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
@@ -122,7 +198,7 @@ class DuckDBEngine:
         self.close()
 
 
-ENGINES = ("duckdb",)
+ENGINES = ("duckdb", "spark")
 
 
 def check_engine_name(name: str) -> None:
@@ -130,7 +206,14 @@ def check_engine_name(name: str) -> None:
         raise ValueError(f"unknown engine {name!r}; expected one of {list(ENGINES)}")
 
 
-def open_engine(name: str, work_dir: Path, memory_limit: str = "8GB") -> Engine:
-    """The engine named in the CLI or config; DuckDB is the embedded default."""
+def open_engine(name: str, work_dir: Path, memory_limit: str = "8GB", spark: Any = None) -> Engine:
+    """The engine named in the CLI or config; DuckDB is the embedded default.
+
+    For Spark, `spark` is a `SparkSettings` (default: from JOINEDUP_SPARK_* variables).
+    """
     check_engine_name(name)
+    if name == "spark":
+        from pipelines.spark_engine import SparkEngine, SparkSettings
+
+        return SparkEngine.open(work_dir, spark or SparkSettings.from_env())
     return DuckDBEngine(work_dir / "joinedup.duckdb", memory_limit=memory_limit)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linkage_models.project import SourceSpec
-from pipelines.engine import Engine
+from pipelines.engine import Engine, error_summary
 from pipelines.standardise import ident, lit
 
 
@@ -36,25 +36,17 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _reader_sql(source: SourceSpec, path: str) -> str:
-    if source.format == "csv":
-        opts = source.csv
-        return (
-            f"read_csv({lit(path)}, header=true, all_varchar=true, delim={lit(opts.delimiter)}, "
-            f"quote={lit(opts.quote)}, escape={lit(opts.quote)}, encoding={lit(opts.encoding)})"
-        )
-    return f"read_parquet({lit(path)})"
+FILE_VIEW = "__delivery_file"
 
 
-def _check_columns(engine: Engine, source: SourceSpec, path: str) -> None:
+def _open_file(engine: Engine, source: SourceSpec, path: str) -> None:
+    """The delivery as a view named FILE_VIEW, with each row's position in the file."""
     try:
-        present = [
-            row[0] for row in engine.fetch(f"DESCRIBE SELECT * FROM {_reader_sql(source, path)}")
-        ]
+        engine.register_file(FILE_VIEW, path, source.format, source.csv, "_row_number")
+        present = engine.columns(FILE_VIEW)
     except Exception as exc:  # the engine's own error says what is wrong with the bytes
-        first_line = str(exc).strip().splitlines()[0]
         raise SourceError(
-            f"source '{source.name}': cannot read {path} as {source.format}: {first_line}"
+            f"source '{source.name}': cannot read {path} as {source.format}: {error_summary(exc)}"
         ) from None
     missing = [c for c in source.mapped_columns() if c not in present]
     if missing:
@@ -69,17 +61,18 @@ def ingest_delivery(
 ) -> DeliveryFile:
     """Load one delivery file into `table`: mapped columns as text, plus _delivery_file,
     _delivery and _row_number (its position in the file)."""
-    _check_columns(engine, source, path)
+    _open_file(engine, source, path)
     cols = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in source.mapped_columns())
     try:
         engine.create_table(
             table,
             f"SELECT {cols}, {lit(path)} AS _delivery_file, {lit(key)} AS _delivery, "
-            f"row_number() OVER () AS _row_number FROM {_reader_sql(source, path)}",
+            f"_row_number FROM {FILE_VIEW}",
         )
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise SourceError(f"source '{source.name}': failed to read {path}: {first_line}") from None
+        raise SourceError(
+            f"source '{source.name}': failed to read {path}: {error_summary(exc)}"
+        ) from None
     return DeliveryFile(
         path=path,
         rows=engine.count(table),

@@ -29,7 +29,7 @@ from pipelines.deliveries import Delivery, delivery_statuses, set_status
 from pipelines.engine import Engine
 from pipelines.ingest import DeliveryFile, ingest_delivery
 from pipelines.publish import publish_linked_dataset
-from pipelines.standardise import linkage_input_sql, load_reference_tables_sql, standardise_sql
+from pipelines.standardise import linkage_input_sql, load_reference_tables, standardise_sql
 from quality.accuracy import pairwise_cluster_metrics
 from quality.clerical_review import labels_path
 from quality.diagnostics import write_diagnostics, write_label_accuracy
@@ -78,11 +78,6 @@ def timed(record: dict[str, Any]) -> Iterator[None]:
     record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def prepare_engine(engine: Engine) -> None:
-    for sql in load_reference_tables_sql():
-        engine.execute(sql)
-
-
 # --- per delivery ------------------------------------------------------------------------
 
 
@@ -123,7 +118,7 @@ def standardise(
 ) -> int:
     record: dict[str, Any] = {"source": source.name, "delivery": delivery.key}
     with timed(record):
-        prepare_engine(engine)
+        load_reference_tables(engine)
         engine.create_table(
             delivery.standardised_table, standardise_sql(source, delivery.raw_table)
         )
@@ -321,9 +316,9 @@ def publish(engine: Engine, project: LoadedProject) -> dict[str, Any]:
         )
         lookup_rows = engine.count("person_lookup")
         persons, linked_share = engine.fetch(
-            "SELECT count(DISTINCT person_id), avg(CAST(sources > 1 AS INTEGER)) FROM "
-            "(SELECT person_id, count(DISTINCT source_dataset) OVER (PARTITION BY person_id) "
-            "AS sources FROM person_lookup)"
+            "SELECT count(*), sum(CASE WHEN sources > 1 THEN n ELSE 0 END) / sum(n) FROM "
+            "(SELECT person_id, count(DISTINCT source_dataset) AS sources, count(*) AS n "
+            "FROM person_lookup GROUP BY person_id)"
         )[0]
         expected = sum(s["rows_accepted"] for s in inputs.values())
         if lookup_rows != expected:

@@ -2,7 +2,8 @@
 
 Every expression here is written once, in DuckDB's dialect, using only functions that have a
 direct Spark SQL counterpart (regexp_replace/regexp_extract, translate, try_strptime,
-string_split, list literals), so the Spark engine can transpile the same SQL with sqlglot.
+string_split, list literals), so the Spark engine can transpile the same SQL with sqlglot
+(`pipelines/dialect.py` fills the one gap, try_strptime).
 
 Output columns of `standardise_sql` (one row per input row):
   _row_number, _delivery, _delivery_file, source_dataset, record_id,
@@ -18,6 +19,9 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from typing import TYPE_CHECKING
+
+import pandas as pd
 
 from linkage_models.project import (
     DEFAULT_PLACEHOLDERS,
@@ -25,6 +29,9 @@ from linkage_models.project import (
     DateMapping,
     SourceSpec,
 )
+
+if TYPE_CHECKING:
+    from pipelines.engine import Engine
 
 ACCENTED = "àáâãäåçèéêëìíîïñòóôõöøùúûüýÿÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝ"
 PLAIN = "aaaaaaceeeeiiiinoooooouuuuyyAAAAAACEEEEIIIINOOOOOOUUUUY"
@@ -140,14 +147,22 @@ def soundex_sql(name_expr: str) -> str:
     )
 
 
-def load_reference_tables_sql() -> list[str]:
-    """Statements that register the nickname table the standardisation joins to."""
-    path = resources.files("pipelines").joinpath("reference_data", "nicknames.csv")
-    return [
-        f"CREATE OR REPLACE TABLE {NICKNAME_TABLE} AS "
-        f"SELECT variant, list(canonical ORDER BY canonical) AS canonicals "
-        f"FROM read_csv({lit(str(path))}, header=true, all_varchar=true) GROUP BY variant"
-    ]
+def reference_frame(name: str) -> pd.DataFrame:
+    """A CSV shipped in pipelines/reference_data/, every column as text."""
+    path = resources.files("pipelines").joinpath("reference_data", name)
+    with path.open("rb") as fh:
+        return pd.read_csv(fh, dtype=str, keep_default_na=False)
+
+
+def load_reference_tables(engine: Engine) -> None:
+    """The nickname table the standardisation joins to. The reference data travels from
+    the package as a frame, so a cluster's executors need no copy of the package files."""
+    engine.load_frame(f"{NICKNAME_TABLE}_pairs", reference_frame("nicknames.csv"))
+    engine.create_table(
+        NICKNAME_TABLE,
+        f"SELECT variant, list_sort(list(canonical)) AS canonicals "
+        f"FROM {NICKNAME_TABLE}_pairs GROUP BY variant",
+    )
 
 
 def _name_parts(source: SourceSpec) -> tuple[str, str, str]:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipelines.engine import Engine
-from pipelines.standardise import ident, lit
+from pipelines.standardise import ident
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ def pairwise_cluster_metrics(
     engine: Engine, lookup_table: str, cluster_column: str, truth_path: Path, threshold: str
 ) -> PairwiseMetrics:
     """Compare clusters in `lookup_table` with the generator's ground truth file."""
-    truth = f"read_parquet({lit(str(truth_path))})"
+    engine.register_file("__ground_truth", str(truth_path), "parquet")
+    truth = "__ground_truth"
     joined = (
         f"SELECT l.{ident(cluster_column)} AS c, t.true_person_id AS t "
         f"FROM {lookup_table} l JOIN {truth} t "

@@ -9,11 +9,10 @@ from 1 to 9 are suppressed by the report, which may leave the secure setting.
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 
 from pipelines.engine import Engine
-from pipelines.standardise import lit
+from pipelines.standardise import reference_frame
 
 AGE_BANDS = (
     (0, 17, "0-17"),
@@ -28,9 +27,15 @@ DIMENSIONS = ("source", "sex", "age_band", "region", "event_year")
 FLAG_RECALL_GAP = 0.01
 
 
-def _regions_sql() -> str:
-    path = resources.files("pipelines").joinpath("reference_data", "postcode_areas.csv")
-    return f"SELECT area, region FROM read_csv({lit(str(path))}, header=true, all_varchar=true)"
+REGIONS_TABLE = "ref_postcode_regions"
+
+
+def _age_sql(born: str, at: str) -> str:
+    """Age in whole years on a date, in SQL every engine runs the same way."""
+    return (
+        f"(year({at}) - year({born}) - CASE WHEN month({at}) * 100 + day({at}) "
+        f"< month({born}) * 100 + day({born}) THEN 1 ELSE 0 END)"
+    )
 
 
 def _age_band_sql(age: str) -> str:
@@ -48,11 +53,13 @@ def build_record_groups(engine: Engine, accepted_tables: dict[str, str]) -> None
             f"SELECT source_dataset, record_id, sex, date_of_birth, postcode_area, event_date "
             f"FROM {table}"
         )
-    age = "date_diff('year', a.date_of_birth, a.event_date)"
+    age = _age_sql("a.date_of_birth", "a.event_date")
+    engine.load_frame(REGIONS_TABLE, reference_frame("postcode_areas.csv"))
     engine.create_table(
         "__record_groups",
         f"""
-        WITH a AS ({" UNION ALL ".join(parts)}), regions AS ({_regions_sql()})
+        WITH a AS ({" UNION ALL ".join(parts)}),
+        regions AS (SELECT area, region FROM {REGIONS_TABLE})
         SELECT a.source_dataset || '|' || a.record_id AS id,
                l.person_id,
                a.source_dataset AS source,

@@ -169,10 +169,10 @@ def current_labels(engine: Engine, output_dir: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     labels = pd.read_parquet(path)
-    engine.execute("DROP TABLE IF EXISTS __labels")
-    engine.execute("CREATE TABLE __labels AS SELECT * FROM read_parquet('" + str(path) + "')")
-    refreshed = engine.fetch_df("""
-        SELECT l.* EXCLUDE (match_probability),
+    engine.register_file("__labels", str(path), "parquet")
+    label_columns = ", ".join(f"l.{c}" for c in labels.columns if c != "match_probability")
+    refreshed = engine.fetch_df(f"""
+        SELECT {label_columns},
                coalesce(p.match_probability, p2.match_probability, 0) AS match_probability
         FROM __labels l
         LEFT JOIN pairwise_predictions p
@@ -181,7 +181,6 @@ def current_labels(engine: Engine, output_dir: Path) -> pd.DataFrame | None:
         LEFT JOIN pairwise_predictions p2
           ON p2.source_dataset_l = l.source_dataset_r AND p2.record_id_l = l.record_id_r
          AND p2.source_dataset_r = l.source_dataset_l AND p2.record_id_r = l.record_id_l""")
-    engine.execute("DROP TABLE IF EXISTS __labels")
     return refreshed if len(labels) else None
 
 

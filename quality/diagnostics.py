@@ -19,7 +19,7 @@ from linkage_models.linkage import PREDICTION_FLOOR, make_linker
 from linkage_models.project import LoadedProject
 from linkage_models.settings import blocking_rule
 from pipelines.engine import Engine
-from pipelines.standardise import LINKAGE_COLUMNS, ident, lit
+from pipelines.standardise import LINKAGE_COLUMNS, ident
 
 WATERFALL_PAIRS_PER_THRESHOLD = 5
 DASHBOARD_CLUSTERS = 10
@@ -32,17 +32,6 @@ def diagnostics_dir(project: LoadedProject) -> Path:
 
 def _save(chart: Any, path: Path) -> None:
     path.write_text(chart.to_html(inline=True))
-
-
-def _records(
-    engine: Engine, input_tables: dict[str, str], source: str, record_id: str
-) -> dict[str, Any]:
-    """One linkage-input record as plain Python values (None, date, list), as Splink wants."""
-    cols = ", ".join(ident(c) for c in LINKAGE_COLUMNS)
-    row = engine.fetch(
-        f"SELECT {cols} FROM {input_tables[source]} WHERE record_id = {lit(record_id)}"
-    )[0]
-    return dict(zip(LINKAGE_COLUMNS, row, strict=True))
 
 
 def write_diagnostics(
@@ -80,7 +69,23 @@ def write_diagnostics(
     record("Histogram of match weights of scored pairs", "match_weight_histogram.html")
     _save(linker.evaluation.unlinkables_chart(), out / "unlinkables.html")
     record("Unlinkable records (too little information to link)", "unlinkables.html")
-    _save(exploratory.completeness_chart(frames), out / "completeness.html")
+    # Splink labels each table with its own source_dataset column: the inputs' column of that
+    # name is left out (Spark rejects the ambiguity that DuckDB lets pass).
+    compared = ", ".join(ident(c) for c in LINKAGE_COLUMNS if c != "source_dataset")
+    for source, table in input_tables.items():
+        engine.create_table(f"__completeness_{source}", f"SELECT {compared} FROM {table}")
+    _save(
+        exploratory.completeness_chart(
+            [
+                db_api.table_to_splink_dataframe(f"__completeness_{s}", f"__completeness_{s}")
+                for s in input_tables
+            ],
+            table_names_for_chart=list(input_tables),
+        ),
+        out / "completeness.html",
+    )
+    for source in input_tables:
+        engine.drop_table(f"__completeness_{source}")
     record("Completeness of linkage columns by source", "completeness.html")
     _save(
         chart_comparisons_from_blocking_rules(
@@ -98,17 +103,20 @@ def write_diagnostics(
 
     for name, probability in project.spec.model.thresholds.as_dict().items():
         weight = math.log2(probability / (1 - probability))
-        pairs = engine.fetch(
-            "SELECT source_dataset_l, record_id_l, source_dataset_r, record_id_r "
-            f"FROM pairs_for_clustering ORDER BY abs(match_weight - {weight}), record_id_l "
-            f"LIMIT {WATERFALL_PAIRS_PER_THRESHOLD}"
+        # The scored pairs nearest the threshold, with Splink's intermediate columns.
+        keys = "source_dataset_l, record_id_l, source_dataset_r, record_id_r"
+        engine.create_table(
+            "__waterfall_pairs",
+            f"SELECT p.* FROM {predictions.physical_name} p JOIN ("
+            f"SELECT {keys}, abs(match_weight - {weight}) AS distance FROM pairs_for_clustering "
+            f"ORDER BY distance, record_id_l LIMIT {WATERFALL_PAIRS_PER_THRESHOLD}) n "
+            f"USING ({keys})",
         )
-        scored = [
-            linker.inference.score_pair(
-                _records(engine, input_tables, sl, il), _records(engine, input_tables, sr, ir)
-            ).as_record_list()[0]
-            for sl, il, sr, ir in pairs
-        ]
+        scored = sorted(
+            db_api.table_to_splink_dataframe("__waterfall", "__waterfall_pairs").as_record_list(),
+            key=lambda r: (abs(r["match_weight"] - weight), str(r["record_id_l"])),
+        )
+        engine.drop_table("__waterfall_pairs")
         if scored:
             _save(linker.visualisations.waterfall_chart(scored), out / f"waterfall_{name}.html")
             record(
@@ -159,7 +167,8 @@ def write_label_accuracy(
     reviewed pairs; the report's weighted figures are the population estimates.
     """
     linker = make_linker(engine.splink_api(), input_tables, project.spec.model, trained_model)
-    source = f"read_parquet({lit(str(labels_parquet))})"
+    engine.register_file("__labels_file", str(labels_parquet), "parquet")
+    source = "__labels_file"
     engine.create_table(
         "__labels_for_splink",
         "SELECT source_dataset_l, record_id_l, source_dataset_r, record_id_r, "

@@ -97,10 +97,10 @@ def combine_and_quarantine(
             )
             + ")",
         )
+        bookkeeping = ("quarantine_reason", "_delivery_order")
+        kept = ", ".join(ident(c) for c in engine.columns(checked) if c not in bookkeeping)
         engine.create_table(
-            accepted,
-            f"SELECT * EXCLUDE (quarantine_reason, _delivery_order) FROM {checked} "
-            "WHERE quarantine_reason IS NULL",
+            accepted, f"SELECT {kept} FROM {checked} WHERE quarantine_reason IS NULL"
         )
         engine.create_table(
             f"raw_{source.name}",

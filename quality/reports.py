@@ -49,9 +49,7 @@ def _link_rates(engine: Engine, source: str, delivery: str) -> dict[str, int]:
     """Counts for one delivery's accepted records: total, with another record in the same
     source (duplicates), and linked to at least one other source."""
     accepted = f"accepted_{source}"
-    if not engine.fetch(
-        f"SELECT count(*) FROM information_schema.tables WHERE table_name = {lit(accepted)}"
-    )[0][0]:
+    if not engine.table_exists(accepted):
         return {"records": 0, "within_source_duplicates": 0, "linked_to_other_sources": 0}
     row = engine.fetch(f"""
         WITH mine AS (
@@ -77,9 +75,7 @@ def _link_rates(engine: Engine, source: str, delivery: str) -> dict[str, int]:
 
 def _values_set_missing(engine: Engine, source: str, delivery: str) -> dict[str, int]:
     checked = f"checked_{source}"
-    if not engine.fetch(
-        f"SELECT count(*) FROM information_schema.tables WHERE table_name = {lit(checked)}"
-    )[0][0]:
+    if not engine.table_exists(checked):
         return {}
     row = engine.fetch(f"""
         SELECT count_if(dob_placeholder), count_if(dob_implausible), count_if(postcode_invalid),

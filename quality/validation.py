@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -296,6 +297,16 @@ def _context(gx_dir: Path) -> Any:
     return context
 
 
+def _batches(engine: Engine, frame_sql: str, rows: int, batch_rows: int) -> Iterator[Any]:
+    """On Spark, the whole delivery as one Spark DataFrame (GX's Spark datasource computes
+    the metrics on the cluster); on DuckDB, pandas frames of at most `batch_rows` rows."""
+    if engine.name == "spark":
+        yield engine.spark_frame(frame_sql)  # type: ignore[attr-defined]
+        return
+    for start in range(0, max(rows, 1), batch_rows):
+        yield engine.fetch_df(f"SELECT * FROM ({frame_sql}) LIMIT {batch_rows} OFFSET {start}")
+
+
 def validate_delivery(
     engine: Engine,
     source: SourceSpec,
@@ -310,7 +321,12 @@ def validate_delivery(
 
     specs = build_expectations(source)
     context = _context(gx_root)
-    datasource = context.data_sources.add_or_update_pandas("joinedup")
+    on_spark = engine.name == "spark"
+    datasource = (
+        context.data_sources.add_or_update_spark("joinedup_spark")
+        if on_spark
+        else context.data_sources.add_or_update_pandas("joinedup")
+    )
     asset_name = f"{source.name}__{delivery}"
     try:
         asset = datasource.get_asset(asset_name)
@@ -338,8 +354,7 @@ def validate_delivery(
     rows = engine.count(raw_table)
     frame_sql = validation_frame_sql(source, raw_table)
     outcomes = {s.key: ExpectationOutcome(s.key, s.description, s.severity, True) for s in specs}
-    for start in range(0, max(rows, 1), batch_rows):
-        frame = engine.fetch_df(f"SELECT * FROM ({frame_sql}) LIMIT {batch_rows} OFFSET {start}")
+    for frame in _batches(engine, frame_sql, rows, batch_rows):
         result = checkpoint.run(batch_parameters={"dataframe": frame})
         for validation in result.run_results.values():
             for r in validation.results:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from linkage_models.project import LoadedProject, load_project
+from pipelines.engine import DuckDBEngine, Engine
 from pipelines.run import RunResult, run_project
+from pipelines.spark_engine import SparkEngine, SparkSettings, spark_session
 from pipelines.synthetic import GeneratedData, generate_extracts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,3 +35,27 @@ def small_project(
 @pytest.fixture(scope="session")
 def small_run(small_project: LoadedProject, small_data: GeneratedData) -> RunResult:
     return run_project(small_project, ground_truth=small_data.ground_truth)
+
+
+# The one SparkSession of the test run: local[2], small shuffles (settings as the CLI uses).
+SPARK_TEST_SETTINGS = SparkSettings(master="local[2]", shuffle_partitions=4, driver_memory="2g")
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    checkpoints = tmp_path_factory.mktemp("spark_checkpoints")
+    session = spark_session(SPARK_TEST_SETTINGS, str(checkpoints))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(params=["duckdb", pytest.param("spark", marks=pytest.mark.spark)])
+def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A fresh engine of each kind: tests using it check both engines behave the same."""
+    engine: Engine
+    if request.param == "spark":
+        engine = SparkEngine(request.getfixturevalue("spark"), tmp_path / "work")
+    else:
+        engine = DuckDBEngine(tmp_path / "work" / "test.duckdb", memory_limit="1GB")
+    yield engine
+    engine.close()

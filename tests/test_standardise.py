@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
-import duckdb
+import pandas as pd
 import pytest
 
 from linkage_models.project import SourceSpec
-from pipelines.standardise import load_reference_tables_sql, soundex_sql, standardise_sql
+from pipelines.engine import Engine
+from pipelines.standardise import load_reference_tables, soundex_sql, standardise_sql
 
 
 def _source(**identifiers: Any) -> SourceSpec:
@@ -30,31 +32,38 @@ def _source(**identifiers: Any) -> SourceSpec:
     )
 
 
+@pytest.fixture(autouse=True)
+def _engine(any_engine: Engine) -> Iterator[None]:
+    """Every test here runs on DuckDB and on Spark: the same SQL must give the same values."""
+    global ENGINE
+    load_reference_tables(any_engine)
+    ENGINE = any_engine
+    yield
+    ENGINE = None
+
+
+ENGINE: Engine | None = None
+
+
 def _standardise(source: SourceSpec, rows: list[dict[str, str | None]]) -> list[dict[str, Any]]:
-    con = duckdb.connect()
-    for sql in load_reference_tables_sql():
-        con.execute(sql)
+    assert ENGINE is not None
     columns = source.mapped_columns()
-    values = ", ".join(
-        "("
-        + ", ".join(
-            [str(i + 1), "'f.csv'", "'f.csv'"]
-            + [
-                "NULL" if row.get(c) is None else "'" + str(row[c]).replace("'", "''") + "'"
-                for c in columns
-            ]
-        )
-        + ")"
-        for i, row in enumerate(rows)
-    )
-    col_defs = ", ".join(f'"{c}"' for c in columns)
-    con.execute(
-        f"CREATE TABLE raw AS SELECT * FROM (VALUES {values}) "
-        f"AS t(_row_number, _delivery, _delivery_file, {col_defs})"
-    )
-    cur = con.execute(standardise_sql(source, "raw") + " ORDER BY _row_number")
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    raw = pd.DataFrame(
+        [
+            {
+                "_row_number": i + 1,
+                "_delivery": "f.csv",
+                "_delivery_file": "f.csv",
+                **{c: None if row.get(c) is None else str(row[c]) for c in columns},
+            }
+            for i, row in enumerate(rows)
+        ]
+    ).astype({c: "object" for c in columns})
+    ENGINE.load_frame("raw", raw)
+    ENGINE.create_table("std", standardise_sql(source, "raw"))
+    names = ENGINE.columns("std")
+    rows = ENGINE.fetch("SELECT * FROM std ORDER BY _row_number")
+    return [dict(zip(names, r, strict=True)) for r in rows]
 
 
 NAMES = _source(full_name={"column": "name"}, date_of_birth={"column": "dob"})
@@ -191,7 +200,8 @@ def test_postcodes(
     ],
 )
 def test_soundex_matches_the_standard_algorithm(name: str, code: str) -> None:
-    assert duckdb.sql(f"SELECT {soundex_sql(repr(name))}").fetchall()[0][0] == code
+    assert ENGINE is not None
+    assert ENGINE.fetch(f"SELECT {soundex_sql(repr(name))}")[0][0] == code
 
 
 def test_nicknames_share_an_alias_with_the_formal_name() -> None:

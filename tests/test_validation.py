@@ -10,7 +10,7 @@ import pandas as pd
 
 from linkage_models.project import SourceSpec, load_project
 from pipelines.deliveries import Delivery
-from pipelines.engine import DuckDBEngine
+from pipelines.engine import Engine
 from pipelines.ingest import ingest_delivery
 from quality.validation import build_expectations, validate_delivery
 
@@ -62,7 +62,10 @@ def test_extra_expectations_from_yaml_are_added() -> None:
     )
 
 
-def test_validation_counts_failures_without_values_and_writes_data_docs(tmp_path: Path) -> None:
+def test_validation_counts_failures_without_values_and_writes_data_docs(
+    any_engine: Engine, tmp_path: Path
+) -> None:
+    """On DuckDB through pandas batches, on Spark through GX's Spark datasource."""
     source = _courts()
     rows = pd.DataFrame(
         {
@@ -78,12 +81,11 @@ def test_validation_counts_failures_without_values_and_writes_data_docs(tmp_path
     )
     path = tmp_path / "courts.csv"
     rows.to_csv(path, index=False)
-    with DuckDBEngine(tmp_path / "work" / "v.duckdb", memory_limit="1GB") as engine:
-        d = Delivery("magistrates_courts", path.name, str(path))
-        ingest_delivery(engine, source, d.path, d.key, d.raw_table)
-        outcome = validate_delivery(
-            engine, source, d.key, d.raw_table, tmp_path / "quality", batch_rows=15
-        )  # three batches, judged as one delivery
+    d = Delivery("magistrates_courts", path.name, str(path))
+    ingest_delivery(any_engine, source, d.path, d.key, d.raw_table)
+    outcome = validate_delivery(
+        any_engine, source, d.key, d.raw_table, tmp_path / "quality", batch_rows=15
+    )  # on DuckDB three batches, judged as one delivery
     parse = next(e for e in outcome.expectations if e.key == "date_of_birth_parseable")
     assert (parse.success, parse.unexpected_count, parse.element_count) == (False, 10, 40)
     assert [e.key for e in outcome.critical_failures] == ["date_of_birth_parseable"]

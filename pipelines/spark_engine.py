@@ -1,0 +1,387 @@
+"""The Spark engine: the same SQL and Splink models on PySpark, locally or on a cluster.
+
+Statements arrive in DuckDB's dialect and are transpiled (`pipelines.dialect`). Tables that
+stages hand to each other are written as Parquet under a tables location (local by default;
+`hdfs://`, `s3a://` or a shared mount on a cluster) and exposed as temporary views, so a later
+process (another Dagster run) finds them again through a small catalog file under OUT/work/.
+A file lock on that catalog keeps concurrent runs from interleaving, as DuckDB's file lock
+does for the embedded engine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlglot
+from sqlglot import exp
+
+from linkage_models.project import CsvOptions
+from pipelines.dialect import duckdb_to_spark
+
+log = logging.getLogger(__name__)
+
+BREAK_LINEAGE_METHODS = ("parquet", "persist", "checkpoint", "delta_lake_table")
+# Rows per Parquet part file of a published output.
+ROWS_PER_OUTPUT_FILE = 2_000_000
+_CSV_ENCODINGS = {"utf-8": "UTF-8", "latin-1": "ISO-8859-1", "utf-16": "UTF-16"}
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """How to reach Spark. Every field can be set from a JOINEDUP_SPARK_* variable."""
+
+    master: str = "local[2]"  # local[*], spark://host:7077, yarn, k8s://https://...
+    remote: str | None = None  # Spark Connect, e.g. sc://host:15002 (instead of master)
+    app_name: str = "joinedup"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8
+    # How Splink materialises its intermediate tables: parquet files under the checkpoint
+    # directory by default; Spark Connect needs "persist".
+    break_lineage_method: str | None = None
+    checkpoint_dir: str | None = None  # default OUT/work/spark/checkpoints
+    tables_dir: str | None = None  # default OUT/work/spark/tables
+    conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        method = self.break_lineage_method
+        if method is not None and method not in BREAK_LINEAGE_METHODS:
+            raise ValueError(
+                f"JOINEDUP_SPARK_BREAK_LINEAGE / break_lineage_method: {method!r} is not one "
+                f"of {list(BREAK_LINEAGE_METHODS)}"
+            )
+
+    @property
+    def lineage_method(self) -> str:
+        return self.break_lineage_method or ("persist" if self.remote else "parquet")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> SparkSettings:
+        """JOINEDUP_SPARK_MASTER, _REMOTE, _DRIVER_MEMORY, _SHUFFLE_PARTITIONS,
+        _BREAK_LINEAGE, _CHECKPOINT_DIR, _TABLES_DIR, and _CONF as JSON or k=v;k=v."""
+        env = dict(os.environ if env is None else env)
+        base = cls()
+
+        def get(key: str, default: Any) -> Any:
+            value = env.get(f"JOINEDUP_SPARK_{key}", "").strip()
+            return value or default
+
+        partitions = get("SHUFFLE_PARTITIONS", str(base.shuffle_partitions))
+        if not str(partitions).isdigit():
+            raise ValueError(
+                f"JOINEDUP_SPARK_SHUFFLE_PARTITIONS: expected a whole number, got {partitions!r}"
+            )
+        return cls(
+            master=get("MASTER", base.master),
+            remote=get("REMOTE", None),
+            driver_memory=get("DRIVER_MEMORY", base.driver_memory),
+            shuffle_partitions=int(partitions),
+            break_lineage_method=get("BREAK_LINEAGE", None),
+            checkpoint_dir=get("CHECKPOINT_DIR", None),
+            tables_dir=get("TABLES_DIR", None),
+            conf=parse_conf(get("CONF", "")),
+        )
+
+
+def parse_conf(text: str) -> dict[str, str]:
+    """Extra Spark conf from an env var: a JSON object, or `key=value` pairs split by ';'."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"JOINEDUP_SPARK_CONF: not valid JSON ({exc.msg})") from None
+        return {str(k): str(v) for k, v in parsed.items()}
+    conf = {}
+    for pair in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"JOINEDUP_SPARK_CONF: expected key=value, got {pair!r}")
+        conf[key.strip()] = value.strip()
+    return conf
+
+
+def spark_session(settings: SparkSettings, checkpoint_dir: str) -> Any:
+    """Get or create the SparkSession, with Splink's similarity UDF jar on the classpath.
+
+    Settings only take effect when this process creates the session; a session that
+    already exists (a notebook's, a test fixture's) is reused as it is.
+    """
+    from pyspark.sql import SparkSession
+    from splink.backends.spark import similarity_jar_location
+
+    builder = SparkSession.builder.appName(settings.app_name)
+    conf = {
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.adaptive.enabled": "true",
+        **settings.conf,
+    }
+    if settings.remote:
+        builder = builder.remote(settings.remote)
+    else:
+        jars = [similarity_jar_location(), *filter(None, conf.pop("spark.jars", "").split(","))]
+        conf.update(
+            {
+                "spark.jars": ",".join(dict.fromkeys(jars)),
+                "spark.driver.memory": settings.driver_memory,
+                "spark.ui.showConsoleProgress": "false",
+            }
+        )
+        builder = builder.master(settings.master)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    if not settings.remote and settings.lineage_method in ("parquet", "checkpoint"):
+        session.sparkContext.setCheckpointDir(checkpoint_dir)
+    return session
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local(path: str) -> Path:
+    return Path(path.removeprefix("file://"))
+
+
+class SparkEngine:
+    """Tables as Parquet under `tables_dir`, known to later processes through a catalog."""
+
+    name = "spark"
+
+    def __init__(
+        self,
+        spark: Any,
+        work_dir: Path,
+        settings: SparkSettings | None = None,
+        *,
+        lock_timeout_seconds: float = 1800,
+    ):
+        self.spark = spark
+        self.settings = settings or SparkSettings()
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir = work_dir
+        self.tables_dir = self.settings.tables_dir or str(work_dir / "spark" / "tables")
+        self._catalog_path = work_dir / "spark" / "catalog.json"
+        self._catalog_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock: str | None = _acquire_lock(
+            work_dir / "spark" / "catalog.lock", lock_timeout_seconds
+        )
+        self._catalog: dict[str, str] = (
+            json.loads(self._catalog_path.read_text()) if self._catalog_path.exists() else {}
+        )
+        for name, path in self._catalog.items():
+            self.spark.read.parquet(path).createOrReplaceTempView(name)
+
+    @classmethod
+    def open(cls, work_dir: Path, settings: SparkSettings) -> SparkEngine:
+        checkpoints = settings.checkpoint_dir or str(work_dir / "spark" / "checkpoints")
+        settings = replace(settings, checkpoint_dir=checkpoints)
+        return cls(spark_session(settings, checkpoints), work_dir, settings)
+
+    # --- statements ----------------------------------------------------------------------
+
+    def execute(self, sql: str) -> None:
+        """A DuckDB-dialect statement. CREATE TABLE AS and DROP TABLE go to the Parquet
+        catalog; anything else runs as transpiled Spark SQL."""
+        tree = sqlglot.parse_one(sql, read="duckdb")
+        if isinstance(tree, exp.Drop) and tree.args.get("kind") in ("TABLE", "VIEW"):
+            for table in tree.args.get("tables") or [tree.this]:
+                self.drop_table(table.name)
+        elif isinstance(tree, exp.Create) and isinstance(tree.expression, exp.Query):
+            name = tree.this.name
+            if tree.args.get("exists") and self.table_exists(name):
+                return
+            self.create_table(name, tree.expression.sql(dialect="duckdb"))
+        else:
+            self.spark.sql(duckdb_to_spark(sql))
+
+    def create_table(self, name: str, select_sql: str) -> None:
+        self._store(name, self.spark.sql(duckdb_to_spark(select_sql)))
+
+    def _store(self, name: str, frame: Any) -> None:
+        key = name.lower()
+        path = f"{self.tables_dir.rstrip('/')}/{key}/{uuid.uuid4().hex}"
+        frame.write.mode("errorifexists").parquet(path)
+        old = self._catalog.get(key)
+        self._catalog[key] = path
+        self._save_catalog()
+        self.spark.read.parquet(path).createOrReplaceTempView(key)
+        if old:
+            self._remove_path(old)
+
+    def _save_catalog(self) -> None:
+        tmp = self._catalog_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._catalog, indent=1, sort_keys=True))
+        tmp.replace(self._catalog_path)
+
+    def _remove_path(self, path: str) -> None:
+        if _is_local(path):
+            shutil.rmtree(_local(path), ignore_errors=True)
+            return
+        try:  # through Hadoop's FileSystem, when the JVM is reachable (not Spark Connect)
+            jvm = self.spark._jvm
+            hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+            fs = hadoop_path.getFileSystem(self.spark._jsc.hadoopConfiguration())
+            fs.delete(hadoop_path, True)
+        except Exception:  # leave it: a stale version wastes space but is never read
+            log.warning("could not remove the superseded table version at %s", path)
+
+    def fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self.spark.sql(duckdb_to_spark(sql)).collect()]
+
+    def spark_frame(self, sql: str) -> Any:
+        """A SELECT as a Spark DataFrame, for tools that take one (GX's Spark datasource)."""
+        return self.spark.sql(duckdb_to_spark(sql))
+
+    def fetch_df(self, sql: str) -> pd.DataFrame:
+        return self.spark.sql(duckdb_to_spark(sql)).toPandas()
+
+    def columns(self, table: str) -> list[str]:
+        return list(self.spark.table(table).columns)
+
+    def count(self, table: str) -> int:
+        return int(self.spark.table(table).count())
+
+    def table_exists(self, name: str) -> bool:
+        return bool(self.spark.catalog.tableExists(name))
+
+    def drop_table(self, name: str) -> None:
+        key = name.lower()
+        self.spark.catalog.dropTempView(key)
+        old = self._catalog.pop(key, None)
+        if old:
+            self._save_catalog()
+            self._remove_path(old)
+
+    # --- files and frames ----------------------------------------------------------------
+
+    def register_file(
+        self,
+        view: str,
+        path: str,
+        file_format: str,
+        csv: CsvOptions | None = None,
+        row_number_column: str | None = None,
+    ) -> None:
+        """A temporary view over a CSV (every column as text) or Parquet file, read by
+        Spark's own readers; with `row_number_column`, each row's position in the file."""
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        if file_format == "csv":
+            opts = csv or CsvOptions()
+            frame = (
+                self.spark.read.option("header", True)
+                .option("sep", opts.delimiter)
+                .option("quote", opts.quote)
+                .option("escape", opts.quote)
+                .option("encoding", _CSV_ENCODINGS.get(opts.encoding, opts.encoding))
+                .option("mode", "FAILFAST")
+                .csv(path)
+            )
+        else:
+            frame = self.spark.read.parquet(path)
+        if row_number_column:
+            # File splits are read in order and monotonically_increasing_id grows with the
+            # split, so ordering by it numbers rows as they stand in the file.
+            order = Window.orderBy(F.monotonically_increasing_id())
+            frame = frame.withColumn(row_number_column, F.row_number().over(order))
+        frame.createOrReplaceTempView(view)
+
+    def load_frame(self, name: str, frame: pd.DataFrame) -> None:
+        """A pandas frame as a table; a column with no values at all becomes text."""
+        empty = [c for c in frame.columns if frame[c].isna().all()]
+        self._store(name, self.spark.createDataFrame(frame.astype(dict.fromkeys(empty, "string"))))
+
+    def write_parquet(self, select_sql: str, path: Path) -> None:
+        """A directory of Parquet part files (Spark's layout), about 2M rows per file; row
+        order is kept when the SELECT sorts."""
+        frame = self.spark.sql(duckdb_to_spark(select_sql))
+        files = max(1, math.ceil(frame.count() / ROWS_PER_OUTPUT_FILE))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():  # an earlier DuckDB run wrote a single file here
+            path.unlink()
+        frame.coalesce(files).write.mode("overwrite").option("compression", "zstd").parquet(
+            str(path)
+        )
+
+    # --- Splink and housekeeping -----------------------------------------------------------
+
+    def splink_api(self) -> Any:
+        from splink import SparkAPI
+
+        return SparkAPI(
+            spark_session=self.spark,
+            break_lineage_method=self.settings.lineage_method,
+            num_partitions_on_repartition=max(2, self.settings.shuffle_partitions),
+        )
+
+    def versions(self) -> dict[str, str]:
+        import pyspark
+
+        return {"spark": str(self.spark.version), "pyspark": pyspark.__version__}
+
+    def close(self) -> None:
+        """Releases the catalog lock; the SparkSession stays up for the process."""
+        if self._lock is not None:
+            _release_lock(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> SparkEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# Lock files this process holds -> [handle, how many engines use it]: engines opened while
+# another is open in the same process share the lock instead of waiting on themselves.
+_HELD: dict[str, list[Any]] = {}
+
+
+def _release_lock(key: str) -> None:
+    held = _HELD[key]
+    held[1] -= 1
+    if held[1] == 0:
+        fcntl.flock(held[0], fcntl.LOCK_UN)
+        held[0].close()
+        del _HELD[key]
+
+
+def _acquire_lock(path: Path, timeout: float) -> str:
+    """One process at a time works on a project's Spark tables; others wait their turn."""
+    key = str(path.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return key
+    handle = open(path, "w")  # noqa: SIM115 - held until released
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _HELD[key] = [handle, 1]
+            return key
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                raise TimeoutError(
+                    f"{path}: another run holds the Spark tables lock for this output folder"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
