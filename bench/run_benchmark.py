@@ -4,14 +4,20 @@ peak memory per stage, plus accuracy against ground truth.
     python bench/run_benchmark.py --records 1000000            # DuckDB
     python bench/run_benchmark.py --people 400000 --out out/bench
 
+    JOINEDUP_SPARK_DRIVER_MEMORY=8g python bench/run_benchmark.py --records 1000000 \
+        --engine spark --out out/bench-spark                  # local Spark (local[2])
+
 Peak memory is the process's maximum resident set size so far (DuckDB runs in process, so
-it is included), read after each stage. Results are also written to OUT/benchmark.json.
+it is included), read after each stage. Spark's JVM is a separate process: its peak
+resident set (VmHWM) is read from /proc at the end and reported as well. Results are also
+written to OUT/benchmark.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -26,6 +32,29 @@ from pipelines.synthetic import generate_extracts  # noqa: E402
 
 # Measured: the generator yields about 1.45 records per simulated person.
 RECORDS_PER_PERSON = 1.45
+
+
+def jvm_peak_rss_mb() -> float | None:
+    """Peak resident memory of this process's Java children (local Spark's driver JVM)."""
+    peaks = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+        except OSError:
+            continue
+        if (
+            fields.get("Name", "").strip() == "java"
+            and fields.get("PPid", "").strip() in {str(os.getpid())} | _child_pids()
+        ):
+            peaks.append(int(fields["VmHWM"].split()[0]) / 1024)
+    return round(max(peaks), 1) if peaks else None
+
+
+def _child_pids() -> set[str]:
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    return set(children.read_text().split()) if children.exists() else set()
 
 
 def main() -> None:
@@ -63,6 +92,9 @@ def main() -> None:
         print(f"{stage:<12} {s['seconds']:>9.1f} {s['peak_rss_mb']:>12,.0f}")
     peak = max(s["peak_rss_mb"] for s in m["stages"].values())
     print(f"{'total':<12} {total:>9.1f} {peak:>12,.0f}")
+    jvm_peak = jvm_peak_rss_mb() if args.engine == "spark" else None
+    if jvm_peak is not None:
+        print(f"Spark driver JVM peak RSS: {jvm_peak:,.0f} MB")
     print(
         f"\npairs scored: {m['pairs']['scored']:,}; "
         f"kept >= floor: {m['pairs']['kept_above_floor']:,}"
@@ -79,6 +111,7 @@ def main() -> None:
         "generate_seconds": round(gen_seconds, 1),
         "run_seconds": round(total, 1),
         "peak_rss_mb": peak,
+        "jvm_peak_rss_mb": jvm_peak,
         "stages": m["stages"],
         "pairs": m["pairs"],
         "links": m["links"],

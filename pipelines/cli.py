@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,9 @@ def run(
     config: Path = typer.Argument(..., help="Linkage project YAML."),
     out: Path | None = typer.Option(None, help="Output folder (default: output.path in config)."),
     data_dir: Path | None = typer.Option(None, help="Where source paths resolve from."),
-    engine: str = typer.Option("duckdb", help="Execution engine."),
+    engine: str = typer.Option(
+        "duckdb", help="Execution engine: duckdb (one machine) or spark (JOINEDUP_SPARK_*)."
+    ),
     model_version: str | None = typer.Option(
         None, help="Reuse a registered model version (a number or 'latest') instead of training."
     ),
@@ -159,13 +162,18 @@ def demo(
     people: int = typer.Option(20_000, min=100, help="Number of simulated people."),
     out: Path = typer.Option(Path("out/demo"), help="Output folder."),
     seed: int = typer.Option(42, help="Random seed for the synthetic extracts."),
+    engine: str = typer.Option("duckdb", help="Execution engine: duckdb or spark."),
 ) -> None:
     """Generate synthetic extracts, link them, and report accuracy against ground truth."""
     data_dir = out / "data"
     generate(out=data_dir, people=people, seed=seed)
     try:
         result = _run_with_progress(
-            DEMO_CONFIG, data_dir, out, ground_truth=data_dir / "ground_truth.parquet"
+            DEMO_CONFIG,
+            data_dir,
+            out,
+            engine_name=engine,
+            ground_truth=data_dir / "ground_truth.parquet",
         )
     except STRUCTURAL_ERRORS as exc:
         _fail(exc)
@@ -189,13 +197,16 @@ app.add_typer(review_app, name="review")
 
 
 def _work_engine(project: LoadedProject) -> Engine:
-    database = project.output_dir / "work" / "joinedup.duckdb"
-    if not database.exists():
+    """The engine the project's last linkage ran on (from its manifest)."""
+    manifest = project.output_dir / "manifest.json"
+    if not manifest.exists():
         raise FileNotFoundError(
-            f"{database}: no linkage has run for this project yet (run `joinedup run` first)"
+            f"{manifest}: no linkage has run for this project yet (run `joinedup run` first)"
         )
     return open_engine(
-        "duckdb", project.output_dir / "work", memory_limit=project.spec.output.duckdb_memory_limit
+        json.loads(manifest.read_text())["engine"],
+        project.output_dir / "work",
+        memory_limit=project.spec.output.duckdb_memory_limit,
     )
 
 

@@ -37,6 +37,10 @@ ROWS_PER_OUTPUT_FILE = 2_000_000
 _CSV_ENCODINGS = {"utf-8": "UTF-8", "latin-1": "ISO-8859-1", "utf-16": "UTF-16"}
 
 
+class SparkUnavailableError(RuntimeError):
+    """Spark cannot start here (no Java): says what is missing."""
+
+
 @dataclass(frozen=True)
 class SparkSettings:
     """How to reach Spark. Every field can be set from a JOINEDUP_SPARK_* variable."""
@@ -122,6 +126,12 @@ def spark_session(settings: SparkSettings, checkpoint_dir: str) -> Any:
     from pyspark.sql import SparkSession
     from splink.backends.spark import similarity_jar_location
 
+    if not settings.remote and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        raise SparkUnavailableError(
+            "the Spark engine needs Java 17 or later: none found (set JAVA_HOME or put java "
+            "on PATH), or point JOINEDUP_SPARK_REMOTE at a Spark Connect server"
+        )
+
     builder = SparkSession.builder.appName(settings.app_name)
     conf = {
         "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
@@ -145,9 +155,39 @@ def spark_session(settings: SparkSettings, checkpoint_dir: str) -> Any:
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
+    if not settings.remote:
+        session.sparkContext.setLogLevel("ERROR")  # warnings otherwise flood the console
     if not settings.remote and settings.lineage_method in ("parquet", "checkpoint"):
         session.sparkContext.setCheckpointDir(checkpoint_dir)
     return session
+
+
+def _with_row_numbers(frame: Any, column: str) -> Any:
+    """Each row's 1-based position in the file, computed in parallel: file splits are read
+    in order, and monotonically_increasing_id is (split << 33) + position in the split, so
+    the position is the rows of earlier splits plus the position within its own."""
+    from pyspark.sql import functions as F
+
+    ids = frame.withColumn("__split", F.spark_partition_id()).withColumn(
+        "__id", F.monotonically_increasing_id()
+    )
+    counts = sorted(
+        (row["__split"], row["n"])
+        for row in ids.groupBy("__split").count().withColumnRenamed("count", "n").collect()
+    )
+    offsets, total = [], 0
+    for split, n in counts:
+        offsets.append((split, total))
+        total += n
+    offset_frame = frame.sparkSession.createDataFrame(
+        offsets or [(0, 0)], "__split INT, __offset LONG"
+    )
+    within_split = F.col("__id").bitwiseAND(F.lit((1 << 33) - 1))
+    return (
+        ids.join(F.broadcast(offset_frame), "__split")
+        .withColumn(column, F.col("__offset") + within_split + 1)
+        .drop("__split", "__id", "__offset")
+    )
 
 
 def _is_local(path: str) -> bool:
@@ -280,9 +320,6 @@ class SparkEngine:
     ) -> None:
         """A temporary view over a CSV (every column as text) or Parquet file, read by
         Spark's own readers; with `row_number_column`, each row's position in the file."""
-        from pyspark.sql import Window
-        from pyspark.sql import functions as F
-
         if file_format == "csv":
             opts = csv or CsvOptions()
             frame = (
@@ -297,10 +334,7 @@ class SparkEngine:
         else:
             frame = self.spark.read.parquet(path)
         if row_number_column:
-            # File splits are read in order and monotonically_increasing_id grows with the
-            # split, so ordering by it numbers rows as they stand in the file.
-            order = Window.orderBy(F.monotonically_increasing_id())
-            frame = frame.withColumn(row_number_column, F.row_number().over(order))
+            frame = _with_row_numbers(frame, row_number_column)
         frame.createOrReplaceTempView(view)
 
     def load_frame(self, name: str, frame: pd.DataFrame) -> None:

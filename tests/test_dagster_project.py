@@ -85,6 +85,32 @@ def test_code_location_module_loads_from_the_environment(small_project: LoadedPr
     assert done.stdout.strip().endswith("ok")
 
 
+def test_code_location_is_pointed_at_spark_by_environment_alone(
+    small_project: LoadedProject,
+) -> None:
+    """A platform engineer deploys the same code location against a cluster via env vars."""
+    env = {
+        **os.environ,
+        "JOINEDUP_PROJECT": str(small_project.config_path),
+        "JOINEDUP_ENGINE": "spark",
+        "JOINEDUP_SPARK_MASTER": "spark://head:7077",
+        "JOINEDUP_SPARK_CONF": "spark.executor.memory=8g",
+        "JOINEDUP_SPARK_TABLES_DIR": "hdfs:///joinedup/tables",
+    }
+    code = (
+        "import dagster as dg, dagster_project; "
+        "dg.Definitions.validate_loadable(dagster_project.defs); "
+        "e = dagster_project.defs.resources['engine']; "
+        "print(e.engine, e.spark.master, e.spark.conf['spark.executor.memory'], "
+        "e.spark.settings().tables_dir)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["spark", "spark://head:7077", "8g", "hdfs:///joinedup/tables"]
+
+
 def test_a_delivery_failing_a_critical_check_is_stopped_and_others_link(
     small_data: GeneratedData, tmp_path: Path
 ) -> None:

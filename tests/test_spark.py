@@ -1,0 +1,181 @@
+"""The Spark engine: the same project on Spark local[2] gives the same linkage as DuckDB.
+
+The standardisation, ingest/quarantine and validation tests also run on both engines (the
+`any_engine` fixture); this module compares whole runs. Select with `-m spark`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from linkage_models.project import LoadedProject, load_project
+from pipelines import stages
+from pipelines.dialect import DialectError, duckdb_to_spark, java_date_pattern
+from pipelines.run import RunResult, run_project
+from pipelines.spark_engine import SparkEngine, SparkSettings, parse_conf
+from pipelines.synthetic import GeneratedData
+
+from .conftest import DEMO_CONFIG, SPARK_TEST_SETTINGS
+
+# Identical cluster membership required for at least this share of records.
+MEMBERSHIP_AGREEMENT = 0.999
+# u is estimated from a random sample of pairs, which each engine draws differently: rare
+# levels' weights move by sampling noise. Measured on this data: at most 0.56 bits.
+MAX_WEIGHT_DIFFERENCE_BITS = 1.0
+MAX_M_DIFFERENCE = 0.01
+
+
+@pytest.fixture(scope="session")
+def spark_project(small_data: GeneratedData, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return load_project(
+        DEMO_CONFIG,
+        data_dir=small_data.out_dir,
+        output_dir=tmp_path_factory.mktemp("spark_out"),
+    )
+
+
+@pytest.fixture(scope="session")
+def spark_run(spark: Any, spark_project: LoadedProject, small_data: GeneratedData) -> RunResult:
+    return run_project(spark_project, engine_name="spark", ground_truth=small_data.ground_truth)
+
+
+def _model(run: RunResult) -> dict[str, Any]:
+    return json.loads(Path(run.manifest["model"]["path"]).read_text())
+
+
+def _members(run: RunResult, column: str) -> pd.Series:
+    """Per record, the set of records in its cluster (ids differ in meaning across runs)."""
+    lookup = pd.read_parquet(run.output_dir / "linked" / "person_lookup.parquet")
+    lookup["key"] = lookup["source_dataset"] + "|" + lookup["source_record_id"]
+    members = lookup.groupby(column)["key"].agg(frozenset)
+    return lookup.set_index("key")[column].map(members)
+
+
+@pytest.mark.spark
+def test_trained_parameters_agree_with_duckdb(small_run: RunResult, spark_run: RunResult) -> None:
+    duck, spark = _model(small_run), _model(spark_run)
+    assert math.isclose(
+        duck["probability_two_random_records_match"],
+        spark["probability_two_random_records_match"],
+        rel_tol=1e-9,
+    )
+    for cd, cs in zip(duck["comparisons"], spark["comparisons"], strict=True):
+        for ld, ls in zip(cd["comparison_levels"], cs["comparison_levels"], strict=True):
+            if "m_probability" not in ld:
+                continue
+            label = f"{cd['output_column_name']}: {ld.get('label_for_charts')}"
+            assert abs(ld["m_probability"] - ls["m_probability"]) <= MAX_M_DIFFERENCE, label
+            weight_d = math.log2(ld["m_probability"] / ld["u_probability"])
+            weight_s = math.log2(ls["m_probability"] / ls["u_probability"])
+            assert abs(weight_d - weight_s) <= MAX_WEIGHT_DIFFERENCE_BITS, label
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize(
+    "column", ["person_id_high_precision", "person_id", "person_id_high_recall"]
+)
+def test_person_lookups_agree_with_duckdb(
+    small_run: RunResult, spark_run: RunResult, column: str
+) -> None:
+    duck, spark = _members(small_run, column), _members(spark_run, column)
+    assert set(duck.index) == set(spark.index)
+    same = (duck == spark.reindex(duck.index)).mean()
+    assert same >= MEMBERSHIP_AGREEMENT, f"{column}: {same:.5f} of records in identical clusters"
+
+
+@pytest.mark.spark
+def test_spark_run_reconciles_and_publishes_parquet_without_identifiers(
+    spark_run: RunResult, small_run: RunResult
+) -> None:
+    m = spark_run.manifest
+    assert m["engine"] == "spark" and m["versions"]["spark"].startswith("4.")
+    assert m["reconciliation"]["reconciles"]
+    assert m["reconciliation"]["rows_in"] == small_run.manifest["reconciliation"]["rows_in"]
+    assert (
+        m["reconciliation"]["rows_quarantined"]
+        == small_run.manifest["reconciliation"]["rows_quarantined"]
+    )
+    lookup_dir = spark_run.output_dir / "linked" / "person_lookup.parquet"
+    assert lookup_dir.is_dir() and list(lookup_dir.glob("part-*.parquet"))
+    for name in ("person_lookup", "events"):
+        columns = set(pd.read_parquet(spark_run.output_dir / "linked" / f"{name}.parquet").columns)
+        assert not columns & {"given_name", "family_name", "date_of_birth", "postcode"}
+    balanced = m["measured_accuracy"]["balanced"]
+    assert balanced["precision"] >= 0.99 and balanced["recall"] >= 0.97
+    assert (spark_run.output_dir / "reports" / "linkage_report.html").exists()
+
+
+@pytest.mark.spark
+def test_scoring_and_clustering_again_gives_the_same_person_ids(
+    spark: Any, spark_run: RunResult, spark_project: LoadedProject
+) -> None:
+    before = pd.read_parquet(spark_run.output_dir / "linked" / "person_lookup.parquet")
+    with SparkEngine(spark, spark_project.output_dir / "work", SPARK_TEST_SETTINGS) as engine:
+        stages.predict(engine, spark_project)
+        stages.cluster(engine, spark_project)
+        stages.publish(engine, spark_project)
+    after = pd.read_parquet(spark_run.output_dir / "linked" / "person_lookup.parquet")
+    keys = ["source_dataset", "source_record_id"]
+    pd.testing.assert_frame_equal(
+        before.sort_values(keys).reset_index(drop=True),
+        after.sort_values(keys).reset_index(drop=True),
+    )
+
+
+# --- fast checks of the pieces (no Spark session) ----------------------------------------
+
+
+def test_date_formats_become_java_patterns() -> None:
+    assert java_date_pattern("%d/%m/%Y") == "dd/MM/yyyy"
+    assert java_date_pattern("%Y%m%d") == "yyyyMMdd"
+    assert java_date_pattern("%d-%b-%Y") == "dd-MMM-yyyy"
+    assert java_date_pattern("%Y-%m-%dT%H:%M:%S") == "yyyy-MM-dd'T'HH:mm:ss"
+    with pytest.raises(DialectError, match="%j"):
+        java_date_pattern("%Y-%j")
+
+
+def test_duckdb_sql_is_transpiled_for_spark() -> None:
+    sql = duckdb_to_spark(
+        "SELECT try_strptime(d, '%d/%m/%Y'), list_contains(string_split(n, ' '), 'x') FROM t"
+    )
+    assert "TRY_TO_TIMESTAMP(d, 'dd/MM/yyyy')" in sql
+    assert "ARRAY_CONTAINS(SPLIT(n" in sql and "STRPTIME" not in sql
+
+
+def test_spark_settings_from_environment() -> None:
+    settings = SparkSettings.from_env(
+        {
+            "JOINEDUP_SPARK_MASTER": "spark://head:7077",
+            "JOINEDUP_SPARK_SHUFFLE_PARTITIONS": "400",
+            "JOINEDUP_SPARK_CONF": "spark.executor.memory=8g; spark.executor.cores=4",
+            "JOINEDUP_SPARK_TABLES_DIR": "hdfs:///joinedup/tables",
+        }
+    )
+    assert settings.master == "spark://head:7077" and settings.shuffle_partitions == 400
+    assert settings.conf == {"spark.executor.memory": "8g", "spark.executor.cores": "4"}
+    assert settings.lineage_method == "parquet"
+    connect = SparkSettings.from_env({"JOINEDUP_SPARK_REMOTE": "sc://spark:15002"})
+    assert connect.lineage_method == "persist"  # Splink over Spark Connect
+    assert parse_conf('{"spark.sql.shuffle.partitions": 64}') == {
+        "spark.sql.shuffle.partitions": "64"
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"JOINEDUP_SPARK_SHUFFLE_PARTITIONS": "many"}, "JOINEDUP_SPARK_SHUFFLE_PARTITIONS"),
+        ({"JOINEDUP_SPARK_CONF": "spark.executor.memory"}, "expected key=value"),
+        ({"JOINEDUP_SPARK_CONF": "{not json"}, "not valid JSON"),
+        ({"JOINEDUP_SPARK_BREAK_LINEAGE": "magic"}, "JOINEDUP_SPARK_BREAK_LINEAGE"),
+    ],
+)
+def test_bad_spark_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SparkSettings.from_env(env)
