@@ -42,14 +42,70 @@ def make_linker(
 ) -> Linker:
     """Register each source's linkage input table with Splink and build a Linker.
 
-    With `trained_model` (a saved Splink model), its trained parameters are used as they are.
+    With `trained_model` (a saved Splink model), its trained parameters are used as they are,
+    on whichever engine `db_api` belongs to.
     """
     frames = [
         db_api.register(table, table_name=f"splink_input_{source}")
         for source, table in input_tables.items()
     ]
-    settings: Any = trained_model if trained_model is not None else build_settings(model)
+    settings: Any = (
+        build_settings(model)
+        if trained_model is None
+        else model_for_dialect(trained_model, model, db_api.sql_dialect.sql_dialect_str)
+    )
     return Linker(frames, settings, log_level=logging.WARNING)
+
+
+class ModelMismatchError(ValueError):
+    """A saved model whose comparisons no longer match the project's (names the level)."""
+
+
+def model_for_dialect(trained: dict[str, Any], model: ModelSpec, dialect: str) -> dict[str, Any]:
+    """A saved model for an engine of another SQL dialect.
+
+    Splink saves SQL in the dialect it trained on (DuckDB's "a" = "b" is a string comparison
+    on Spark), so the comparisons and blocking rules are rebuilt for `dialect` from the project
+    and the trained parameters copied across level by level.
+    """
+    if trained.get("sql_dialect") == dialect:
+        return trained
+    fresh = build_settings(model).create_settings_dict(dialect)
+    for new, old in zip(fresh["comparisons"], trained["comparisons"], strict=False):
+        new_levels, old_levels = new["comparison_levels"], old["comparison_levels"]
+        labels = [lv.get("label_for_charts") for lv in old_levels]
+        if new["output_column_name"] != old["output_column_name"] or labels != [
+            lv.get("label_for_charts") for lv in new_levels
+        ]:
+            raise ModelMismatchError(
+                f"the saved model's comparison '{old['output_column_name']}' does not match the "
+                f"project's '{new['output_column_name']}' level for level: train a new model "
+                "instead of reusing this version"
+            )
+        for new_level, old_level in zip(new_levels, old_levels, strict=True):
+            for key in _TRAINED_LEVEL_KEYS:
+                if key in old_level:
+                    new_level[key] = old_level[key]
+    if len(fresh["comparisons"]) != len(trained["comparisons"]):
+        raise ModelMismatchError(
+            "the saved model compares different primitives from the project: train a new model"
+        )
+    return {
+        **trained,
+        "sql_dialect": dialect,
+        "comparisons": fresh["comparisons"],
+        "blocking_rules_to_generate_predictions": fresh["blocking_rules_to_generate_predictions"],
+    }
+
+
+_TRAINED_LEVEL_KEYS = (
+    "m_probability",
+    "u_probability",
+    "fix_m_probability",
+    "fix_u_probability",
+    "tf_adjustment_weight",
+    "tf_minimum_u_value",
+)
 
 
 def train(linker: Linker, training: TrainingSpec) -> dict[str, Any]:

@@ -126,7 +126,10 @@ def spark_session(settings: SparkSettings, checkpoint_dir: str) -> Any:
     from pyspark.sql import SparkSession
     from splink.backends.spark import similarity_jar_location
 
-    if not settings.remote and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+    # A JVM starts here unless the session is a remote Spark Connect server; remote "local"
+    # (e.g. local[2]) starts a Spark Connect server in this process, for trying Connect out.
+    local_jvm = not settings.remote or settings.remote.startswith("local")
+    if local_jvm and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
         raise SparkUnavailableError(
             "the Spark engine needs Java 17 or later: none found (set JAVA_HOME or put java "
             "on PATH), or point JOINEDUP_SPARK_REMOTE at a Spark Connect server"
@@ -140,9 +143,7 @@ def spark_session(settings: SparkSettings, checkpoint_dir: str) -> Any:
         "spark.sql.adaptive.enabled": "true",
         **settings.conf,
     }
-    if settings.remote:
-        builder = builder.remote(settings.remote)
-    else:
+    if local_jvm:
         jars = [similarity_jar_location(), *filter(None, conf.pop("spark.jars", "").split(","))]
         conf.update(
             {
@@ -151,6 +152,9 @@ def spark_session(settings: SparkSettings, checkpoint_dir: str) -> Any:
                 "spark.ui.showConsoleProgress": "false",
             }
         )
+    if settings.remote:
+        builder = builder.remote(settings.remote)
+    else:
         builder = builder.master(settings.master)
     for key, value in conf.items():
         builder = builder.config(key, value)
