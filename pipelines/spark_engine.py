@@ -260,7 +260,7 @@ class SparkEngine:
     def _store(self, name: str, frame: Any) -> None:
         key = name.lower()
         path = f"{self.tables_dir.rstrip('/')}/{key}/{uuid.uuid4().hex}"
-        frame.write.mode("errorifexists").parquet(path)
+        frame.write.mode("error").parquet(path)
         old = self._catalog.get(key)
         self._catalog[key] = path
         self._save_catalog()

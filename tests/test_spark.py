@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from pipelines.run import RunResult, run_project
 from pipelines.spark_engine import SparkEngine, SparkSettings, parse_conf
 from pipelines.synthetic import GeneratedData
 
-from .conftest import DEMO_CONFIG, SPARK_TEST_SETTINGS
+from .conftest import DEMO_CONFIG, REPO, SPARK_TEST_SETTINGS
 
 # Identical cluster membership required for at least this share of records.
 MEMBERSHIP_AGREEMENT = 0.999
@@ -176,6 +178,80 @@ def test_a_model_trained_on_duckdb_scores_the_same_pairs_alike_on_spark(
     levels_differ = on_spark[list(GAMMAS)].ne(on_duckdb[list(GAMMAS)])
     assert not levels_differ.drop(columns=list(JARO_WINKLER_COMPARISONS)).any().any()
     assert levels_differ[differs].any(axis=1).all()  # every difference is a level difference
+
+
+CONNECT_SCRIPT = """
+import json, sys
+from pathlib import Path
+from linkage_models import linkage
+from linkage_models.project import load_project
+from pipelines import stages
+from pipelines.deliveries import discover_deliveries
+from pipelines.spark_engine import SparkEngine, SparkSettings
+
+config, data_dir, out, model_path = sys.argv[1:]
+project = load_project(config, data_dir=data_dir, output_dir=out)
+source = project.spec.source("magistrates_courts")
+settings = SparkSettings(remote="local[2]", shuffle_partitions=4, driver_memory="4g")
+with SparkEngine.open(Path(out) / "work", settings) as engine:
+    assert engine.settings.lineage_method == "persist"
+    for delivery in discover_deliveries(project, source):
+        stages.ingest(engine, project, source, delivery)
+        assert stages.validate(engine, project, source, delivery).success
+        stages.standardise(engine, project, source, delivery)
+    stages.linkage_inputs(engine, project)
+    model = json.loads(Path(model_path).read_text())
+    table = "linkage_input_magistrates_courts"
+    linker = linkage.make_linker(
+        engine.splink_api(), {source.name: table}, project.spec.model, model
+    )
+    predictions = linkage.predict(linker)
+    clusters = linkage.cluster_at_thresholds(
+        linker, predictions.table, project.spec.model.thresholds
+    )
+    print(json.dumps({
+        "records": engine.count(table),
+        "pairs": engine.count(predictions.table),
+        "persons": engine.fetch(
+            f"SELECT count(DISTINCT cluster_id) FROM {clusters['balanced']}"
+        )[0][0],
+    }))
+"""
+
+
+@pytest.mark.spark
+def test_spark_connect_runs_the_stages_and_splink(
+    small_run: RunResult, small_project: LoadedProject, tmp_path: Path
+) -> None:
+    """Over Spark Connect (a local Connect server, in its own process: a process has one
+    kind of session): Spark readers, GX's Spark datasource, the Parquet table catalog and
+    Splink with break_lineage_method="persist" all work through the Connect client."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CONNECT_SCRIPT,
+            str(small_project.config_path),
+            str(small_project.data_dir),
+            str(tmp_path / "out"),
+            small_run.manifest["model"]["path"],
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    with DuckDBEngine(small_project.output_dir / "work" / "joinedup.duckdb") as duck:
+        records, pairs = duck.fetch(
+            "SELECT (SELECT count(*) FROM linkage_input_magistrates_courts), "
+            "(SELECT count(*) FROM pairwise_predictions "
+            "WHERE source_dataset_l = 'magistrates_courts' "
+            "AND source_dataset_r = 'magistrates_courts')"
+        )[0]
+    assert (result["records"], result["pairs"]) == (records, pairs)
+    assert 0 < result["persons"] < records
 
 
 # --- fast checks of the pieces (no Spark session) ----------------------------------------
