@@ -117,7 +117,9 @@ def parse_conf(text: str) -> dict[str, str]:
     return conf
 
 
-def spark_session(settings: SparkSettings, checkpoint_dir: str) -> Any:
+def spark_session(
+    settings: SparkSettings, checkpoint_dir: str, warehouse_dir: str | None = None
+) -> Any:
     """Get or create the SparkSession, with Splink's similarity UDF jar on the classpath.
 
     Settings only take effect when this process creates the session; a session that
@@ -141,6 +143,8 @@ def spark_session(settings: SparkSettings, checkpoint_dir: str) -> Any:
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.adaptive.enabled": "true",
+        # Not a spark-warehouse folder in whatever directory the process started in.
+        "spark.sql.warehouse.dir": warehouse_dir or f"{checkpoint_dir.rstrip('/')}-warehouse",
         **settings.conf,
     }
     if local_jvm:
@@ -235,7 +239,8 @@ class SparkEngine:
     def open(cls, work_dir: Path, settings: SparkSettings) -> SparkEngine:
         checkpoints = settings.checkpoint_dir or str(work_dir / "spark" / "checkpoints")
         settings = replace(settings, checkpoint_dir=checkpoints)
-        return cls(spark_session(settings, checkpoints), work_dir, settings)
+        warehouse = str(work_dir / "spark" / "warehouse")
+        return cls(spark_session(settings, checkpoints, warehouse), work_dir, settings)
 
     # --- statements ----------------------------------------------------------------------
 
