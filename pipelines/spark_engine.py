@@ -18,7 +18,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +172,18 @@ def spark_session(
     return session
 
 
+# Per SparkSession (by id): table name -> Parquet path its temporary view reads.
+_SESSION_VIEWS: dict[int, dict[str, str]] = {}
+
+
+@lru_cache(maxsize=4096)
+def tables_named(sql: str) -> tuple[str, ...]:
+    """The tables a DuckDB-dialect statement reads or writes (lower case)."""
+    return tuple(
+        {t.name.lower() for t in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Table)}
+    )
+
+
 def _with_row_numbers(frame: Any, column: str) -> Any:
     """Each row's 1-based position in the file, computed in parallel: file splits are read
     in order, and monotonically_increasing_id is (split << 33) + position in the split, so
@@ -232,8 +246,8 @@ class SparkEngine:
         self._catalog: dict[str, str] = (
             json.loads(self._catalog_path.read_text()) if self._catalog_path.exists() else {}
         )
-        for name, path in self._catalog.items():
-            self.spark.read.parquet(path).createOrReplaceTempView(name)
+        # Views are registered when a statement first names them (opening stays cheap).
+        self._views: dict[str, str] = _SESSION_VIEWS.setdefault(id(self.spark), {})
 
     @classmethod
     def open(cls, work_dir: Path, settings: SparkSettings) -> SparkEngine:
@@ -257,10 +271,24 @@ class SparkEngine:
                 return
             self.create_table(name, tree.expression.sql(dialect="duckdb"))
         else:
-            self.spark.sql(duckdb_to_spark(sql))
+            self._sql(sql)
+
+    def _sql(self, sql: str) -> Any:
+        """A DuckDB-dialect statement as a Spark DataFrame, the tables it names registered."""
+        self._ensure_views(tables_named(sql))
+        return self.spark.sql(duckdb_to_spark(sql))
+
+    def _ensure_views(self, names: Iterable[str]) -> None:
+        """Temporary views for catalog tables this session has not seen at their current
+        version (another process may have replaced a table since)."""
+        for name in names:
+            path = self._catalog.get(name)
+            if path is not None and self._views.get(name) != path:
+                self.spark.read.parquet(path).createOrReplaceTempView(name)
+                self._views[name] = path
 
     def create_table(self, name: str, select_sql: str) -> None:
-        self._store(name, self.spark.sql(duckdb_to_spark(select_sql)))
+        self._store(name, self._sql(select_sql))
 
     def _store(self, name: str, frame: Any) -> None:
         key = name.lower()
@@ -269,7 +297,7 @@ class SparkEngine:
         old = self._catalog.get(key)
         self._catalog[key] = path
         self._save_catalog()
-        self.spark.read.parquet(path).createOrReplaceTempView(key)
+        self._ensure_views([key])
         if old:
             self._remove_path(old)
 
@@ -291,27 +319,30 @@ class SparkEngine:
             log.warning("could not remove the superseded table version at %s", path)
 
     def fetch(self, sql: str) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in self.spark.sql(duckdb_to_spark(sql)).collect()]
+        return [tuple(row) for row in self._sql(sql).collect()]
 
     def spark_frame(self, sql: str) -> Any:
         """A SELECT as a Spark DataFrame, for tools that take one (GX's Spark datasource)."""
-        return self.spark.sql(duckdb_to_spark(sql))
+        return self._sql(sql)
 
     def fetch_df(self, sql: str) -> pd.DataFrame:
-        return self.spark.sql(duckdb_to_spark(sql)).toPandas()
+        return self._sql(sql).toPandas()
 
     def columns(self, table: str) -> list[str]:
+        self._ensure_views([table.lower()])
         return list(self.spark.table(table).columns)
 
     def count(self, table: str) -> int:
+        self._ensure_views([table.lower()])
         return int(self.spark.table(table).count())
 
     def table_exists(self, name: str) -> bool:
-        return bool(self.spark.catalog.tableExists(name))
+        return name.lower() in self._catalog or bool(self.spark.catalog.tableExists(name))
 
     def drop_table(self, name: str) -> None:
         key = name.lower()
         self.spark.catalog.dropTempView(key)
+        self._views.pop(key, None)
         old = self._catalog.pop(key, None)
         if old:
             self._save_catalog()
@@ -354,7 +385,7 @@ class SparkEngine:
     def write_parquet(self, select_sql: str, path: Path) -> None:
         """A directory of Parquet part files (Spark's layout), about 2M rows per file; row
         order is kept when the SELECT sorts."""
-        frame = self.spark.sql(duckdb_to_spark(select_sql))
+        frame = self._sql(select_sql)
         files = max(1, math.ceil(frame.count() / ROWS_PER_OUTPUT_FILE))
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_file():  # an earlier DuckDB run wrote a single file here
@@ -366,8 +397,11 @@ class SparkEngine:
     # --- Splink and housekeeping -----------------------------------------------------------
 
     def splink_api(self) -> Any:
+        """Splink's SparkAPI; every catalog table is registered first, since Splink's own SQL
+        names them directly."""
         from splink import SparkAPI
 
+        self._ensure_views(list(self._catalog))
         return SparkAPI(
             spark_session=self.spark,
             break_lineage_method=self.settings.lineage_method,
