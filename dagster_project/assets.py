@@ -59,7 +59,7 @@ def _schema(columns: list[str]) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns])
 
 
-def source_assets(spec: SourceSpec) -> SourceAssets:
+def source_assets(spec: SourceSpec, engine: str = "duckdb") -> SourceAssets:
     name = spec.name
     partitions = dg.DynamicPartitionsDefinition(name=partitions_name(name))
     delivery_key = dg.AssetKey([name, "delivery"])
@@ -68,7 +68,7 @@ def source_assets(spec: SourceSpec) -> SourceAssets:
         key=delivery_key,
         partitions_def=partitions,
         group_name="deliveries",
-        kinds={"duckdb", spec.format},
+        kinds={engine, spec.format},
         description=f"A delivery of {spec.description or name} from {spec.department}, "
         "loaded as text (only the mapped columns).",
     )
@@ -135,7 +135,7 @@ def source_assets(spec: SourceSpec) -> SourceAssets:
         deps=[delivery_key],
         partitions_def=partitions,
         group_name="deliveries",
-        kinds={"duckdb"},
+        kinds={engine},
         description="Identifying fields standardised into data primitives (names, date of "
         "birth, sex, postcode) plus derived matching keys.",
     )
@@ -159,14 +159,16 @@ class ModelConfig(dg.Config):
     model_version: str | None = None
 
 
-def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
+def linkage_assets(
+    sources: list[SourceAssets], engine: str = "duckdb"
+) -> list[dg.AssetsDefinition]:
     upstream = [a for s in sources for a in (s.delivery.key, s.standardised.key)]
 
     @dg.asset(
         key=["linkage", "linkage_inputs"],
         deps=upstream,
         group_name="linkage",
-        kinds={"duckdb"},
+        kinds={engine},
         description="Each source's accepted deliveries combined; bad rows and rejected "
         "deliveries quarantined with reasons; Splink input tables.",
     )
@@ -213,7 +215,7 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
         key=["linkage", "pairwise_predictions"],
         deps=[model.key],
         group_name="linkage",
-        kinds={"splink", "duckdb"},
+        kinds={"splink", engine},
         description="Scored record pairs (blocked by the project's rules), with the "
         "probable-twins rule applied.",
     )
@@ -233,7 +235,7 @@ def linkage_assets(sources: list[SourceAssets]) -> list[dg.AssetsDefinition]:
         key=["linkage", "person_clusters"],
         deps=[pairwise_predictions.key],
         group_name="linkage",
-        kinds={"splink", "duckdb"},
+        kinds={"splink", engine},
         description="Connected components at the high-precision, balanced and "
         "high-recall thresholds.",
     )
@@ -396,6 +398,7 @@ class ProjectAssets:
         return [*per_source, *self.linkage]
 
 
-def build_assets(project: LoadedProject) -> ProjectAssets:
-    sources = [source_assets(s) for s in project.spec.sources]
-    return ProjectAssets(sources, linkage_assets(sources))
+def build_assets(project: LoadedProject, engine: str = "duckdb") -> ProjectAssets:
+    """The project's assets; `engine` (duckdb or spark) only labels them (their kinds)."""
+    sources = [source_assets(s, engine) for s in project.spec.sources]
+    return ProjectAssets(sources, linkage_assets(sources, engine))

@@ -42,7 +42,7 @@ def resources_for(
 
 
 def build_definitions(project: LoadedProject, engine: str = "duckdb") -> dg.Definitions:
-    assets = build_assets(project)
+    assets = build_assets(project, engine)
     job = relink_job(assets)
     return dg.Definitions(
         assets=assets.all,

@@ -81,7 +81,7 @@ def run_project(
         raise RunError(str(exc)) from None
     deliveries = {s.name: require_deliveries(project, s) for s in project.spec.sources}
     _prepare_output(out)
-    assets = build_assets(project)
+    assets = build_assets(project, engine_name)
     resources = resources_for(project, engine_name)
     instance = dg.DagsterInstance.ephemeral()
     notify = on_stage or (lambda _: None)
