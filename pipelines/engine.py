@@ -18,6 +18,7 @@ import duckdb
 import pandas as pd
 
 from linkage_models.project import CsvOptions
+from pipelines.standardise import lit
 
 
 class Engine(Protocol):
@@ -92,10 +93,6 @@ def error_summary(exc: BaseException) -> str:
     return "Spark error " + " / ".join(dict.fromkeys(classes)) + " (row values withheld)"
 
 
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 class DuckDBEngine:
     """A DuckDB database file with a memory cap and a spill directory."""
 
@@ -160,12 +157,12 @@ class DuckDBEngine:
         if file_format == "csv":
             opts = csv or CsvOptions()
             reader = (
-                f"read_csv({_lit(path)}, header=true, all_varchar=true, "
-                f"delim={_lit(opts.delimiter)}, quote={_lit(opts.quote)}, "
-                f"escape={_lit(opts.quote)}, encoding={_lit(opts.encoding)})"
+                f"read_csv({lit(path)}, header=true, all_varchar=true, "
+                f"delim={lit(opts.delimiter)}, quote={lit(opts.quote)}, "
+                f"escape={lit(opts.quote)}, encoding={lit(opts.encoding)})"
             )
         else:
-            reader = f"read_parquet({_lit(path)})"
+            reader = f"read_parquet({lit(path)})"
         numbered = f", row_number() OVER () AS {row_number_column}" if row_number_column else ""
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *{numbered} FROM {reader}")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -236,7 +235,6 @@ class SparkEngine:
         self.spark = spark
         self.settings = settings or SparkSettings()
         work_dir.mkdir(parents=True, exist_ok=True)
-        self.work_dir = work_dir
         self.tables_dir = self.settings.tables_dir or str(work_dir / "spark" / "tables")
         self._catalog_path = work_dir / "spark" / "catalog.json"
         self._catalog_path.parent.mkdir(parents=True, exist_ok=True)
@@ -383,16 +381,15 @@ class SparkEngine:
         self._store(name, self.spark.createDataFrame(frame.astype(dict.fromkeys(empty, "string"))))
 
     def write_parquet(self, select_sql: str, path: Path) -> None:
-        """A directory of Parquet part files (Spark's layout), about 2M rows per file; row
-        order is kept when the SELECT sorts."""
-        frame = self._sql(select_sql)
-        files = max(1, math.ceil(frame.count() / ROWS_PER_OUTPUT_FILE))
+        """A directory of Parquet part files (Spark's layout), at most ~2M rows per file;
+        row order is kept when the SELECT sorts. Computed once: adaptive execution merges
+        small partitions, so a small output is one file without counting it first."""
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_file():  # an earlier DuckDB run wrote a single file here
             path.unlink()
-        frame.coalesce(files).write.mode("overwrite").option("compression", "zstd").parquet(
-            str(path)
-        )
+        self._sql(select_sql).write.mode("overwrite").options(
+            compression="zstd", maxRecordsPerFile=ROWS_PER_OUTPUT_FILE
+        ).parquet(str(path))
 
     # --- Splink and housekeeping -----------------------------------------------------------
 
