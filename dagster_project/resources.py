@@ -7,7 +7,6 @@ unchanged and pointed at a project file, landing folders, an output folder and a
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 
@@ -43,26 +42,12 @@ class SparkSessionResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> "SparkSessionResource":
-        return cls.from_settings(SparkSettings.from_env())
-
-    @classmethod
-    def from_settings(cls, settings: SparkSettings) -> "SparkSessionResource":
-        fields: dict[str, Any] = {
-            k: getattr(settings, k) for k in cls.model_fields if hasattr(settings, k)
-        }
-        return cls(**fields)
+        settings = SparkSettings.from_env()
+        return cls(**{name: getattr(settings, name) for name in cls.model_fields})
 
     def settings(self) -> SparkSettings:
-        return SparkSettings(
-            master=self.master,
-            remote=self.remote,
-            driver_memory=self.driver_memory,
-            shuffle_partitions=self.shuffle_partitions,
-            break_lineage_method=self.break_lineage_method,
-            checkpoint_dir=self.checkpoint_dir,
-            tables_dir=self.tables_dir,
-            conf=dict(self.conf),
-        )
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return SparkSettings(**{**fields, "conf": dict(self.conf)})
 
 
 class EngineResource(dg.ConfigurableResource):
