@@ -39,7 +39,7 @@ def report_paths(project: LoadedProject) -> tuple[Path, Path]:
     return reports / "linkage_report.html", reports / "linkage_quality.json"
 
 
-def _cluster_sizes(engine: Engine) -> dict[str, Any]:
+def cluster_size_summary(engine: Engine) -> dict[str, Any]:
     sizes = engine.fetch(
         "SELECT n, count(*) FROM (SELECT person_id, count(*) AS n FROM person_lookup "
         "GROUP BY 1) GROUP BY 1 ORDER BY 1"
@@ -166,7 +166,7 @@ def linkage_quality(
             "estimated": manifest["estimated_error_rates"],
             "measured_against_ground_truth": manifest.get("measured_accuracy"),
             "links": manifest["links"],
-            "clusters": _cluster_sizes(engine),
+            "clusters": cluster_size_summary(engine),
         },
         "bias": bias_tables(engine, accepted),
         "clerical_review": _clerical(engine, project),

@@ -157,3 +157,38 @@ def test_duplicates_across_deliveries_and_rejected_deliveries(
         "quarantined_by_reason": {"delivery rejected by validation: record_id_unique": 1},
     }
     assert result.reconciles and (result.rows_in, result.rows_accepted) == (4, 2)
+
+
+def test_a_row_with_several_problems_gets_the_first_reason_and_its_location(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Reasons apply in the documented order, and each quarantined row says where it came
+    from: its delivery, the file and its row number in the file (1 = first data row)."""
+    nothing = {"forename": "", "surname": "", "postcode": ""}
+    rows = [
+        GOOD,  # row 1: kept
+        {**GOOD, "episode_id": "", "dob": "31/02/1980", **nothing},  # 2: missing id first
+        {**GOOD, "dob": "31/02/1980", "admitted": "never"},  # 3: duplicate of E1 first
+        {**GOOD, "episode_id": "E3", "dob": "x", "admitted": "x", **nothing},  # 4: date of birth
+        {**GOOD, "episode_id": "E4", "admitted": "x", **nothing, "dob": ""},  # 5: event date
+        {**GOOD, "episode_id": "E5", **nothing, "dob": ""},  # 6: too few identifiers
+        {**GOOD, "episode_id": "E6", "forename": "", "surname": ""},  # 7: kept (dob, postcode)
+    ]
+    path = _csv(tmp_path / "2024-05.csv", rows)
+    d = _ingest(engine, path)
+    result = combine_and_quarantine(
+        engine, SOURCE, [_standardised(engine, d)], tmp_path / "quarantine"
+    )
+    quarantined = pd.read_parquet(result.path).sort_values("row_number")
+    assert list(zip(quarantined.row_number, quarantined.quarantine_reason, strict=True)) == [
+        (2, "missing record id"),
+        (3, "duplicate record id"),
+        (4, "unparseable date of birth"),
+        (5, "unparseable event date"),
+        (6, "insufficient identifiers"),
+    ]
+    assert set(quarantined.delivery) == {"2024-05.csv"}
+    assert set(quarantined.delivery_file) == {str(path)}
+    # Rows are quarantined as delivered: the values are the file's own.
+    assert quarantined.set_index("row_number").loc[3, "dob"] == "31/02/1980"
+    assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (7, 2, 5)

@@ -95,3 +95,98 @@ def test_validation_counts_failures_without_values_and_writes_data_docs(
     assert (
         outcome.data_docs_index and Path(outcome.data_docs_index.removeprefix("file://")).exists()
     )
+
+
+def _contract(**validation: object) -> SourceSpec:
+    """The courts source with its contract changed."""
+    raw = _courts().model_dump()
+    raw["validation"] = {**raw["validation"], **validation}
+    return SourceSpec.model_validate(raw)
+
+
+def _delivery_with_problems() -> pd.DataFrame:
+    """40 rows: 3 repeated ids (7.5%), 4 missing dates of birth (10%), 2 undeclared sex
+    codes (5%), 3 sex codes meaning 'unknown', 8 malformed postcodes (20%), all in one
+    court region."""
+    n = 40
+    return pd.DataFrame(
+        {
+            "case_defendant_id": [f"C{i}" for i in range(n - 3)] + ["C1", "C2", "C3"],
+            "defendant_name": ["SMITH, John"] * n,
+            "date_of_birth": ["01/02/1980"] * (n - 4) + [""] * 4,
+            "gender": ["M"] * (n - 5) + ["Q", "Q", "U", "U", "U"],
+            "home_postcode": ["LS1 4AP"] * (n - 8) + ["not a postcode"] * 8,
+            "hearing_date": ["01/02/2020"] * n,
+            "offence_group": ["theft"] * n,
+            "court_region": ["LS"] * n,
+        }
+    )
+
+
+def _validate(engine: Engine, source: SourceSpec, rows: pd.DataFrame, tmp_path: Path):
+    path = tmp_path / "courts.csv"
+    rows.to_csv(path, index=False)
+    d = Delivery("magistrates_courts", path.name, str(path))
+    ingest_delivery(engine, source, d.path, d.key, d.raw_table)
+    outcome = validate_delivery(engine, source, d.key, d.raw_table, tmp_path / "quality")
+    return {e.key: e for e in outcome.expectations}, outcome
+
+
+NORTH_EAST_ONLY = {
+    "type": "expect_column_values_to_be_in_set",
+    "kwargs": {"column": "court_region", "value_set": ["NE"]},
+    "description": "Only the north east",
+}
+
+
+def test_contract_limits_decide_what_blocks_a_delivery(any_engine: Engine, tmp_path: Path) -> None:
+    """Each limit of the contract, at a setting the delivery breaks."""
+    strict = _contract(
+        max_missing_rate={"date_of_birth": 0.05},
+        max_duplicate_id_rate=0.05,
+        unknown_sex_codes=["U"],
+        max_unknown_sex_code_rate=0.01,
+        row_count={"min": 50},
+        expectations=[{**NORTH_EAST_ONLY, "severity": "critical"}],
+    )
+    results, outcome = _validate(any_engine, strict, _delivery_with_problems(), tmp_path)
+    assert not outcome.success
+    assert sorted(e.key for e in outcome.critical_failures) == [
+        "date_of_birth_completeness",
+        "extra_0_expect_column_values_to_be_in_set",
+        "record_id_unique",
+        "row_count",
+        "sex_codes_declared",
+    ]
+    counts = {k: (e.unexpected_count, e.element_count) for k, e in results.items()}
+    assert counts["date_of_birth_completeness"] == (4, 40)
+    assert counts["record_id_unique"] == (3, 40)
+    assert counts["sex_codes_declared"] == (2, 40)  # U is declared as unknown: only Q fails
+    assert counts["extra_0_expect_column_values_to_be_in_set"] == (40, 40)
+    assert counts["row_count"][1] == 40
+    # A warning is reported and never blocks: 20% malformed postcodes > the 10% allowed.
+    assert [e.key for e in outcome.warnings] == ["postcode_well_formed"]
+    assert counts["postcode_well_formed"] == (8, 40)
+    assert results["full_name_completeness"].success
+
+
+def test_contract_limits_can_be_relaxed(any_engine: Engine, tmp_path: Path) -> None:
+    """The same delivery passes when the contract allows what it contains; an extra
+    expectation of warning severity is reported without blocking."""
+    limits = {
+        "max_missing_rate": {"date_of_birth": 0.2},
+        "max_duplicate_id_rate": 0.1,
+        "unknown_sex_codes": ["U", "Q"],
+        "expectations": [{**NORTH_EAST_ONLY, "severity": "warning"}],
+    }
+    relaxed = _contract(**limits, row_count={"min": 10, "max": 40})
+    results, outcome = _validate(any_engine, relaxed, _delivery_with_problems(), tmp_path)
+    assert outcome.success and outcome.critical_failures == []
+    assert sorted(e.key for e in outcome.warnings) == [
+        "extra_0_expect_column_values_to_be_in_set",
+        "postcode_well_formed",
+    ]
+    assert results["row_count"].success and results["sex_codes_declared"].success
+    too_many = _contract(**limits, row_count={"min": 1, "max": 39})
+    results, outcome = _validate(any_engine, too_many, _delivery_with_problems(), tmp_path)
+    assert [e.key for e in outcome.critical_failures] == ["row_count"]

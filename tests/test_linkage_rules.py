@@ -1,0 +1,109 @@
+"""Rules around the model, on both engines: the probable-twins rule (and `off`), and person
+ids that are keyed by JOINEDUP_PERSON_ID_KEY."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+import pytest
+
+from linkage_models.linkage import apply_pair_rules
+from linkage_models.project import load_project
+from linkage_models.settings import exact_match_gamma
+from pipelines.engine import Engine
+from pipelines.publish import person_id_key, person_lookup_sql
+
+from .conftest import DEMO_CONFIG
+
+MODEL = load_project(DEMO_CONFIG).spec.model
+DOB_EXACT = exact_match_gamma("date_of_birth", MODEL.comparisons["date_of_birth"])
+GIVEN_EXACT = exact_match_gamma("given_name", MODEL.comparisons["given_name"])
+
+
+def _predictions(engine: Engine) -> None:
+    """Scored pairs: (given-name level, date-of-birth level) as the model's gammas."""
+    rows = [
+        ("a", 0, DOB_EXACT),  # different given names, same date of birth: twins
+        ("b", 1, DOB_EXACT),  # only the initial agrees, same date of birth: twins
+        ("c", GIVEN_EXACT, DOB_EXACT),  # same given name: kept
+        ("d", 2, DOB_EXACT),  # one edit apart: a typing error, kept
+        ("e", 0, DOB_EXACT - 1),  # different names, date of birth not identical: kept
+        ("f", -1, DOB_EXACT),  # a given name missing: kept
+    ]
+    frame = pd.DataFrame(
+        {
+            "source_dataset_l": "s",
+            "record_id_l": [r[0] + "1" for r in rows],
+            "source_dataset_r": "s",
+            "record_id_r": [r[0] + "2" for r in rows],
+            "match_probability": 0.999,
+            "gamma_given_name": [r[1] for r in rows],
+            "gamma_date_of_birth": [r[2] for r in rows],
+        }
+    )
+    engine.load_frame("scored_pairs", frame)
+
+
+def test_probable_twins_rule_removes_same_birth_date_different_given_names(
+    any_engine: Engine,
+) -> None:
+    _predictions(any_engine)
+    table, removed = apply_pair_rules(any_engine, "scored_pairs", MODEL)
+    assert removed == 2
+    kept = sorted(r[0] for r in any_engine.fetch(f"SELECT record_id_l FROM {table}"))
+    assert kept == ["c1", "d1", "e1", "f1"]
+
+
+def test_probable_twins_rule_off_keeps_every_pair(any_engine: Engine) -> None:
+    _predictions(any_engine)
+    off = MODEL.model_copy(update={"probable_twins_rule": "off"})
+    table, removed = apply_pair_rules(any_engine, "scored_pairs", off)
+    assert (table, removed) == ("scored_pairs", 0)
+    assert any_engine.count(table) == 6
+
+
+def _clusters(engine: Engine) -> dict[str, str]:
+    """Cluster tables at the three thresholds: r1+r2 together at balanced, r3 alone."""
+    tables = {}
+    for name, clusters in {
+        "high_precision": ["c1", "c2", "c3"],
+        "balanced": ["c1", "c1", "c3"],
+        "high_recall": ["c1", "c1", "c1"],
+    }.items():
+        engine.load_frame(
+            f"clusters_{name}",
+            pd.DataFrame(
+                {"source_dataset": "s", "record_id": ["r1", "r2", "r3"], "cluster_id": clusters}
+            ),
+        )
+        tables[name] = f"clusters_{name}"
+    return tables
+
+
+def _lookup(engine: Engine, key: str) -> pd.DataFrame:
+    engine.create_table("lookup", person_lookup_sql(_clusters(engine), key, date(2026, 1, 2)))
+    return engine.fetch_df("SELECT * FROM lookup ORDER BY source_record_id")
+
+
+def test_person_ids_are_keyed_by_the_secret(any_engine: Engine) -> None:
+    first = _lookup(any_engine, "secret one")
+    again = _lookup(any_engine, "secret one")
+    other = _lookup(any_engine, "secret two")
+    columns = ["person_id", "person_id_high_precision", "person_id_high_recall"]
+    assert first[columns].stack().str.fullmatch(r"P[0-9a-f]{16}").all()
+    pd.testing.assert_frame_equal(first, again)  # the same key gives the same ids
+    for column in columns:
+        assert not set(first[column]) & set(other[column]), column  # another key: all change
+    # The grouping is the same whatever the key: r1 and r2 are one person at balanced.
+    assert first.person_id[0] == first.person_id[1] != first.person_id[2]
+    assert other.person_id[0] == other.person_id[1] != other.person_id[2]
+    assert first.person_id_high_precision.nunique() == 3
+    assert first.person_id_high_recall.nunique() == 1
+
+
+def test_person_id_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOINEDUP_PERSON_ID_KEY", "a secret")
+    assert person_id_key("bold") == "a secret"
+    monkeypatch.delenv("JOINEDUP_PERSON_ID_KEY")
+    assert person_id_key("bold") != "a secret"
