@@ -65,8 +65,12 @@ def run_project(
     model_version: str | None = None,
     ground_truth: Path | None = None,
     on_stage: StageCallback | None = None,
+    instance: Any = None,
 ) -> RunResult:
-    """Link every delivery of every source of `project`; returns the manifest."""
+    """Link every delivery of every source of `project`; returns the manifest.
+
+    `instance` is the Dagster instance that records the runs (default: an ephemeral one).
+    """
     import dagster as dg
 
     from dagster_project.assets import build_assets
@@ -83,7 +87,7 @@ def run_project(
     _prepare_output(out)
     assets = build_assets(project, engine_name)
     resources = resources_for(project, engine_name)
-    instance = dg.DagsterInstance.ephemeral()
+    instance = instance or dg.DagsterInstance.ephemeral()
     notify = on_stage or (lambda _: None)
 
     for sa in assets.sources:

@@ -19,10 +19,12 @@ from dagster_project.definitions import build_definitions, resources_for
 from linkage_models.project import LoadedProject, load_project
 from pipelines.deliveries import delivery_statuses
 from pipelines.engine import open_engine
-from pipelines.run import run_project
+from pipelines.run import RunResult, run_project
 from pipelines.synthetic import GeneratedData
+from quality.reports import suppress_count, suppress_rate
 
 from .conftest import DEMO_CONFIG, REPO
+from .helpers import html_tables, identifiers_of, small_counts_shown
 
 pytestmark = pytest.mark.slow
 
@@ -43,27 +45,66 @@ def _landing_project(tmp_path: Path, data: GeneratedData, globbed: bool = True) 
     return load_project(config)
 
 
-def test_definitions_load_with_every_asset_check_sensor_and_schedule(
+SOURCES = ("magistrates_courts", "prisons", "probation", "pupils", "benefits")
+LINKAGE_ASSETS = {
+    "linkage/linkage_inputs",
+    "linkage/model",
+    "linkage/pairwise_predictions",
+    "linkage/person_clusters",
+    "published/person_lookup",
+    "published/events",
+    "published/manifest",
+    "quality/quality_reports",
+    "quality/diagnostics",
+    "quality/linkage_report",
+}
+
+
+def _names(keys) -> set[str]:
+    return {k.to_user_string() for k in keys}
+
+
+def test_definitions_wire_deliveries_into_one_linkage_graph(
     small_project: LoadedProject,
 ) -> None:
     defs = build_definitions(small_project)
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    for source in ("magistrates_courts", "prisons", "probation", "pupils", "benefits"):
-        assert {f"{source}/delivery", f"{source}/standardised"} <= keys
-    assert {
-        "linkage/model",
-        "published/person_lookup",
-        "published/events",
-        "published/manifest",
-        "quality/quality_reports",
-    } <= keys
-    checks = {c.name for c in graph.asset_check_keys}
-    assert checks == {"delivery_contract"}
-    for source in ("magistrates_courts", "prisons", "probation", "pupils", "benefits"):
-        assert defs.resolve_sensor_def(f"new_deliveries_{source}")
-    assert defs.resolve_schedule_def("periodic_relink").cron_schedule == "0 2 * * *"
+    per_source = {f"{s}/{a}" for s in SOURCES for a in ("delivery", "standardised")}
+    assert _names(graph.get_all_asset_keys()) == per_source | LINKAGE_ASSETS
+
+    def parents(key: str) -> set[str]:
+        return _names(graph.get(dg.AssetKey(key.split("/"))).parent_keys)
+
+    # Linkage waits for every source's deliveries; each later step for the one before.
+    assert parents("linkage/linkage_inputs") == per_source
+    assert parents("linkage/model") == {"linkage/linkage_inputs"}
+    assert parents("linkage/person_clusters") == {"linkage/pairwise_predictions"}
+    assert parents("published/manifest") == {"published/person_lookup", "published/events"}
+    assert parents("quality/linkage_report") == {"published/manifest", "quality/diagnostics"}
+    for source in SOURCES:
+        assert parents(f"{source}/standardised") == {f"{source}/delivery"}
+
+    # One blocking contract check per source's delivery.
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    assert checks == {(f"{s}/delivery", "delivery_contract") for s in SOURCES}
+
+    # The relink job and its schedule select all of the linkage, and no delivery.
+    relink = defs.resolve_job_def("relink")
+    assert _names(relink.asset_layer.selected_asset_keys) == LINKAGE_ASSETS
+    schedule = defs.resolve_schedule_def("periodic_relink")
+    assert (schedule.job_name, schedule.cron_schedule) == ("relink", "0 2 * * *")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+    # Each landing-folder sensor runs only its own source's ingest and standardisation.
+    for source in SOURCES:
+        sensor = defs.resolve_sensor_def(f"new_deliveries_{source}")
+        (target,) = sensor.targets
+        assert _names(target.resolvable_to_job.selection.selected_keys) == {
+            f"{source}/delivery",
+            f"{source}/standardised",
+        }
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_code_location_module_loads_from_the_environment(small_project: LoadedProject) -> None:
@@ -75,14 +116,28 @@ def test_code_location_module_loads_from_the_environment(small_project: LoadedPr
         "JOINEDUP_OUTPUT_DIR": str(small_project.output_dir),
     }
     code = (
-        "import dagster as dg, dagster_project; "
-        "dg.Definitions.validate_loadable(dagster_project.defs); print('ok')"
+        "import json, dagster as dg, dagster_project; d = dagster_project.defs; "
+        "dg.Definitions.validate_loadable(d); p = d.resources['project']; "
+        "print(json.dumps({'config': p.config_path, 'data': p.data_dir, 'out': p.output_dir, "
+        "'engine': d.resources['engine'].engine, "
+        "'assets': len(d.resolve_asset_graph().get_all_asset_keys()), "
+        "'sensors': sorted(s.name for s in d.sensors), "
+        "'schedules': [s.name for s in d.schedules]}))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().endswith("ok")
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded == {
+        "config": str(small_project.config_path),
+        "data": str(small_project.data_dir),
+        "out": str(small_project.output_dir),
+        "engine": "duckdb",
+        "assets": 20,
+        "sensors": sorted(f"new_deliveries_{s}" for s in SOURCES),
+        "schedules": ["periodic_relink"],
+    }
 
 
 def test_code_location_is_pointed_at_spark_by_environment_alone(
@@ -210,11 +265,71 @@ def test_a_corrected_delivery_reruns_without_clean_up(
     assert materialize_delivery() == "standardised"
 
 
-def test_quality_reports_exist_and_suppress_small_counts(small_run) -> None:
-    index = small_run.output_dir / "reports" / "quality" / "index.html"
-    assert index.exists()
-    pages = list((small_run.output_dir / "reports" / "quality").glob("*/*.html"))
-    assert len(pages) == 5
-    text = "\n".join(p.read_text() for p in pages)
-    assert "&lt;10" in text  # small cells suppressed
-    assert "How well the records linked" in text
+OWNER_COUNT_COLUMNS = {"Rows not meeting it", "Missing", "Rows", "Records"}
+
+
+def test_quality_reports_cover_every_delivery_and_suppress_small_counts(
+    small_run: RunResult,
+) -> None:
+    folder = small_run.output_dir / "reports" / "quality"
+    by_source = small_run.manifest["reconciliation"]["by_source"]
+    pages = {p.relative_to(folder).as_posix(): p.read_text() for p in folder.glob("*/*.html")}
+    expected = {f"{s}/{d}.html" for s, counts in by_source.items() for d in counts["by_delivery"]}
+    assert set(pages) == expected
+    index = (folder / "index.html").read_text()
+    assert all(f'href="{href}"' in index for href in expected)
+
+    small_cells = 0
+    for source, counts in by_source.items():
+        for delivery, stats in counts["by_delivery"].items():
+            html = pages[f"{source}/{delivery}.html"]
+            assert small_counts_shown(html, OWNER_COUNT_COLUMNS) == []
+            (reasons,) = [t for t in html_tables(html) if t[0] == ["Reason", "Rows"]]
+            shown = {row[0]: row[1] for row in reasons[1:]}
+            assert set(shown) == set(stats["quarantined_by_reason"])
+            for reason, n in stats["quarantined_by_reason"].items():
+                assert shown[reason] == ("<10" if n < 10 else f"{n:,}"), (source, reason)
+                small_cells += n < 10
+            verdict = " ".join(html.split("This delivery was accepted.")[1].split())
+            quarantined = stats["rows_quarantined"]
+            held = "&lt;10" if 0 < quarantined < 10 else f"{quarantined:,}"
+            assert f"{stats['rows_accepted']:,} linked, {held} held back" in verdict
+    assert small_cells > 0  # the data has small cells, so suppression is exercised
+
+
+def test_small_counts_and_the_rates_that_would_reveal_them_are_bounded() -> None:
+    assert [suppress_count(n) for n in (None, 0, 1, 9, 10, 1234)] == [
+        "—",
+        "0",
+        "<10",
+        "<10",
+        "10",
+        "1,234",
+    ]
+    assert suppress_rate(3, 1000) == "<1.0%"  # not 0.3%, which would give the 3 away
+    assert suppress_rate(0, 1000) == "0.0%"
+    assert suppress_rate(250, 1000) == "25.0%"
+    assert suppress_rate(5, 0) == "—"
+
+
+def test_dagster_event_storage_holds_no_identifier_values(
+    small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """Everything Dagster stores about a run (materialisations and their metadata, check
+    results, step events and messages) names files, columns and counts, never values."""
+    project = _landing_project(tmp_path, small_data)
+    bad = tmp_path / "landing" / "prisons" / "2024-01.parquet"
+    frame = pd.read_parquet(bad)
+    frame.loc[frame.index[::2], "sex"] = "Q"  # a rejected delivery: its check fails too
+    frame.to_parquet(bad)
+    instance = dg.DagsterInstance.ephemeral()
+    run_project(project, instance=instance)
+
+    runs = instance.get_runs()
+    assert len(runs) == 6  # five deliveries and the linkage
+    stored = [dg.serialize_value(e) for r in runs for e in instance.all_logs(r.run_id)]
+    text = "\n".join(stored)
+    assert "ASSET_MATERIALIZATION" in text and "ASSET_CHECK_EVALUATION" in text
+    assert '"dagster/row_count"' in text  # metadata is there, and checked below
+    identifiers = identifiers_of(small_data)
+    assert identifiers.found_in(text) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -10,12 +11,20 @@ import pandas as pd
 import pytest
 import yaml
 
-from linkage_models.project import load_project
+from linkage_models.linkage import probable_twins_condition
+from linkage_models.project import ModelSpec, load_project
 from linkage_models.registry import ModelRegistry
+from pipelines.engine import DuckDBEngine
 from pipelines.run import RunResult, run_project
 from pipelines.synthetic import GeneratedData
 
 from .conftest import DEMO_CONFIG
+from .helpers import identifiers_of
+
+
+def small_run_model() -> ModelSpec:
+    return load_project(DEMO_CONFIG).spec.model
+
 
 pytestmark = pytest.mark.slow
 
@@ -103,6 +112,36 @@ def test_no_identifiers_in_published_outputs(
     assert (pd.to_datetime(joined.event_date) == pd.to_datetime(joined.date_of_birth)).mean() < 0.01
 
 
+def test_nothing_meant_to_leave_holds_an_identifier(
+    small_run: RunResult, small_data: GeneratedData
+) -> None:
+    """The manifest, the linkage report and its JSON, and every data-owner page."""
+    out = small_run.output_dir
+    shareable = [
+        out / "manifest.json",
+        out / "reports" / "linkage_report.html",
+        out / "reports" / "linkage_quality.json",
+        *(out / "reports" / "quality").rglob("*.html"),
+    ]
+    assert len(shareable) == 3 + 1 + 5  # the data-owner index and one page per delivery
+    identifiers = identifiers_of(small_data)
+    for path in shareable:
+        assert identifiers.found_in(path.read_text()) == [], path
+
+
+def test_probable_twins_rule_count_is_the_pairs_it_removed(small_run: RunResult) -> None:
+    removed = small_run.manifest["pairs"]["removed_by_probable_twins_rule"]
+    with DuckDBEngine(small_run.output_dir / "work" / "joinedup.duckdb") as engine:
+        kept = engine.count("pairs_for_clustering")
+        scored = engine.count("pairwise_predictions")
+        twins_left = engine.fetch(
+            "SELECT count(*) FROM pairs_for_clustering "
+            f"WHERE {probable_twins_condition(small_run_model())}"
+        )[0][0]
+    assert removed > 0 and removed == scored - kept
+    assert twins_left == 0
+
+
 def test_every_row_reconciles(small_run: RunResult, small_data: GeneratedData) -> None:
     manifest = json.loads(small_run.manifest_path.read_text())
     rec = manifest["reconciliation"]
@@ -123,10 +162,15 @@ def test_every_row_reconciles(small_run: RunResult, small_data: GeneratedData) -
     )
 
 
-def test_manifest_describes_the_run(small_run: RunResult) -> None:
+def test_manifest_describes_the_run(small_run: RunResult, small_data: GeneratedData) -> None:
     m = small_run.manifest
     assert m["engine"] == "duckdb" and m["versions"]["splink"].startswith("5.")
-    assert all(len(f["sha256"]) == 64 for i in m["inputs"] for f in i["files"])
+    files = {f["path"]: f for i in m["inputs"] for f in i["files"]}
+    assert set(files) == {str(p) for p in small_data.files.values()}
+    for name, path in small_data.files.items():
+        assert files[str(path)]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert files[str(path)]["bytes"] == path.stat().st_size
+        assert files[str(path)]["rows"] == small_data.records[name]
     assert m["model"]["trained_in_this_run"] and m["model"]["version"] >= 1
     assert m["pairs"]["scored"] >= m["pairs"]["kept_above_floor"] > 0
     assert set(m["links"]) == {"high_precision", "balanced", "high_recall"}
@@ -170,26 +214,49 @@ def test_label_free_error_estimates_are_close_to_measured(small_run: RunResult) 
         assert est["pairs_within_clusters"] == meas["predicted_pairs"]
 
 
+def _parameters(model_path: Path) -> list[float]:
+    model = json.loads(model_path.read_text())
+    values = [model["probability_two_random_records_match"]]
+    for comparison in model["comparisons"]:
+        for level in comparison["comparison_levels"]:
+            values += [level.get("m_probability", 0.0), level.get("u_probability", 0.0)]
+    return values
+
+
+def _lookup(result: RunResult) -> pd.DataFrame:
+    """The person lookup a run just published (read before the next run overwrites it)."""
+    frame = pd.read_parquet(result.output_dir / "linked" / "person_lookup.parquet")
+    return frame.sort_values(["source_dataset", "source_record_id"]).reset_index(drop=True)
+
+
 def test_registry_adds_a_version_per_training_and_can_reuse_one(
     small_data: GeneratedData, tmp_path: Path
 ) -> None:
     project = load_project(DEMO_CONFIG, data_dir=small_data.out_dir, output_dir=tmp_path)
     first = run_project(project)
+    first_lookup = _lookup(first)
     second = run_project(project)
+    second_lookup = _lookup(second)
     registry = ModelRegistry(tmp_path / "model")
-    assert [v.version for v in registry.versions()] == [1, 2]
-    assert (
-        registry.versions()[0].training_data_fingerprint
-        == registry.versions()[1].training_data_fingerprint
+    versions = registry.versions()
+    assert [v.version for v in versions] == [1, 2]
+    # Each version records the configuration and the data it was trained on.
+    assert versions[0].config_hash == versions[1].config_hash == project.config_hash
+    assert first.manifest["model"]["config_hash_at_training"] == project.config_hash
+    assert versions[0].training_data_fingerprint == versions[1].training_data_fingerprint
+    # Training is seeded: the same data gives the same parameters.
+    assert _parameters(tmp_path / "model" / "model_v0001.json") == pytest.approx(
+        _parameters(tmp_path / "model" / "model_v0002.json"), rel=1e-6
     )
+
     reused = run_project(project, model_version="1")
     assert not reused.manifest["model"]["trained_in_this_run"]
     assert reused.manifest["model"]["version"] == 1
     assert len(registry.versions()) == 2
-    lookup = lambda r: pd.read_parquet(r.output_dir / "linked" / "person_lookup.parquet")  # noqa: E731
-    # Training is seeded, so the same data gives the same persons.
-    assert first.manifest["links"] == second.manifest["links"]
-    assert lookup(first).person_id.nunique() == lookup(reused).person_id.nunique()
+    assert first.manifest["links"] == second.manifest["links"] == reused.manifest["links"]
+    # Reusing a model gives the same persons with the same ids, record for record.
+    pd.testing.assert_frame_equal(first_lookup, second_lookup)
+    pd.testing.assert_frame_equal(first_lookup, _lookup(reused))
 
 
 def test_a_new_source_needs_only_yaml(small_data: GeneratedData, tmp_path: Path) -> None:
