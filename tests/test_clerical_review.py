@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from pipelines.engine import DuckDBEngine
 from pipelines.run import RunResult
 from pipelines.synthetic import GeneratedData
 from quality.clerical_review import clerical_estimates, label_from_ground_truth
@@ -18,55 +20,82 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 
-def _args(run: RunResult) -> list[str]:
-    return ["--project-out", str(run.output_dir)]
+@pytest.fixture
+def run_out(small_run: RunResult, tmp_path: Path) -> Path:
+    """A copy of the shared run's outputs: review writes labels and a new report, which
+    must not change what other tests read."""
+    copy = tmp_path / "run"
+    shutil.copytree(small_run.output_dir, copy)
+    return copy
+
+
+def _population_rates(out: Path, truth: Path, threshold: float) -> tuple[float, float]:
+    """Pairwise precision and recall over every scored pair, from ground truth: what the
+    weighted review estimates."""
+    with DuckDBEngine(out / "work" / "joinedup.duckdb") as engine:
+        engine.register_file("__truth", str(truth), "parquet")
+        linked, true_linked, true_all = engine.fetch(f"""
+            WITH pairs AS (
+                SELECT p.match_probability >= {threshold} AS link,
+                       tl.true_person_id = tr.true_person_id AS same
+                FROM pairwise_predictions p
+                JOIN __truth tl ON tl.source_dataset = p.source_dataset_l
+                                AND tl.source_record_id = p.record_id_l
+                JOIN __truth tr ON tr.source_dataset = p.source_dataset_r
+                                AND tr.source_record_id = p.record_id_r)
+            SELECT count_if(link), count_if(link AND same), count_if(same) FROM pairs""")[0]
+    return true_linked / linked, true_linked / true_all
 
 
 def test_sample_review_import_and_report(
-    small_run: RunResult, small_data: GeneratedData, small_project, tmp_path: Path
+    run_out: Path, small_data: GeneratedData, small_project, tmp_path: Path
 ) -> None:
     sample_csv = tmp_path / "sample.csv"
+    args = ["--project-out", str(run_out)]
+    config = str(small_project.config_path)
     done = runner.invoke(
-        app,
-        [
-            "review",
-            "sample",
-            str(small_project.config_path),
-            "--n",
-            "120",
-            "--out",
-            str(sample_csv),
-            *_args(small_run),
-        ],
+        app, ["review", "sample", config, "--n", "240", "--out", str(sample_csv), *args]
     )
     assert done.exit_code == 0, done.output
     sample = pd.read_csv(sample_csv, dtype=str, keep_default_na=False)
     assert {"given_name_l", "date_of_birth_r", "postcode_l", "clerical_match"} <= set(sample)
-    assert sample.stratum.nunique() >= 5  # spread across the match-weight range
+    strata = sample.stratum.astype(int)
+    assert strata.nunique() >= 5  # spread across the match-weight range
+    assert sample.groupby("stratum").size().max() <= -(-240 // strata.nunique())  # equal shares
     reviewed = label_from_ground_truth(sample, small_data.ground_truth)
     reviewed.loc[reviewed.index[:3], "clerical_match"] = ""  # not reviewed: skipped
     reviewed.to_csv(sample_csv, index=False)
 
-    done = runner.invoke(
-        app,
-        ["review", "import", str(small_project.config_path), str(sample_csv), *_args(small_run)],
-    )
+    done = runner.invoke(app, ["review", "import", config, str(sample_csv), *args])
     assert done.exit_code == 0, done.output
-    labels = pd.read_parquet(small_run.output_dir / "review" / "labels.parquet")
+    labels = pd.read_parquet(run_out / "review" / "labels.parquet")
     assert len(labels) == len(sample) - 3
     assert "given_name_l" not in labels.columns  # decisions stored without identifiers
-    quality = json.loads((small_run.output_dir / "reports" / "linkage_quality.json").read_text())
-    reviewed_rates = quality["clerical_review"]["thresholds"]["balanced"]
-    assert reviewed_rates["precision_95ci"][0] <= reviewed_rates["precision"] <= 1
-    assert reviewed_rates["recall"] > 0.8
-    assert (
-        "Clerical review" in (small_run.output_dir / "reports" / "linkage_report.html").read_text()
-    )
+
+    quality = json.loads((run_out / "reports" / "linkage_quality.json").read_text())
+    review = quality["clerical_review"]
+    assert review["labelled_pairs"] == len(labels)
+    assert review["labelled_matches"] == int(labels.clerical_match.sum())
+    for name, threshold in small_project.spec.model.thresholds.as_dict().items():
+        rates = review["thresholds"][name]
+        precision, recall = _population_rates(run_out, small_data.ground_truth, threshold)
+        # Weighted back to all scored pairs, the reviewed rates estimate the population's.
+        assert rates["precision_95ci"][0] <= precision <= rates["precision_95ci"][1], name
+        assert rates["recall_95ci"][0] <= recall <= rates["recall_95ci"][1], name
+        assert abs(rates["recall"] - recall) < 0.05, (name, rates["recall"], recall)
+    # Splink's truth-space counts over the reviewed pairs, one row per threshold.
+    truth_space = review["truth_space_unweighted"]
+    assert [r["threshold"] for r in truth_space] == ["high_precision", "balanced", "high_recall"]
+    for row in truth_space:
+        assert row["tp"] + row["fp"] + row["tn"] + row["fn"] == len(labels)
+        assert row["tp"] + row["fn"] == int(labels.clerical_match.sum())
+    html = (run_out / "reports" / "linkage_report.html").read_text()
+    balanced = review["thresholds"]["balanced"]
+    assert f"{len(labels)} scored pairs were reviewed" in html
+    assert f"{balanced['recall']:.4f}" in html
 
 
-def test_bad_decisions_are_named_by_row(
-    small_run: RunResult, small_project, tmp_path: Path
-) -> None:
+def test_bad_decisions_are_named_by_row(run_out: Path, small_project, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     cols = [
         "source_dataset_l",
@@ -83,7 +112,15 @@ def test_bad_decisions_are_named_by_row(
         bad, index=False
     )
     done = runner.invoke(
-        app, ["review", "import", str(small_project.config_path), str(bad), *_args(small_run)]
+        app,
+        [
+            "review",
+            "import",
+            str(small_project.config_path),
+            str(bad),
+            "--project-out",
+            str(run_out),
+        ],
     )
     assert done.exit_code == 2
     assert "clerical_match must be 1" in done.output and "rows [2]" in done.output
