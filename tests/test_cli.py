@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+
+from .conftest import DEMO_CONFIG
 
 runner = CliRunner()
 
@@ -33,8 +38,105 @@ def test_missing_source_file_is_named(tmp_path: Path) -> None:
 def test_generate_writes_extracts_and_ground_truth(tmp_path: Path) -> None:
     result = runner.invoke(app, ["generate", "--out", str(tmp_path), "--people", "200"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "ground_truth.parquet").exists()
-    assert (tmp_path / "magistrates_courts.csv").exists()
+    truth = pd.read_parquet(tmp_path / "ground_truth.parquet")
+    sources = ("magistrates_courts", "prisons", "probation", "pupils", "benefits")
+    assert set(truth.source_dataset) == set(sources)
+    assert not truth.duplicated(["source_dataset", "source_record_id"]).any()
+    assert truth.true_person_id.nunique() <= 200
+    printed = {
+        cells[0]: cells[-1]
+        for line in result.output.splitlines()
+        if (cells := [c.strip() for c in line.strip("│ ").split("│")]) and cells[0] in sources
+    }
+    for source in sources:
+        file = next(tmp_path.glob(f"{source}.*"))
+        rows = (
+            len(pd.read_parquet(file))
+            if file.suffix == ".parquet"
+            else (len(file.read_text().splitlines()) - 1)
+        )
+        assert printed[source] == f"{rows:,}"  # the table printed says what was written
+        # Every record of the file has its true person (re-delivered rows share an id).
+        ids = set(truth.source_record_id[truth.source_dataset == source])
+        assert rows >= len(ids) > 0
+    again = tmp_path / "again"
+    runner.invoke(app, ["generate", "--out", str(again), "--people", "200"])
+    assert (again / "prisons.parquet").read_bytes() == (tmp_path / "prisons.parquet").read_bytes()
+
+
+def _figure(output: str, label: str, table: str) -> list[str]:
+    """The cells of the row starting with `label` in the printed table titled `table`."""
+    for line in output[output.index(table) :].splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
+        if cells and cells[0] == label:
+            return cells
+    raise AssertionError(f"no row {label!r} in:\n{output}")
+
+
+@pytest.mark.slow
+def test_run_then_rerun_with_the_latest_model(small_data, tmp_path: Path) -> None:
+    """`joinedup run` with --data-dir, --out and --ground-truth; then again reusing the
+    model it trained: the same persons, no new model version."""
+    out = tmp_path / "out"
+    args = ["run", str(DEMO_CONFIG), "--data-dir", str(small_data.out_dir), "--out", str(out)]
+    done = runner.invoke(app, [*args, "--ground-truth", str(small_data.ground_truth)])
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    rec = manifest["reconciliation"]
+    assert rec["rows_in"] == sum(small_data.records.values())
+    assert _figure(done.output, "all", "Reconciliation")[1:] == [
+        f"{rec['rows_in']:,}",
+        f"{rec['rows_linked']:,}",
+        f"{rec['rows_quarantined']:,}",
+    ]
+    measured = manifest["measured_accuracy"]["balanced"]
+    estimated = manifest["estimated_error_rates"]["balanced"]
+    assert _figure(done.output, "balanced", "Pairwise precision")[1:] == [
+        f"{estimated['precision']:.4f}",
+        f"{estimated['recall']:.4f}",
+        f"{measured['precision']:.4f}",
+        f"{measured['recall']:.4f}",
+    ]
+    lookup = pd.read_parquet(out / "linked" / "person_lookup.parquet")
+    assert len(lookup) == rec["rows_linked"]
+    assert manifest["model"]["trained_in_this_run"] and manifest["model"]["version"] == 1
+
+    again = runner.invoke(app, [*args, "--model-version", "latest"])
+    assert again.exit_code == 0, again.output
+    reused = json.loads((out / "manifest.json").read_text())
+    assert not reused["model"]["trained_in_this_run"] and reused["model"]["version"] == 1
+    assert reused["measured_accuracy"] is None  # no ground truth given this time
+    assert "meas." not in again.output
+    assert sorted(p.name for p in (out / "model").glob("model_v*.json")) == ["model_v0001.json"]
+    keys = ["source_dataset", "source_record_id"]
+    pd.testing.assert_frame_equal(
+        lookup.sort_values(keys).reset_index(drop=True),
+        pd.read_parquet(out / "linked" / "person_lookup.parquet")
+        .sort_values(keys)
+        .reset_index(drop=True),
+    )
+
+
+@pytest.mark.slow
+def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = runner.invoke(app, ["demo", "--people", "400", "--out", str(out), "--seed", "3"])
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["reconciliation"]["reconciles"]
+    assert manifest["reconciliation"]["rows_in"] == sum(
+        len(pd.read_parquet(p)) if p.suffix == ".parquet" else len(p.read_text().splitlines()) - 1
+        for p in (out / "data").iterdir()
+        if p.suffix in (".csv", ".parquet") and p.stem != "ground_truth"
+    )
+    assert manifest["measured_accuracy"]["balanced"]["recall"] > 0.9
+    # The simulated clerical review has been imported and reported.
+    quality = json.loads((out / "reports" / "linkage_quality.json").read_text())
+    assert quality["clerical_review"]["labelled_pairs"] == len(
+        pd.read_parquet(out / "review" / "labels.parquet")
+    )
+    assert (out / "reports" / "quality" / "index.html").exists()
+    assert (out / "reports" / "linkage_report.html").exists()
 
 
 def test_malformed_delivery_fails_its_ingest_with_the_file_named(
