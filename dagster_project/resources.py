@@ -11,8 +11,8 @@ from pathlib import Path
 import dagster as dg
 
 from linkage_models.project import LoadedProject, load_project
-from pipelines.engine import Engine, open_engine
-from pipelines.spark_engine import SparkSettings
+from pipelines.engines import Engine, open_engine
+from pipelines.engines.spark_engine import SparkSettings
 
 
 class LinkageProjectResource(dg.ConfigurableResource):

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from linkage_models.project import ConfigError, LoadedProject, load_project
 from pipelines import stages
-from pipelines.engine import Engine, open_engine
+from pipelines.engines import Engine, open_engine
 from pipelines.ingest import SourceError
 from pipelines.run import RunError, RunResult, run_project
 from pipelines.stages import ReconciliationError

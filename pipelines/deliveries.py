@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from linkage_models.project import LoadedProject, SourceSpec
-from pipelines.engine import Engine
+from pipelines.engines import Engine
 from pipelines.ingest import DeliveryFile, SourceError
-from pipelines.standardise import lit
+from pipelines.sql import lit
 
 STATUS_TABLE = "joinedup_deliveries"
 STATUS_COLUMNS = ("source", "delivery", "path", "rows", "sha256", "bytes", "status", "detail")

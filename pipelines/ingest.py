@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linkage_models.project import SourceSpec
-from pipelines.engine import Engine, error_summary
-from pipelines.standardise import ident, lit
+from pipelines.engines import Engine, error_summary
+from pipelines.sql import ident, lit
 
 
 class SourceError(ValueError):

@@ -13,8 +13,8 @@ from datetime import date
 from pathlib import Path
 
 from linkage_models.project import LinkageProject
-from pipelines.engine import Engine
-from pipelines.standardise import ident, lit
+from pipelines.engines import Engine
+from pipelines.sql import ident, lit
 
 LOOKUP_COLUMNS = (
     "source_dataset",

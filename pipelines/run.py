@@ -16,7 +16,7 @@ from typing import Any
 from linkage_models.project import LoadedProject
 from pipelines import stages
 from pipelines.deliveries import delivery_statuses, require_deliveries
-from pipelines.engine import check_engine_name, open_engine
+from pipelines.engines import check_engine_name, open_engine
 
 StageCallback = Callable[[str], None]
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}

@@ -26,7 +26,7 @@ from linkage_models import linkage
 from linkage_models.project import LoadedProject, SourceSpec
 from linkage_models.registry import ModelRegistry, model_card_markdown
 from pipelines.deliveries import Delivery, delivery_statuses, set_status
-from pipelines.engine import Engine
+from pipelines.engines import Engine
 from pipelines.ingest import DeliveryFile, ingest_delivery
 from pipelines.publish import publish_linked_dataset
 from pipelines.standardise import linkage_input_sql, load_reference_tables, standardise_sql

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from importlib import resources
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -29,32 +28,24 @@ from linkage_models.project import (
     DateMapping,
     SourceSpec,
 )
-
-if TYPE_CHECKING:
-    from pipelines.engine import Engine
+from pipelines.engines import Engine
+from pipelines.sql import (
+    EARLIEST_PLAUSIBLE_DATE,
+    VALID_POSTCODE,
+    date_text_sql,
+    ident,
+    in_list,
+    lit,
+    parse_date_sql,
+    postcode_compact_sql,
+)
 
 ACCENTED = "àáâãäåçèéêëìíîïñòóôõöøùúûüýÿÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝ"
 PLAIN = "aaaaaaceeeeiiiinoooooouuuuyyAAAAAACEEEEIIIINOOOOOOUUUUY"
-VALID_POSTCODE = "^[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}$"
-EARLIEST_PLAUSIBLE_DOB = "1890-01-01"
 NICKNAME_TABLE = "ref_nicknames"
 
 # The columns Splink sees: identical across sources (attributes and flags stay behind).
 LINKAGE_COLUMNS = ("record_id", "source_dataset", *STANDARD_COLUMNS)
-
-
-def lit(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def ident(name: str) -> str:
-    """A quoted SQL identifier (source column names can be anything)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _in_list(values: list[str]) -> str:
-    return "(" + ", ".join(lit(v) for v in values) + ")"
 
 
 def _clean_placeholder(value: str) -> str:
@@ -73,7 +64,7 @@ def clean_name_sql(expr: str, keep_comma: bool = False) -> str:
     A whole field that is a placeholder ("N/A", "UNKNOWN") is missing before any splitting.
     """
     allowed = "a-z\\- ," if keep_comma else "a-z\\- "
-    placeholder = f"upper(trim({expr})) IN {_in_list(DEFAULT_PLACEHOLDERS)}"
+    placeholder = f"upper(trim({expr})) IN {in_list(DEFAULT_PLACEHOLDERS)}"
     whole = f"CASE WHEN {placeholder} THEN NULL ELSE {expr} END"
     e = f"lower(translate({whole}, {lit(ACCENTED)}, {lit(PLAIN)}))"
     e = f"regexp_replace({e}, '[''’`]', '', 'g')"
@@ -87,7 +78,7 @@ def name_part_sql(expr: str) -> str:
     """A split name part: placeholders become NULL; hyphens become spaces for matching."""
     part = f"nullif(trim({expr}, ' -'), '')"
     return (
-        f"CASE WHEN {part} IN {_in_list(NAME_PLACEHOLDERS)} THEN NULL "
+        f"CASE WHEN {part} IN {in_list(NAME_PLACEHOLDERS)} THEN NULL "
         f"ELSE nullif(replace({part}, '-', ' '), '') END"
     )
 
@@ -108,29 +99,12 @@ def between_first_and_last_sql(expr: str) -> str:
     return f"nullif(regexp_extract({expr}, '^\\S+\\s+(.*)\\s+\\S+$', 1), '')"
 
 
-def parse_date_sql(text_expr: str, formats: list[str]) -> str:
-    """First declared format that parses, as a DATE; NULL when none does."""
-    attempts = ", ".join(f"try_strptime({text_expr}, {lit(fmt)})" for fmt in formats)
-    return f"CAST(coalesce({attempts}) AS DATE)"
-
-
-def date_text_sql(column: str) -> str:
-    """Trimmed text of a date column; placeholders ('UNKNOWN', 'N/A'...) become NULL."""
-    text = f"nullif(trim(CAST({ident(column)} AS VARCHAR)), '')"
-    return f"CASE WHEN upper({text}) IN {_in_list(DEFAULT_PLACEHOLDERS)} THEN NULL ELSE {text} END"
-
-
 def sex_sql(column: str, male: list[str], female: list[str]) -> str:
     code = f"upper(trim(CAST({ident(column)} AS VARCHAR)))"
     return (
-        f"CASE WHEN {code} IN {_in_list([c.upper() for c in male])} THEN 'M' "
-        f"WHEN {code} IN {_in_list([c.upper() for c in female])} THEN 'F' END"
+        f"CASE WHEN {code} IN {in_list([c.upper() for c in male])} THEN 'M' "
+        f"WHEN {code} IN {in_list([c.upper() for c in female])} THEN 'F' END"
     )
-
-
-def postcode_compact_sql(column: str) -> str:
-    alphanumeric = f"regexp_replace(CAST({ident(column)} AS VARCHAR), '[^A-Za-z0-9]', '', 'g')"
-    return f"nullif(upper({alphanumeric}), '')"
 
 
 def soundex_sql(name_expr: str) -> str:
@@ -268,7 +242,7 @@ cleaned AS (
     {name_part_sql("family_text")} AS family_name,
     CASE
       WHEN dob_parsed IN ({placeholder_list}) THEN NULL
-      WHEN dob_parsed < DATE '{EARLIEST_PLAUSIBLE_DOB}' OR dob_parsed > current_date THEN NULL
+      WHEN dob_parsed < DATE '{EARLIEST_PLAUSIBLE_DATE}' OR dob_parsed > current_date THEN NULL
       ELSE dob_parsed
     END AS date_of_birth,
     CASE WHEN regexp_matches(postcode_compact, '{VALID_POSTCODE}')

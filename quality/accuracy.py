@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipelines.engine import Engine
-from pipelines.standardise import ident
+from pipelines.engines import Engine
+from pipelines.sql import ident
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.engine import Engine
+from pipelines.engines import Engine
 from pipelines.standardise import reference_frame
 
 AGE_BANDS = (

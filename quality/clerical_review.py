@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.engine import Engine
+from pipelines.engines import Engine
 
 STRATUM_WIDTH = 2.0  # match weight
 LABEL_COLUMNS = [

@@ -18,8 +18,9 @@ from splink.blocking_analysis import chart_comparisons_from_blocking_rules
 from linkage_models.linkage import PREDICTION_FLOOR, make_linker
 from linkage_models.project import LoadedProject
 from linkage_models.settings import blocking_rule
-from pipelines.engine import Engine
-from pipelines.standardise import LINKAGE_COLUMNS, ident
+from pipelines.engines import Engine
+from pipelines.sql import ident
+from pipelines.standardise import LINKAGE_COLUMNS
 
 WATERFALL_PAIRS_PER_THRESHOLD = 5
 DASHBOARD_CLUSTERS = 10

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipelines.engine import Engine
+from pipelines.engines import Engine
 
 Z95 = 1.959964
 

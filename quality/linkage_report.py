@@ -19,7 +19,7 @@ from typing import Any
 from jinja2 import Environment, select_autoescape
 
 from linkage_models.project import LoadedProject
-from pipelines.engine import Engine
+from pipelines.engines import Engine
 from quality.bias import bias_tables
 from quality.clerical_review import clerical_estimates, current_labels
 from quality.reports import suppress_count, suppress_rate

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from linkage_models.project import SourceSpec
-from pipelines.engine import Engine
-from pipelines.standardise import ident, lit
+from pipelines.engines import Engine
+from pipelines.sql import ident, lit
 
 REJECTED_DELIVERY = "delivery rejected by validation"
 

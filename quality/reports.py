@@ -15,8 +15,8 @@ from jinja2 import Environment, select_autoescape
 
 from linkage_models.project import LoadedProject
 from pipelines.deliveries import Delivery, delivery_statuses
-from pipelines.engine import Engine
-from pipelines.standardise import lit
+from pipelines.engines import Engine
+from pipelines.sql import lit
 from quality.validation import load_outcome
 
 SMALL_CELL = 10

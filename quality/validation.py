@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from linkage_models.project import DateMapping, SourceSpec
-from pipelines.engine import Engine
-from pipelines.standardise import (
+from pipelines.engines import Engine
+from pipelines.sql import (
+    EARLIEST_PLAUSIBLE_DATE,
+    VALID_POSTCODE,
     date_text_sql,
     ident,
     parse_date_sql,
@@ -27,7 +28,6 @@ from pipelines.standardise import (
 )
 
 BATCH_ROWS = 1_000_000
-EARLIEST_PLAUSIBLE_DATE = "1890-01-01"
 RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
 
 
@@ -238,7 +238,7 @@ def build_expectations(source: SourceSpec, today: date | None = None) -> list[Ex
                 "expect_column_values_to_match_regex",
                 {
                     "column": "postcode_compact",
-                    "regex": "^[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}$",
+                    "regex": VALID_POSTCODE,
                     "mostly": 1 - v.max_malformed_postcode_rate,
                 },
             )
@@ -297,16 +297,6 @@ def _context(gx_dir: Path) -> Any:
     return context
 
 
-def _batches(engine: Engine, frame_sql: str, rows: int, batch_rows: int) -> Iterator[Any]:
-    """On Spark, the whole delivery as one Spark DataFrame (GX's Spark datasource computes
-    the metrics on the cluster); on DuckDB, pandas frames of at most `batch_rows` rows."""
-    if engine.name == "spark":
-        yield engine.spark_frame(frame_sql)  # type: ignore[attr-defined]
-        return
-    for start in range(0, max(rows, 1), batch_rows):
-        yield engine.fetch_df(f"SELECT * FROM ({frame_sql}) LIMIT {batch_rows} OFFSET {start}")
-
-
 def validate_delivery(
     engine: Engine,
     source: SourceSpec,
@@ -321,12 +311,7 @@ def validate_delivery(
 
     specs = build_expectations(source)
     context = _context(gx_root)
-    on_spark = engine.name == "spark"
-    datasource = (
-        context.data_sources.add_or_update_spark("joinedup_spark")
-        if on_spark
-        else context.data_sources.add_or_update_pandas("joinedup")
-    )
+    datasource = engine.gx_datasource(context)
     asset_name = f"{source.name}__{delivery}"
     try:
         asset = datasource.get_asset(asset_name)
@@ -354,7 +339,7 @@ def validate_delivery(
     rows = engine.count(raw_table)
     frame_sql = validation_frame_sql(source, raw_table)
     outcomes = {s.key: ExpectationOutcome(s.key, s.description, s.severity, True) for s in specs}
-    for frame in _batches(engine, frame_sql, rows, batch_rows):
+    for frame in engine.validation_frames(frame_sql, batch_rows):
         result = checkpoint.run(batch_parameters={"dataframe": frame})
         for validation in result.run_results.values():
             for r in validation.results:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from linkage_models.project import LoadedProject, load_project
-from pipelines.engine import DuckDBEngine, Engine
+from pipelines.engines import DuckDBEngine, Engine
+from pipelines.engines.spark_engine import SparkEngine, SparkSettings, spark_session
 from pipelines.run import RunResult, run_project
-from pipelines.spark_engine import SparkEngine, SparkSettings, spark_session
 from pipelines.synthetic import GeneratedData, generate_extracts
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipelines.engine import Engine
+from pipelines.engines import Engine
 from quality.bias import bias_tables
 from quality.linkage_report import OVERSIZED_CLUSTER, cluster_size_summary
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from pipelines.engine import DuckDBEngine
+from pipelines.engines import DuckDBEngine
 from pipelines.run import RunResult
 from pipelines.synthetic import GeneratedData
 from quality.clerical_review import clerical_estimates, label_from_ground_truth

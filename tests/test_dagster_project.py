@@ -18,7 +18,7 @@ from dagster_project.assets import build_assets
 from dagster_project.definitions import build_definitions, resources_for
 from linkage_models.project import LoadedProject, load_project
 from pipelines.deliveries import delivery_statuses
-from pipelines.engine import open_engine
+from pipelines.engines import open_engine
 from pipelines.run import RunResult, run_project
 from pipelines.synthetic import GeneratedData
 from quality.reports import suppress_count, suppress_rate

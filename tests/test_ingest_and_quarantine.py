@@ -9,7 +9,7 @@ import pytest
 
 from linkage_models.project import SourceSpec
 from pipelines.deliveries import Delivery
-from pipelines.engine import Engine
+from pipelines.engines import Engine
 from pipelines.ingest import SourceError, ingest_delivery
 from pipelines.standardise import load_reference_tables, standardise_sql
 from quality.quarantine import DeliveryTables, combine_and_quarantine

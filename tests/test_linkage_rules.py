@@ -11,7 +11,7 @@ import pytest
 from linkage_models.linkage import apply_pair_rules
 from linkage_models.project import load_project
 from linkage_models.settings import exact_match_gamma
-from pipelines.engine import Engine
+from pipelines.engines import Engine
 from pipelines.publish import person_id_key, person_lookup_sql
 
 from .conftest import DEMO_CONFIG

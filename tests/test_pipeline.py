@@ -14,7 +14,7 @@ import yaml
 from linkage_models.linkage import probable_twins_condition
 from linkage_models.project import ModelSpec, load_project
 from linkage_models.registry import ModelRegistry
-from pipelines.engine import DuckDBEngine
+from pipelines.engines import DuckDBEngine
 from pipelines.run import RunResult, run_project
 from pipelines.synthetic import GeneratedData
 

@@ -20,10 +20,10 @@ import pytest
 from linkage_models import linkage
 from linkage_models.project import LoadedProject, load_project
 from pipelines import stages
-from pipelines.dialect import DialectError, duckdb_to_spark, java_date_pattern
-from pipelines.engine import DuckDBEngine
+from pipelines.engines import DuckDBEngine
+from pipelines.engines.dialect import DialectError, duckdb_to_spark, java_date_pattern
+from pipelines.engines.spark_engine import SparkEngine, SparkSettings, parse_conf
 from pipelines.run import RunResult, run_project
-from pipelines.spark_engine import SparkEngine, SparkSettings, parse_conf
 from pipelines.synthetic import GeneratedData
 
 from .conftest import DEMO_CONFIG, REPO, SPARK_TEST_SETTINGS
@@ -219,7 +219,7 @@ from linkage_models import linkage
 from linkage_models.project import load_project
 from pipelines import stages
 from pipelines.deliveries import discover_deliveries
-from pipelines.spark_engine import SparkEngine, SparkSettings
+from pipelines.engines.spark_engine import SparkEngine, SparkSettings
 
 config, data_dir, out, model_path = sys.argv[1:]
 project = load_project(config, data_dir=data_dir, output_dir=out)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from linkage_models.project import SourceSpec
-from pipelines.engine import Engine
+from pipelines.engines import Engine
 from pipelines.standardise import load_reference_tables, soundex_sql, standardise_sql
 
 

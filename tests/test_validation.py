@@ -10,7 +10,7 @@ import pandas as pd
 
 from linkage_models.project import SourceSpec, load_project
 from pipelines.deliveries import Delivery
-from pipelines.engine import Engine
+from pipelines.engines import Engine
 from pipelines.ingest import ingest_delivery
 from quality.validation import build_expectations, validate_delivery
 

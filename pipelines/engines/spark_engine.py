@@ -15,9 +15,8 @@ import json
 import logging
 import os
 import shutil
-import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +27,8 @@ import sqlglot
 from sqlglot import exp
 
 from linkage_models.project import CsvOptions
-from pipelines.dialect import duckdb_to_spark
+from pipelines.engines.base import Engine, wait_for
+from pipelines.engines.dialect import duckdb_to_spark
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def _local(path: str) -> Path:
     return Path(path.removeprefix("file://"))
 
 
-class SparkEngine:
+class SparkEngine(Engine):
     """Tables as Parquet under `tables_dir`, known to later processes through a catalog."""
 
     name = "spark"
@@ -319,20 +319,12 @@ class SparkEngine:
     def fetch(self, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in self._sql(sql).collect()]
 
-    def spark_frame(self, sql: str) -> Any:
-        """A SELECT as a Spark DataFrame, for tools that take one (GX's Spark datasource)."""
-        return self._sql(sql)
-
     def fetch_df(self, sql: str) -> pd.DataFrame:
         return self._sql(sql).toPandas()
 
     def columns(self, table: str) -> list[str]:
         self._ensure_views([table.lower()])
         return list(self.spark.table(table).columns)
-
-    def count(self, table: str) -> int:
-        self._ensure_views([table.lower()])
-        return int(self.spark.table(table).count())
 
     def table_exists(self, name: str) -> bool:
         return name.lower() in self._catalog or bool(self.spark.catalog.tableExists(name))
@@ -405,6 +397,13 @@ class SparkEngine:
             num_partitions_on_repartition=max(2, self.settings.shuffle_partitions),
         )
 
+    def validation_frames(self, select_sql: str, batch_rows: int) -> Iterator[Any]:
+        """The whole delivery as one Spark DataFrame: GX computes the metrics on Spark."""
+        yield self._sql(select_sql)
+
+    def gx_datasource(self, context: Any) -> Any:
+        return context.data_sources.add_or_update_spark("joinedup_spark")
+
     def versions(self) -> dict[str, str]:
         import pyspark
 
@@ -415,12 +414,6 @@ class SparkEngine:
         if self._lock is not None:
             _release_lock(self._lock)
             self._lock = None
-
-    def __enter__(self) -> SparkEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # Lock files this process holds -> [handle, how many engines use it]: engines opened while
@@ -444,18 +437,17 @@ def _acquire_lock(path: Path, timeout: float) -> str:
         _HELD[key][1] += 1
         return key
     handle = open(path, "w")  # noqa: SIM115 - held until released
-    deadline = time.monotonic() + timeout
-    delay = 0.2
-    while True:
+
+    def attempt() -> str | None:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _HELD[key] = [handle, 1]
-            return key
         except BlockingIOError:
-            if time.monotonic() > deadline:
-                handle.close()
-                raise TimeoutError(
-                    f"{path}: another run holds the Spark tables lock for this output folder"
-                ) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            return None
+        _HELD[key] = [handle, 1]
+        return key
+
+    try:
+        return wait_for(attempt, timeout, f"{path}: the Spark tables of this output folder")
+    except TimeoutError:
+        handle.close()
+        raise

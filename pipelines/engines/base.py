@@ -1,0 +1,136 @@
+"""The engine API: where the SQL runs. One base class holds what every engine shares; each
+backend (DuckDB for one machine, Spark for a cluster) implements only what its dialect and
+its readers make different, as Splink's DatabaseAPI and dbt's adapters do.
+
+All SQL handed to an engine is written in DuckDB's dialect; Spark transpiles it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import pandas as pd
+
+from linkage_models.project import CsvOptions
+
+T = TypeVar("T")
+
+
+class EngineError(RuntimeError):
+    """The engine failed; the message says what went wrong without quoting row values."""
+
+
+def error_summary(exc: BaseException) -> str:
+    """What went wrong in an engine, fit for a message: DuckDB's first line, or Spark's error
+    classes (Spark quotes the offending record after them, which must not be shown)."""
+    java = getattr(exc, "java_exception", None)
+    if java is None:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    classes = []
+    while java is not None:
+        found = re.match(r"\s*\[([A-Z0-9_.]+)\]", str(java.getMessage() or ""))
+        classes.append(found.group(1) if found else java.getClass().getSimpleName())
+        java = java.getCause()
+    return "Spark error " + " / ".join(dict.fromkeys(classes)) + " (row values withheld)"
+
+
+def wait_for(attempt: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Call `attempt` until it returns something, backing off up to 5 s between tries.
+
+    A working database has one writer at a time: runs launched together (by the delivery
+    sensors, say) wait their turn here instead of failing."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        result = attempt()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: still held by another run after {timeout:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+class Engine(ABC):
+    """A working database for one output folder: run statements, keep tables between steps,
+    read files, write Parquet, and hand Splink its database API."""
+
+    name: ClassVar[str]
+
+    # --- statements and tables (the dialect differs) -------------------------------------
+    @abstractmethod
+    def execute(self, sql: str) -> None: ...
+
+    @abstractmethod
+    def create_table(self, name: str, select_sql: str) -> None:
+        """Materialise a SELECT as a table (replacing one of that name)."""
+
+    @abstractmethod
+    def fetch(self, sql: str) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    def fetch_df(self, sql: str) -> pd.DataFrame: ...
+
+    @abstractmethod
+    def columns(self, table: str) -> list[str]: ...
+
+    @abstractmethod
+    def table_exists(self, name: str) -> bool: ...
+
+    def drop_table(self, name: str) -> None:
+        self.execute(f"DROP TABLE IF EXISTS {name}")
+
+    def count(self, table: str) -> int:
+        return int(self.fetch(f"SELECT count(*) FROM {table}")[0][0])
+
+    # --- files and frames (the readers differ) -------------------------------------------
+    @abstractmethod
+    def register_file(
+        self,
+        view: str,
+        path: str,
+        file_format: str,
+        csv: CsvOptions | None = None,
+        row_number_column: str | None = None,
+    ) -> None:
+        """A temporary view over a CSV (every column as text) or Parquet file; with
+        `row_number_column`, each row's position in the file (1-based)."""
+
+    @abstractmethod
+    def load_frame(self, name: str, frame: pd.DataFrame) -> None:
+        """A small pandas frame (reference data, labels) as a table."""
+
+    @abstractmethod
+    def write_parquet(self, select_sql: str, path: Path) -> None: ...
+
+    # --- what other tools need from the engine -------------------------------------------
+    @abstractmethod
+    def splink_api(self) -> Any:
+        """Splink's database API over this engine's tables."""
+
+    @abstractmethod
+    def validation_frames(self, select_sql: str, batch_rows: int) -> Iterator[Any]:
+        """The rows of a SELECT as frames Great Expectations can validate."""
+
+    @abstractmethod
+    def gx_datasource(self, context: Any) -> Any:
+        """The Great Expectations datasource that reads `validation_frames`."""
+
+    @abstractmethod
+    def versions(self) -> dict[str, str]: ...
+
+    # --- lifetime ------------------------------------------------------------------------
+    @abstractmethod
+    def close(self) -> None:
+        """Release the working database for the next run."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,47 @@
+"""SQL helpers every package shares: quoting, and the expressions that read identifier values
+the same way wherever they are read (standardisation, and the delivery contract's checks).
+
+All SQL in joinedup is written once, in DuckDB's dialect; the Spark engine transpiles it.
+"""
+
+from __future__ import annotations
+
+from linkage_models.project import DEFAULT_PLACEHOLDERS
+
+# A UK postcode without spaces, upper case: outward code (area, district) + inward code.
+VALID_POSTCODE = "^[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}$"
+# Dates of birth (and event dates) before this are implausible and treated as missing.
+EARLIEST_PLAUSIBLE_DATE = "1890-01-01"
+
+
+def lit(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier (source column names can be anything)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def in_list(values: list[str]) -> str:
+    """A parenthesised list of string literals, for IN."""
+    return "(" + ", ".join(lit(v) for v in values) + ")"
+
+
+def date_text_sql(column: str) -> str:
+    """Trimmed text of a date column; placeholders ('UNKNOWN', 'N/A'...) become NULL."""
+    text = f"nullif(trim(CAST({ident(column)} AS VARCHAR)), '')"
+    return f"CASE WHEN upper({text}) IN {in_list(DEFAULT_PLACEHOLDERS)} THEN NULL ELSE {text} END"
+
+
+def parse_date_sql(text_expr: str, formats: list[str]) -> str:
+    """First declared format that parses, as a DATE; NULL when none does."""
+    attempts = ", ".join(f"try_strptime({text_expr}, {lit(fmt)})" for fmt in formats)
+    return f"CAST(coalesce({attempts}) AS DATE)"
+
+
+def postcode_compact_sql(column: str) -> str:
+    """A postcode column as upper-case letters and digits only; NULL when empty."""
+    alphanumeric = f"regexp_replace(CAST({ident(column)} AS VARCHAR), '[^A-Za-z0-9]', '', 'g')"
+    return f"nullif(upper({alphanumeric}), '')"
