@@ -1,10 +1,13 @@
-"""The Dagster code location for one linkage project.
+"""The Dagster code location for one linkage project, assembled from its domains.
 
     JOINEDUP_PROJECT=projects/my_project.yaml dagster dev -m dagster_project
 
 Environment: JOINEDUP_PROJECT (default examples/demo_project.yaml), JOINEDUP_DATA_DIR and
 JOINEDUP_OUTPUT_DIR (override the project's data_dir and output.path), JOINEDUP_ENGINE
 (duckdb or spark) and, for Spark, the JOINEDUP_SPARK_* variables of docs/spark.md.
+
+`joinedup` (the CLI) finds `build_definitions` through the `joinedup.code_location` entry
+point and runs the jobs defined here, so the command line and the UI run one graph.
 """
 
 from __future__ import annotations
@@ -14,14 +17,23 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.assets import build_assets
+from dagster_project.deliveries import (
+    SourceAssets,
+    delivery_sensor,
+    ingest_job,
+    source_assets,
+)
+from dagster_project.linkage import linkage_assets
+from dagster_project.published import published_assets, reconciliation
+from dagster_project.quality import quality_assets
 from dagster_project.resources import (
     EngineResource,
     LinkageProjectResource,
     SparkSessionResource,
 )
-from dagster_project.sensors import delivery_sensors, relink_job, relink_schedule
+from dagster_project.review import review_assets, review_jobs
 from linkage_models.project import LoadedProject, load_project
+from pipelines.contract import RELINK_JOB
 
 DEFAULT_PROJECT = Path(__file__).resolve().parents[1] / "examples" / "demo_project.yaml"
 
@@ -31,24 +43,41 @@ def resources_for(
 ) -> dict[str, object]:
     spark = spark or SparkSessionResource.from_env()
     return {
-        "project": LinkageProjectResource(
-            config_path=str(project.config_path),
-            data_dir=str(project.data_dir),
-            output_dir=str(project.output_dir),
-        ),
+        "project": LinkageProjectResource.of(project),
         "spark": spark,
         "engine": EngineResource(engine=engine, spark=spark),
     }
 
 
 def build_definitions(project: LoadedProject, engine: str = "duckdb") -> dg.Definitions:
-    assets = build_assets(project, engine)
-    job = relink_job(assets)
+    sources: list[SourceAssets] = [source_assets(s, engine) for s in project.spec.sources]
+    per_source = [a for s in sources for a in s.all]
+    upstream = [k for s in sources for k in (s.delivery.key, s.standardised.key)]
+    linked = [
+        *linkage_assets(upstream, engine),
+        *published_assets(),
+        *quality_assets(),
+    ]
+    relink = dg.define_asset_job(
+        RELINK_JOB,
+        selection=dg.AssetSelection.assets(*linked),
+        description="Combine all accepted deliveries, relink everything and publish.",
+    )
+    ingest_jobs = [ingest_job(s) for s in sources]
     return dg.Definitions(
-        assets=assets.all,
-        jobs=[job],
-        sensors=delivery_sensors(project, assets),
-        schedules=[relink_schedule(project, job)],
+        assets=[*per_source, *linked, *review_assets()],
+        asset_checks=[reconciliation],
+        jobs=[relink, *ingest_jobs, *review_jobs()],
+        sensors=[delivery_sensor(project, s, j) for s, j in zip(sources, ingest_jobs, strict=True)],
+        schedules=[
+            dg.ScheduleDefinition(
+                name="periodic_relink",
+                cron_schedule=project.spec.orchestration.relink_cron,
+                job=relink,
+                description="The periodic full relink of every accepted delivery.",
+                default_status=dg.DefaultScheduleStatus.RUNNING,
+            )
+        ],
         resources=resources_for(project, engine),
         # One DuckDB file has one writer, one Spark driver holds the session: steps of a run
         # execute in one process, in order.

@@ -6,24 +6,52 @@ unchanged and pointed at a project file, landing folders, an output folder and a
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 from linkage_models.project import LoadedProject, load_project
+from pipelines.contract import OutputLayout
 from pipelines.engines import Engine, open_engine
 from pipelines.engines.spark_engine import SparkSettings
 
 
 class LinkageProjectResource(dg.ConfigurableResource):
-    """The linkage project YAML, with optional overrides of its data and output folders."""
+    """The linkage project YAML, with optional overrides of its data and output folders.
+    Loaded and validated once per run; every asset of the run shares it."""
 
     config_path: str
     data_dir: str | None = None
     output_dir: str | None = None
+    _loaded: LoadedProject | None = PrivateAttr(default=None)
 
-    def load(self) -> LoadedProject:
-        return load_project(self.config_path, data_dir=self.data_dir, output_dir=self.output_dir)
+    @classmethod
+    def of(cls, project: LoadedProject) -> "LinkageProjectResource":
+        """The resource for a project already loaded (it is not read again)."""
+        resource = cls(
+            config_path=str(project.config_path),
+            data_dir=str(project.data_dir),
+            output_dir=str(project.output_dir),
+        )
+        resource._loaded = project
+        return resource
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self._loaded is None:
+            self._loaded = load_project(
+                self.config_path, data_dir=self.data_dir, output_dir=self.output_dir
+            )
+
+    @property
+    def project(self) -> LoadedProject:
+        if self._loaded is None:
+            self.setup_for_execution(dg.build_init_resource_context())
+        assert self._loaded is not None
+        return self._loaded
+
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(self.project.output_dir)
 
 
 class SparkSessionResource(dg.ConfigurableResource):
@@ -63,7 +91,7 @@ class EngineResource(dg.ConfigurableResource):
         limit = self.memory_limit or project.spec.output.duckdb_memory_limit
         with open_engine(
             self.engine,
-            Path(project.output_dir) / "work",
+            OutputLayout(project.output_dir).work_dir,
             memory_limit=limit,
             spark=self.spark.settings(),
         ) as e:

@@ -125,9 +125,9 @@ def train(linker: Linker, training: TrainingSpec) -> dict[str, Any]:
             max_pairs=training.em_max_pairs,
         )
         sessions.append({"blocking_rule": rule})
-    settings = linker._settings_obj
+    trained = linker.misc.save_model_to_json()
     return {
-        "probability_two_random_records_match": settings._probability_two_random_records_match,
+        "probability_two_random_records_match": trained["probability_two_random_records_match"],
         "em_sessions": sessions,
     }
 
@@ -173,21 +173,10 @@ def probable_twins_condition(model: ModelSpec) -> str | None:
     return f"(gamma_given_name IN (0, 1) AND gamma_date_of_birth = {dob_exact})"
 
 
-def apply_pair_rules(engine: Any, predictions_table: str, model: ModelSpec) -> tuple[str, int]:
-    """The predictions clustering may use, and how many pairs the twins rule removed."""
-    condition = probable_twins_condition(model)
-    if condition is None:
-        return predictions_table, 0
-    table = "pairs_for_clustering"
-    engine.create_table(table, f"SELECT * FROM {predictions_table} WHERE NOT {condition}")
-    return table, engine.count(predictions_table) - engine.count(table)
-
-
 def cluster_at_thresholds(
-    linker: Linker, predictions_table: str, thresholds: Thresholds
+    linker: Linker, db_api: Any, predictions_table: str, thresholds: Thresholds
 ) -> dict[str, str]:
     """Connected components at each threshold; returns threshold name -> cluster table."""
-    db_api = linker._db_api
     predictions = db_api.table_to_splink_dataframe("__joinedup_predictions", predictions_table)
     tables = {}
     for name, probability in thresholds.as_dict().items():

@@ -33,6 +33,9 @@ STANDARD_COLUMNS = (
     "postcode_area",
 )
 
+# The columns Splink sees, identical across sources (attributes and flags stay behind).
+LINKAGE_COLUMNS = ("record_id", "source_dataset", *STANDARD_COLUMNS)
+
 DEFAULT_PLACEHOLDERS = [
     "UNKNOWN",
     "UNK",

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import json
 import logging
+from enum import StrEnum
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from linkage_models.project import ConfigError, LoadedProject, load_project
-from pipelines import stages
-from pipelines.engines import Engine, open_engine
-from pipelines.ingest import SourceError
-from pipelines.run import RunError, RunResult, run_project
-from pipelines.stages import ReconciliationError
-from pipelines.synthetic import generate_extracts
-from quality.clerical_review import (
-    ReviewError,
-    label_from_ground_truth,
-    labels_path,
-    read_decisions,
-    read_decisions_frame,
-    sample_pairs,
-    store_labels,
+from linkage_models.project import ConfigError, load_project
+from pipelines.contract import OutputLayout, ReconciliationError
+from pipelines.deliveries import SourceError
+from pipelines.progress import last_run_seconds, step_progress
+from pipelines.run import (
+    RunError,
+    RunResult,
+    review_import,
+    review_sample,
+    run_project,
+    validate_deliveries,
 )
+from pipelines.synthetic import generate_extracts, label_from_ground_truth
 
 app = typer.Typer(add_completion=False, help="Batch linkage of administrative data extracts.")
 console = Console()
@@ -40,6 +40,26 @@ STRUCTURAL_ERRORS = (
     FileNotFoundError,
     KeyError,
 )
+
+
+class EngineName(StrEnum):
+    duckdb = "duckdb"
+    spark = "spark"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"joinedup {version('joinedup')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Batch linkage of administrative data extracts."""
 
 
 def _fail(exc: Exception) -> None:
@@ -68,10 +88,12 @@ def _run_with_progress(
 ) -> RunResult:
     logging.getLogger("splink").setLevel(logging.WARNING)
     project = load_project(config, data_dir=data_dir, output_dir=output_dir)
-    with console.status("Starting") as status:
+    previous = OutputLayout(project.output_dir).manifest
+    last_run = last_run_seconds(json.loads(previous.read_text()) if previous.exists() else None)
+    with step_progress(console, last_run) as progress:
 
         def on_stage(stage: str) -> None:
-            status.update(f"[bold]{stage}[/]")
+            progress.context = stage
 
         return run_project(project, on_stage=on_stage, **run_options)
 
@@ -113,16 +135,15 @@ def _print_summary(result: RunResult) -> None:
         + ("; measured: against ground truth" if measured else ""),
         style="dim",
     )
-    out = result.output_dir
-    console.print(f"person lookup : {out / 'linked' / 'person_lookup.parquet'}")
-    console.print(f"events        : {out / 'linked' / 'events.parquet'}")
-    console.print(f"quarantine    : {out / 'quarantine'}")
-    console.print(f"model         : {m['model']['path']} (card: {out / 'model' / 'model_card.md'})")
-    console.print(f"manifest      : {result.manifest_path}")
-    console.print(f"linkage report: {m['outputs']['linkage_report']}")
-    console.print(f"quality       : {out / 'reports' / 'quality' / 'index.html'} (data owners)")
-    docs = out / "quality" / "gx" / "uncommitted" / "data_docs" / "local_site"
-    console.print(f"data docs     : {docs / 'index.html'} (Great Expectations)")
+    out = OutputLayout(result.output_dir)
+    console.print(f"person lookup : {out.person_lookup}")
+    console.print(f"events        : {out.events}")
+    console.print(f"quarantine    : {out.quarantine_dir}")
+    console.print(f"model         : {m['model']['path']} (card: {out.model_card})")
+    console.print(f"manifest      : {out.manifest}")
+    console.print(f"linkage report: {out.linkage_report}")
+    console.print(f"quality       : {out.data_owner_index} (data owners)")
+    console.print(f"data docs     : {out.data_docs_index} (Great Expectations)")
     total = sum(s["seconds"] for s in m["stages"].values())
     console.print(f"finished in {total:.1f}s on {m['engine']}")
 
@@ -132,8 +153,8 @@ def run(
     config: Path = typer.Argument(..., help="Linkage project YAML."),
     out: Path | None = typer.Option(None, help="Output folder (default: output.path in config)."),
     data_dir: Path | None = typer.Option(None, help="Where source paths resolve from."),
-    engine: str = typer.Option(
-        "duckdb", help="Execution engine: duckdb (one machine) or spark (JOINEDUP_SPARK_*)."
+    engine: EngineName = typer.Option(
+        EngineName.duckdb, help="duckdb (one machine) or spark (JOINEDUP_SPARK_* variables)."
     ),
     model_version: str | None = typer.Option(
         None, help="Reuse a registered model version (a number or 'latest') instead of training."
@@ -148,7 +169,7 @@ def run(
             config,
             data_dir,
             out,
-            engine_name=engine,
+            engine_name=engine.value,
             model_version=model_version,
             ground_truth=ground_truth,
         )
@@ -158,11 +179,40 @@ def run(
 
 
 @app.command()
+def validate(
+    config: Path = typer.Argument(..., help="Linkage project YAML."),
+    data_dir: Path | None = typer.Option(None, help="Where source paths resolve from."),
+    engine: EngineName = typer.Option(EngineName.duckdb, help="duckdb or spark."),
+) -> None:
+    """Dry run: check the project file, find every delivery, and check each against its
+    source's contract, without touching the project's outputs. Exit 1 if a delivery would
+    be rejected, 2 on a structural problem."""
+    try:
+        project = load_project(config, data_dir=data_dir)
+        with console.status("Checking deliveries"):
+            checked = validate_deliveries(project, engine.value)
+    except STRUCTURAL_ERRORS as exc:
+        _fail(exc)
+    table = Table("source", "delivery", "rows", "result", "not met", title="Deliveries")
+    for c in checked:
+        result = "[green]accepted[/]" if c.accepted else "[red]rejected[/]"
+        not_met = ", ".join([*c.critical_failures, *(f"{w} (warning)" for w in c.warnings)])
+        table.add_row(c.source, c.delivery, f"{c.rows:,}", result, not_met or "—")
+    console.print(table)
+    rejected = [c for c in checked if not c.accepted]
+    console.print(
+        f"{project.config_path}: valid; {len(checked)} deliveries, {len(rejected)} rejected"
+    )
+    if rejected:
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def demo(
     people: int = typer.Option(20_000, min=100, help="Number of simulated people."),
     out: Path = typer.Option(Path("out/demo"), help="Output folder."),
     seed: int = typer.Option(42, help="Random seed for the synthetic extracts."),
-    engine: str = typer.Option("duckdb", help="Execution engine: duckdb or spark."),
+    engine: EngineName = typer.Option(EngineName.duckdb, help="duckdb or spark."),
 ) -> None:
     """Generate synthetic extracts, link them, and report accuracy against ground truth."""
     data_dir = out / "data"
@@ -172,7 +222,7 @@ def demo(
             DEMO_CONFIG,
             data_dir,
             out,
-            engine_name=engine,
+            engine_name=engine.value,
             ground_truth=data_dir / "ground_truth.parquet",
         )
     except STRUCTURAL_ERRORS as exc:
@@ -184,34 +234,18 @@ def demo(
 def _simulated_review(result: RunResult, truth: Path) -> None:
     """The demo's clerical review loop, with ground truth standing in for the reviewers."""
     project = load_project(DEMO_CONFIG, data_dir=truth.parent, output_dir=result.output_dir)
-    with _work_engine(project) as engine:
-        sample = sample_pairs(engine, 600)
-        store_labels(
-            read_decisions_frame(label_from_ground_truth(sample, truth)), project.output_dir
-        )
-        stages.linkage_report(engine, project)
+    sample_csv = review_sample(project, 600, 42, None)
+    sample = pd.read_csv(sample_csv, dtype=str, keep_default_na=False)
+    label_from_ground_truth(sample, truth).to_csv(sample_csv, index=False)
+    review_import(project, sample_csv)
 
 
 review_app = typer.Typer(help="Clerical review of scored pairs (inside the secure setting).")
 app.add_typer(review_app, name="review")
 
 
-def _work_engine(project: LoadedProject) -> Engine:
-    """The engine the project's last linkage ran on (from its manifest)."""
-    manifest = project.output_dir / "manifest.json"
-    if not manifest.exists():
-        raise FileNotFoundError(
-            f"{manifest}: no linkage has run for this project yet (run `joinedup run` first)"
-        )
-    return open_engine(
-        json.loads(manifest.read_text())["engine"],
-        project.output_dir / "work",
-        memory_limit=project.spec.output.duckdb_memory_limit,
-    )
-
-
 @review_app.command("sample")
-def review_sample(
+def review_sample_command(
     config: Path = typer.Argument(..., help="Linkage project YAML."),
     n: int = typer.Option(300, min=10, help="About how many pairs to sample."),
     out: Path | None = typer.Option(None, help="CSV to write (default OUT/review/...)."),
@@ -221,13 +255,10 @@ def review_sample(
     """Export a stratified sample of scored pairs, with identifiers, for reviewers."""
     try:
         project = load_project(config, output_dir=output_dir)
-        with _work_engine(project) as engine:
-            sample = sample_pairs(engine, n, seed)
+        target = review_sample(project, n, seed, out)
     except STRUCTURAL_ERRORS as exc:
         _fail(exc)
-    target = out or project.output_dir / "review" / f"sample_seed{seed}.csv"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sample.to_csv(target, index=False)
+    sample = pd.read_csv(target, dtype=str, keep_default_na=False)
     console.print(
         f"{len(sample):,} pairs in {sample.stratum.nunique()} match-weight strata "
         f"written to {target}"
@@ -240,7 +271,7 @@ def review_sample(
 
 
 @review_app.command("import")
-def review_import(
+def review_import_command(
     config: Path = typer.Argument(..., help="Linkage project YAML."),
     file: Path = typer.Argument(..., help="The reviewed CSV."),
     output_dir: Path | None = typer.Option(None, "--project-out", help="The run's output folder."),
@@ -248,14 +279,14 @@ def review_import(
     """Store reviewers' decisions as labels and refresh the linkage report."""
     try:
         project = load_project(config, output_dir=output_dir)
-        stored = store_labels(read_decisions(file), project.output_dir)
-        with _work_engine(project) as engine:
-            html, _ = stages.linkage_report(engine, project)
-    except (*STRUCTURAL_ERRORS, ReviewError) as exc:
+        review_import(project, file)
+    except STRUCTURAL_ERRORS as exc:
         _fail(exc)
+    layout = OutputLayout(project.output_dir)
+    stored = len(pd.read_parquet(layout.review_labels))
     console.print(
-        f"{len(stored):,} labelled pairs stored in "
-        f"{labels_path(project.output_dir)}; report refreshed: {html}"
+        f"{stored:,} labelled pairs stored in {layout.review_labels}; "
+        f"report refreshed: {layout.linkage_report}"
     )
 
 

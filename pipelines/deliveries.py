@@ -15,11 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from linkage_models.project import LoadedProject, SourceSpec
+from pipelines.contract import DeliveryTables, Tables
 from pipelines.engines import Engine
-from pipelines.ingest import DeliveryFile, SourceError
 from pipelines.sql import lit
 
-STATUS_TABLE = "joinedup_deliveries"
+
+class SourceError(ValueError):
+    """A structural problem with a delivered file: names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class DeliveryFile:
+    path: str
+    rows: int
+    sha256: str
+    bytes: int
+
+
+STATUS_TABLE = Tables.DELIVERY_STATUS
 STATUS_COLUMNS = ("source", "delivery", "path", "rows", "sha256", "bytes", "status", "detail")
 
 
@@ -38,11 +51,11 @@ class Delivery:
 
     @property
     def raw_table(self) -> str:
-        return f"raw__{self.suffix}"
+        return Tables.raw_delivery(self.suffix)
 
     @property
     def standardised_table(self) -> str:
-        return f"std__{self.suffix}"
+        return Tables.standardised_delivery(self.suffix)
 
 
 def discover_deliveries(project: LoadedProject, source: SourceSpec) -> list[Delivery]:
@@ -141,3 +154,22 @@ def delivery_statuses(engine: Engine, source: str | None = None) -> list[dict[st
         f"SELECT {', '.join(STATUS_COLUMNS)} FROM {STATUS_TABLE} {where} ORDER BY source, delivery"
     )
     return [dict(zip(STATUS_COLUMNS, row, strict=True)) for row in rows]
+
+
+def deliveries_for_linkage(
+    engine: Engine, source: str
+) -> tuple[list[DeliveryTables], list[dict[str, Any]]]:
+    """A source's deliveries that a linkage takes (standardised, or rejected and so
+    quarantined whole), and those still pending (not yet through validation and
+    standardisation), which this linkage leaves out."""
+    tables: list[DeliveryTables] = []
+    pending: list[dict[str, Any]] = []
+    for row in delivery_statuses(engine, source):
+        d = Delivery(source, row["delivery"], row["path"])
+        if row["status"] == "standardised":
+            tables.append(DeliveryTables(d.key, d.raw_table, d.standardised_table))
+        elif row["status"] == "rejected":
+            tables.append(DeliveryTables(d.key, d.raw_table, None, row["detail"]))
+        else:
+            pending.append({"source": source, "delivery": d.key, "status": row["status"]})
+    return tables, pending

@@ -8,24 +8,12 @@ what was expected; nothing row-level is decided here.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 from linkage_models.project import SourceSpec
+from pipelines.deliveries import Delivery, DeliveryFile, SourceError, set_status
 from pipelines.engines import Engine, error_summary
 from pipelines.sql import ident, lit
-
-
-class SourceError(ValueError):
-    """A structural problem with a delivered file: names the file and what was expected."""
-
-
-@dataclass(frozen=True)
-class DeliveryFile:
-    path: str
-    rows: int
-    sha256: str
-    bytes: int
 
 
 def file_sha256(path: str) -> str:
@@ -79,3 +67,11 @@ def ingest_delivery(
         sha256=file_sha256(path),
         bytes=Path(path).stat().st_size,
     )
+
+
+def ingest(engine: Engine, source: SourceSpec, delivery: Delivery) -> DeliveryFile:
+    """Load a delivery afresh: anything derived from an earlier version of it is dropped."""
+    engine.drop_table(delivery.standardised_table)
+    file = ingest_delivery(engine, source, delivery.path, delivery.key, delivery.raw_table)
+    set_status(engine, delivery, "ingested", file)
+    return file

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import os
 from datetime import date
-from pathlib import Path
+from typing import Any
 
 from linkage_models.project import LinkageProject
+from pipelines.contract import (
+    LOOKUP_COLUMNS,
+    PERSON_ID_COLUMNS,
+    THRESHOLDS,
+    OutputLayout,
+    ReconciliationError,
+    Tables,
+)
 from pipelines.engines import Engine
 from pipelines.sql import ident, lit
-
-LOOKUP_COLUMNS = (
-    "source_dataset",
-    "source_record_id",
-    "person_id",
-    "person_id_high_precision",
-    "person_id_high_recall",
-    "linking_snapshot_date",
-)
-EVENT_BASE_COLUMNS = ("person_id", "source_dataset", "source_record_id", "event_date", "event_type")
 
 
 def person_id_key(project: str) -> str:
@@ -36,19 +34,26 @@ def _person_id_sql(cluster_column: str, key: str) -> str:
 
 
 def person_lookup_sql(cluster_tables: dict[str, str], key: str, snapshot: date) -> str:
-    """One row per accepted record with its person id at each of the three thresholds."""
-    b, hp, hr = (cluster_tables[k] for k in ("balanced", "high_precision", "high_recall"))
+    """One row per accepted record with its person id at each of the three thresholds
+    (the balanced threshold's is `person_id`)."""
+    order = sorted(THRESHOLDS, key=lambda t: LOOKUP_COLUMNS.index(PERSON_ID_COLUMNS[t]))
+    ids = ",\n       ".join(
+        f"{_person_id_sql(f'{t}.cluster_id', key)} AS {PERSON_ID_COLUMNS[t]}" for t in order
+    )
+    joins = "\n".join(
+        f"JOIN {cluster_tables[t]} {t} ON {t}.source_dataset = balanced.source_dataset "
+        f"AND {t}.record_id = balanced.record_id"
+        for t in order
+        if t != "balanced"
+    )
     return f"""
-SELECT b.source_dataset,
-       b.record_id AS source_record_id,
-       {_person_id_sql("b.cluster_id", key)} AS person_id,
-       {_person_id_sql("hp.cluster_id", key)} AS person_id_high_precision,
-       {_person_id_sql("hr.cluster_id", key)} AS person_id_high_recall,
+SELECT balanced.source_dataset,
+       balanced.record_id AS source_record_id,
+       {ids},
        DATE {lit(snapshot.isoformat())} AS linking_snapshot_date
-FROM {b} b
-JOIN {hp} hp ON hp.source_dataset = b.source_dataset AND hp.record_id = b.record_id
-JOIN {hr} hr ON hr.source_dataset = b.source_dataset AND hr.record_id = b.record_id
-ORDER BY b.source_dataset, b.record_id
+FROM {cluster_tables["balanced"]} balanced
+{joins}
+ORDER BY balanced.source_dataset, balanced.record_id
 """
 
 
@@ -80,21 +85,33 @@ JOIN {lookup_table} l ON l.source_dataset = a.source_dataset AND l.source_record
 def publish_linked_dataset(
     engine: Engine,
     project: LinkageProject,
-    cluster_tables: dict[str, str],
+    layout: OutputLayout,
     accepted_tables: dict[str, str],
-    linked_dir: Path,
+    rows_accepted: int,
     snapshot: date,
-) -> dict[str, Path]:
-    """Write person_lookup.parquet and events.parquet; returns their paths."""
-    engine.create_table(
-        "person_lookup",
-        person_lookup_sql(cluster_tables, person_id_key(project.project), snapshot),
-    )
-    engine.create_table("events", events_sql(project, "person_lookup", accepted_tables))
-    paths = {
-        "person_lookup": linked_dir / "person_lookup.parquet",
-        "events": linked_dir / "events.parquet",
+) -> dict[str, Any]:
+    """Write the person lookup and the event timeline from the clusters at each threshold;
+    refuses to publish a lookup that does not hold exactly the accepted records."""
+    clusters = {t: Tables.clusters(t) for t in THRESHOLDS}
+    key = person_id_key(project.project)
+    engine.create_table(Tables.PERSON_LOOKUP, person_lookup_sql(clusters, key, snapshot))
+    rows = engine.count(Tables.PERSON_LOOKUP)
+    if rows != rows_accepted:
+        raise ReconciliationError(
+            f"person lookup has {rows} rows but {rows_accepted} records were accepted"
+        )
+    engine.create_table(Tables.EVENTS, events_sql(project, Tables.PERSON_LOOKUP, accepted_tables))
+    engine.write_parquet(f"SELECT * FROM {Tables.PERSON_LOOKUP}", layout.person_lookup)
+    engine.write_parquet(f"SELECT * FROM {Tables.EVENTS}", layout.events)
+    persons, linked_share = engine.fetch(
+        "SELECT count(*), sum(CASE WHEN sources > 1 THEN n ELSE 0 END) / sum(n) FROM "
+        "(SELECT person_id, count(DISTINCT source_dataset) AS sources, count(*) AS n "
+        f"FROM {Tables.PERSON_LOOKUP} GROUP BY person_id)"
+    )[0]
+    return {
+        "rows": rows,
+        "persons": int(persons),
+        "share_linked_across_sources": round(float(linked_share or 0), 4),
+        "snapshot_date": snapshot.isoformat(),
+        "outputs": {"person_lookup": str(layout.person_lookup), "events": str(layout.events)},
     }
-    for table, path in paths.items():
-        engine.write_parquet(f"SELECT * FROM {table}", path)
-    return paths

@@ -1,29 +1,48 @@
-"""Run a linkage project end to end by executing the project's Dagster asset graph in
-process: each delivery's ingest -> contract check -> standardise, then the linkage assets.
-The CLI, the tests and `dagster dev` therefore run exactly the same code.
+"""Run a linkage project's Dagster graph in process, as the UI would: each delivery's ingest
+job (ingest -> contract check -> standardise), then the relink job (linkage, publication,
+error rates, manifest and reports). Nothing is computed here; the command line only runs
+the code location's jobs and reads what they published.
+
+The code location is found through the `joinedup.code_location` entry point (installed
+with joinedup: `dagster_project.definitions:build_definitions`), as `dagster dev -m`
+finds one by module.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from linkage_models.project import LoadedProject
-from pipelines import stages
+from pipelines.contract import (
+    DECISIONS_STEP,
+    EVALUATION_STEP,
+    MODEL_STEP,
+    RELINK_JOB,
+    REVIEW_IMPORT_JOB,
+    REVIEW_SAMPLE_JOB,
+    SAMPLE_STEP,
+    OutputLayout,
+    ingest_job_name,
+)
 from pipelines.deliveries import delivery_statuses, require_deliveries
 from pipelines.engines import check_engine_name, open_engine
 
+CODE_LOCATION_ENTRY_POINTS = "joinedup.code_location"
 StageCallback = Callable[[str], None]
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+# Dagster's console log stays quiet: failures are reported from the run's events, briefly.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 class RunError(RuntimeError):
-    """A stage failed; the message is the underlying error (file, column or key named)."""
+    """A step failed; the message is the underlying error (file, column or key named)."""
 
 
 @dataclass(frozen=True)
@@ -33,12 +52,29 @@ class RunResult:
     manifest: dict[str, Any]
 
 
-def _prepare_output(out: Path) -> None:
+def code_location() -> Callable[..., Any]:
+    """`build_definitions(project, engine)` of the installed code location."""
+    found = list(entry_points(group=CODE_LOCATION_ENTRY_POINTS))
+    if not found:
+        raise RunError(
+            f"no joinedup code location is installed (entry point group "
+            f"{CODE_LOCATION_ENTRY_POINTS!r}); reinstall joinedup"
+        )
+    return found[0].load()
+
+
+def _prepare_output(layout: OutputLayout) -> None:
     """A full run starts clean; the model registry keeps its versions across runs."""
-    for sub in ("linked", "quarantine", "work", "quality", "reports"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    for sub in ("linked", "quarantine", "work", "model"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    for folder in (
+        layout.linked_dir,
+        layout.quarantine_dir,
+        layout.work_dir,
+        layout.validation_dir,
+        layout.reports_dir,
+    ):
+        shutil.rmtree(folder, ignore_errors=True)
+    for folder in (layout.linked_dir, layout.quarantine_dir, layout.work_dir, layout.model_dir):
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def _innermost_message(error: Any) -> str:
@@ -58,6 +94,66 @@ def _failure_message(result: Any) -> str:
     return "the run failed without a step failure (see the Dagster logs)"
 
 
+class ProjectGraph:
+    """The code location's definitions for one project, and how to run its jobs."""
+
+    def __init__(self, project: LoadedProject, engine_name: str = "duckdb", instance: Any = None):
+        import dagster as dg
+
+        for category in (dg.BetaWarning, dg.PreviewWarning):
+            warnings.filterwarnings("ignore", category=category)
+        check_engine_name(engine_name)
+        self.project = project
+        self.engine_name = engine_name
+        self.defs = code_location()(project, engine_name)
+        self.instance = instance or dg.DagsterInstance.ephemeral()
+
+    def execute(
+        self, job_name: str, config: dict[str, Any] | None = None, partition: str | None = None
+    ) -> Any:
+        """Run a job to the end; returns Dagster's result (its success is not checked)."""
+        run_config: dict[str, Any] = dict(QUIET)
+        if config:
+            run_config["ops"] = {step: {"config": c} for step, c in config.items()}
+        return self.defs.resolve_job_def(job_name).execute_in_process(
+            run_config=run_config,
+            instance=self.instance,
+            partition_key=partition,
+            raise_on_error=False,
+        )
+
+    def run_or_raise(self, job_name: str, config: dict[str, Any] | None = None) -> Any:
+        result = self.execute(job_name, config)
+        if not result.success:
+            raise RunError(_failure_message(result))
+        return result
+
+    def ingest(self, source: str, delivery: str) -> bool:
+        """Ingest, check and standardise one delivery; False when its contract rejected it
+        (a structural failure raises RunError)."""
+        job = self.defs.resolve_job_def(ingest_job_name(source))
+        partitions = job.partitions_def.name
+        if delivery not in self.instance.get_dynamic_partitions(partitions):
+            self.instance.add_dynamic_partitions(partitions, [delivery])
+        result = self.execute(job.name, partition=delivery)
+        if result.success:
+            return True
+        if self._status(source, delivery) == "rejected":
+            return False
+        raise RunError(_failure_message(result))
+
+    def _status(self, source: str, delivery: str) -> str | None:
+        with open_engine(
+            self.engine_name,
+            OutputLayout(self.project.output_dir).work_dir,
+            memory_limit=self.project.spec.output.duckdb_memory_limit,
+        ) as engine:
+            for row in delivery_statuses(engine, source):
+                if row["delivery"] == delivery:
+                    return row["status"]
+        return None
+
+
 def run_project(
     project: LoadedProject,
     *,
@@ -71,78 +167,90 @@ def run_project(
 
     `instance` is the Dagster instance that records the runs (default: an ephemeral one).
     """
-    import dagster as dg
-
-    from dagster_project.assets import build_assets
-    from dagster_project.definitions import resources_for
-
-    for category in (dg.BetaWarning, dg.PreviewWarning):
-        warnings.filterwarnings("ignore", category=category)
-    out = project.output_dir
     try:  # before anything is touched
         check_engine_name(engine_name)
     except ValueError as exc:
         raise RunError(str(exc)) from None
     deliveries = {s.name: require_deliveries(project, s) for s in project.spec.sources}
-    _prepare_output(out)
-    assets = build_assets(project, engine_name)
-    resources = resources_for(project, engine_name)
-    instance = instance or dg.DagsterInstance.ephemeral()
+    layout = OutputLayout(project.output_dir)
+    _prepare_output(layout)
+    graph = ProjectGraph(project, engine_name, instance)
     notify = on_stage or (lambda _: None)
-
-    for sa in assets.sources:
-        keys = [d.key for d in deliveries[sa.source]]
-        instance.add_dynamic_partitions(sa.partitions.name, keys)
-        for key in keys:
-            notify(f"{sa.source}: {key}")
-            result = dg.materialize(
-                assets.all,
-                selection=[sa.delivery.key, sa.standardised.key],
-                partition_key=key,
-                instance=instance,
-                resources=resources,
-                run_config=QUIET,
-                raise_on_error=False,
-            )
-            if not result.success:
-                rejected = [
-                    r
-                    for r in _statuses(project, engine_name, sa.source)
-                    if r["delivery"] == key and r["status"] == "rejected"
-                ]
-                if not rejected:  # a real failure, not a delivery stopped by its contract
-                    raise RunError(_failure_message(result))
-
+    for source, found in deliveries.items():
+        for delivery in found:
+            notify(f"{source}: {delivery.key}")
+            graph.ingest(source, delivery.key)
     notify("linkage")
-    config: dict[str, Any] = dict(QUIET)
-    config["ops"] = {"linkage__model": {"config": {"model_version": model_version}}}
-    result = dg.materialize(
-        assets.all,
-        selection=[k for a in assets.linkage for k in a.keys],
-        instance=instance,
-        resources=resources,
-        run_config=config,
-        raise_on_error=False,
+    graph.run_or_raise(
+        RELINK_JOB,
+        {
+            MODEL_STEP: {"model_version": model_version},
+            EVALUATION_STEP: {"ground_truth": str(ground_truth) if ground_truth else None},
+        },
     )
-    if not result.success:
-        raise RunError(_failure_message(result))
-
-    if ground_truth is not None:
-        notify("evaluate")
-        with open_engine(
-            engine_name, out / "work", memory_limit=project.spec.output.duckdb_memory_limit
-        ) as engine:
-            stages.evaluate(engine, project, ground_truth)
-            stages.manifest(engine, project, run_id=result.run_id)
-            stages.linkage_report(engine, project)
-    manifest_path = out / "manifest.json"
-    return RunResult(out, manifest_path, json.loads(manifest_path.read_text()))
+    return RunResult(layout.root, layout.manifest, json.loads(layout.manifest.read_text()))
 
 
-def _statuses(project: LoadedProject, engine_name: str, source: str) -> list[dict[str, Any]]:
-    with open_engine(
-        engine_name,
-        project.output_dir / "work",
-        memory_limit=project.spec.output.duckdb_memory_limit,
-    ) as engine:
-        return delivery_statuses(engine, source)
+@dataclass(frozen=True)
+class CheckedDelivery:
+    source: str
+    delivery: str
+    rows: int
+    accepted: bool
+    critical_failures: list[str]
+    warnings: list[str]
+
+
+def validate_deliveries(
+    project: LoadedProject, engine_name: str = "duckdb"
+) -> list[CheckedDelivery]:
+    """Every delivery through its source's ingest job (ingest, contract check, standardise)
+    in a scratch output folder: the project's own outputs are not touched."""
+    deliveries = {s.name: require_deliveries(project, s) for s in project.spec.sources}
+    with tempfile.TemporaryDirectory(prefix="joinedup-validate-") as scratch:
+        trial = project.model_copy(update={"output_dir": Path(scratch)})
+        graph = ProjectGraph(trial, engine_name)
+        layout = OutputLayout(trial.output_dir)
+        checked = []
+        for source, found in deliveries.items():
+            for delivery in found:
+                accepted = graph.ingest(source, delivery.key)
+                result = json.loads(layout.validation_result(source, delivery.key).read_text())
+                failed = [e for e in result["expectations"] if not e["success"]]
+                checked.append(
+                    CheckedDelivery(
+                        source,
+                        delivery.key,
+                        int(result["rows"]),
+                        accepted,
+                        [e["key"] for e in failed if e["severity"] == "critical"],
+                        [e["key"] for e in failed if e["severity"] != "critical"],
+                    )
+                )
+    return checked
+
+
+def last_engine(project: LoadedProject) -> str:
+    """The engine the project's last linkage ran on (from its manifest)."""
+    manifest = OutputLayout(project.output_dir).manifest
+    if not manifest.exists():
+        raise FileNotFoundError(
+            f"{manifest}: no linkage has run for this project yet (run `joinedup run` first)"
+        )
+    return json.loads(manifest.read_text())["engine"]
+
+
+def review_sample(project: LoadedProject, n: int, seed: int, path: Path | None) -> Path:
+    """Export a stratified sample of scored pairs for reviewers; returns the CSV written."""
+    graph = ProjectGraph(project, last_engine(project))
+    target = path or OutputLayout(project.output_dir).review_dir / f"sample_seed{seed}.csv"
+    graph.run_or_raise(
+        REVIEW_SAMPLE_JOB, {SAMPLE_STEP: {"n": n, "seed": seed, "path": str(target)}}
+    )
+    return target
+
+
+def review_import(project: LoadedProject, decisions: Path) -> None:
+    """Store reviewers' decisions and refresh the linkage report."""
+    graph = ProjectGraph(project, last_engine(project))
+    graph.run_or_raise(REVIEW_IMPORT_JOB, {DECISIONS_STEP: {"path": str(decisions)}})

@@ -24,10 +24,12 @@ import pandas as pd
 
 from linkage_models.project import (
     DEFAULT_PLACEHOLDERS,
-    STANDARD_COLUMNS,
+    LINKAGE_COLUMNS,
     DateMapping,
     SourceSpec,
 )
+from pipelines.contract import Tables
+from pipelines.deliveries import Delivery, set_status
 from pipelines.engines import Engine
 from pipelines.sql import (
     EARLIEST_PLAUSIBLE_DATE,
@@ -42,10 +44,7 @@ from pipelines.sql import (
 
 ACCENTED = "àáâãäåçèéêëìíîïñòóôõöøùúûüýÿÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝ"
 PLAIN = "aaaaaaceeeeiiiinoooooouuuuyyAAAAAACEEEEIIIINOOOOOOUUUUY"
-NICKNAME_TABLE = "ref_nicknames"
-
-# The columns Splink sees: identical across sources (attributes and flags stay behind).
-LINKAGE_COLUMNS = ("record_id", "source_dataset", *STANDARD_COLUMNS)
+NICKNAME_TABLE = Tables.NICKNAMES
 
 
 def _clean_placeholder(value: str) -> str:
@@ -129,8 +128,10 @@ def reference_frame(name: str) -> pd.DataFrame:
 
 
 def load_reference_tables(engine: Engine) -> None:
-    """The nickname table the standardisation joins to. The reference data travels from
-    the package as a frame, so a cluster's executors need no copy of the package files."""
+    """The nickname table the standardisation joins to, and postcode areas by region (for
+    the bias tables). Reference data travels from the package as frames, so a cluster's
+    executors need no copy of the package files."""
+    engine.load_frame(Tables.POSTCODE_REGIONS, reference_frame("postcode_areas.csv"))
     engine.load_frame(f"{NICKNAME_TABLE}_pairs", reference_frame("nicknames.csv"))
     engine.create_table(
         NICKNAME_TABLE,
@@ -294,3 +295,21 @@ LEFT JOIN {NICKNAME_TABLE} n ON n.variant = c.given_name
 def linkage_input_sql(accepted_table: str) -> str:
     """The accepted rows projected onto the columns every source shares for linkage."""
     return f"SELECT {', '.join(LINKAGE_COLUMNS)} FROM {accepted_table}"
+
+
+def standardise_delivery(engine: Engine, source: SourceSpec, delivery: Delivery) -> int:
+    """Standardise one accepted delivery; returns its rows."""
+    load_reference_tables(engine)
+    engine.create_table(delivery.standardised_table, standardise_sql(source, delivery.raw_table))
+    set_status(engine, delivery, "standardised")
+    return engine.count(delivery.standardised_table)
+
+
+def build_linkage_input(engine: Engine, source: str, accepted_table: str | None) -> str | None:
+    """The source's Splink input table, or none when no delivery of it was accepted."""
+    table = Tables.linkage_input(source)
+    if accepted_table is None:
+        engine.drop_table(table)
+        return None
+    engine.create_table(table, linkage_input_sql(accepted_table))
+    return table

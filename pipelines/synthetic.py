@@ -557,3 +557,15 @@ def generate_extracts(out_dir: str | Path, people: int, seed: int = 42) -> Gener
         "the linkage never reads it.\n"
     )
     return GeneratedData(out, files, counts, people, truth_path)
+
+
+def label_from_ground_truth(sample: pd.DataFrame, truth_path: Path) -> pd.DataFrame:
+    """A simulated clerical reviewer for synthetic data: decisions taken from ground truth
+    (1 when the two records of a sampled pair are the same true person, else 0)."""
+    truth = pd.read_parquet(truth_path).set_index(["source_dataset", "source_record_id"])
+    person = truth["true_person_id"]
+    left = person.reindex(list(zip(sample.source_dataset_l, sample.record_id_l, strict=True)))
+    right = person.reindex(list(zip(sample.source_dataset_r, sample.record_id_r, strict=True)))
+    reviewed = sample.copy()
+    reviewed["clerical_match"] = (left.to_numpy() == right.to_numpy()).astype(int).astype(str)
+    return reviewed

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.contract import Tables
 from pipelines.engines import Engine
-from pipelines.standardise import reference_frame
 
 AGE_BANDS = (
     (0, 17, "0-17"),
@@ -25,9 +25,6 @@ AGE_BANDS = (
 DIMENSIONS = ("source", "sex", "age_band", "region", "event_year")
 # A group is flagged when its estimated recall is this far below the overall estimate.
 FLAG_RECALL_GAP = 0.01
-
-
-REGIONS_TABLE = "ref_postcode_regions"
 
 
 def _age_sql(born: str, at: str) -> str:
@@ -54,12 +51,11 @@ def build_record_groups(engine: Engine, accepted_tables: dict[str, str]) -> None
             f"FROM {table}"
         )
     age = _age_sql("a.date_of_birth", "a.event_date")
-    engine.load_frame(REGIONS_TABLE, reference_frame("postcode_areas.csv"))
     engine.create_table(
         "__record_groups",
         f"""
         WITH a AS ({" UNION ALL ".join(parts)}),
-        regions AS (SELECT area, region FROM {REGIONS_TABLE})
+        regions AS (SELECT area, region FROM {Tables.POSTCODE_REGIONS})
         SELECT a.source_dataset || '|' || a.record_id AS id,
                l.person_id,
                a.source_dataset AS source,
@@ -68,14 +64,16 @@ def build_record_groups(engine: Engine, accepted_tables: dict[str, str]) -> None
                coalesce(r.region, 'unknown') AS region,
                coalesce(CAST(year(a.event_date) AS VARCHAR), 'unknown') AS event_year
         FROM a
-        JOIN person_lookup l ON l.source_dataset = a.source_dataset
+        JOIN {Tables.PERSON_LOOKUP} l ON l.source_dataset = a.source_dataset
                             AND l.source_record_id = a.record_id
         LEFT JOIN regions r ON r.area = a.postcode_area""",
     )
 
 
 def bias_tables(
-    engine: Engine, accepted_tables: dict[str, str], pairs_table: str = "pairs_for_clustering"
+    engine: Engine,
+    accepted_tables: dict[str, str],
+    pairs_table: str = Tables.PAIRS_FOR_CLUSTERING,
 ) -> dict[str, Any]:
     """Link rates and estimated error rates by group, for each dimension."""
     build_record_groups(engine, accepted_tables)

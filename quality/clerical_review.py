@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.contract import OutputLayout, Tables
 from pipelines.engines import Engine
 
 STRATUM_WIDTH = 2.0  # match weight
@@ -41,19 +42,15 @@ class ReviewError(ValueError):
     """A problem with a review file: names the file, row or column and what was expected."""
 
 
-def labels_path(output_dir: Path) -> Path:
-    return output_dir / "review" / "labels.parquet"
-
-
 def _stratum_sql() -> str:
     return f"CAST(floor(match_weight / {STRATUM_WIDTH}) * {STRATUM_WIDTH} AS INTEGER)"
 
 
 def sample_pairs(engine: Engine, n: int, seed: int = 42) -> pd.DataFrame:
     """About n pairs, equally allocated across match-weight strata, with identifiers."""
-    strata = engine.fetch(f"SELECT count(DISTINCT {_stratum_sql()}) FROM pairwise_predictions")[0][
-        0
-    ]
+    strata = engine.fetch(
+        f"SELECT count(DISTINCT {_stratum_sql()}) FROM {Tables.PAIRWISE_PREDICTIONS}"
+    )[0][0]
     per_stratum = max(1, math.ceil(n / max(int(strata), 1)))
     side_cols = ", ".join(f"{c}_l, {c}_r" for c in REVIEW_COLUMNS)
     return engine.fetch_df(f"""
@@ -63,7 +60,7 @@ def sample_pairs(engine: Engine, n: int, seed: int = 42) -> pd.DataFrame:
                    row_number() OVER (PARTITION BY {_stratum_sql()}
                        ORDER BY hash(source_dataset_l || record_id_l || source_dataset_r
                                      || record_id_r || '{int(seed)}')) AS draw
-            FROM pairwise_predictions)
+            FROM {Tables.PAIRWISE_PREDICTIONS})
         SELECT source_dataset_l, record_id_l, source_dataset_r, record_id_r, stratum,
                stratum_pairs, round(match_weight, 3) AS match_weight,
                round(match_probability, 6) AS match_probability, {side_cols},
@@ -105,9 +102,9 @@ def read_decisions_frame(frame: pd.DataFrame, origin: str = "review") -> pd.Data
     return labels
 
 
-def store_labels(labels: pd.DataFrame, output_dir: Path) -> pd.DataFrame:
+def store_labels(labels: pd.DataFrame, layout: OutputLayout) -> pd.DataFrame:
     """Merge new decisions into the stored labels (a later decision on a pair wins)."""
-    path = labels_path(output_dir)
+    path = layout.review_labels
     path.parent.mkdir(parents=True, exist_ok=True)
     key = ["source_dataset_l", "record_id_l", "source_dataset_r", "record_id_r"]
     if path.exists():
@@ -163,9 +160,9 @@ def clerical_estimates(labels: pd.DataFrame, thresholds: dict[str, float]) -> di
     return result
 
 
-def current_labels(engine: Engine, output_dir: Path) -> pd.DataFrame | None:
+def current_labels(engine: Engine, layout: OutputLayout) -> pd.DataFrame | None:
     """Stored labels with the current model's match probability (0 if no longer scored)."""
-    path = labels_path(output_dir)
+    path = layout.review_labels
     if not path.exists():
         return None
     labels = pd.read_parquet(path)
@@ -175,21 +172,10 @@ def current_labels(engine: Engine, output_dir: Path) -> pd.DataFrame | None:
         SELECT {label_columns},
                coalesce(p.match_probability, p2.match_probability, 0) AS match_probability
         FROM __labels l
-        LEFT JOIN pairwise_predictions p
+        LEFT JOIN {Tables.PAIRWISE_PREDICTIONS} p
           ON p.source_dataset_l = l.source_dataset_l AND p.record_id_l = l.record_id_l
          AND p.source_dataset_r = l.source_dataset_r AND p.record_id_r = l.record_id_r
-        LEFT JOIN pairwise_predictions p2
+        LEFT JOIN {Tables.PAIRWISE_PREDICTIONS} p2
           ON p2.source_dataset_l = l.source_dataset_r AND p2.record_id_l = l.record_id_r
          AND p2.source_dataset_r = l.source_dataset_l AND p2.record_id_r = l.record_id_l""")
     return refreshed if len(labels) else None
-
-
-def label_from_ground_truth(sample: pd.DataFrame, truth_path: Path) -> pd.DataFrame:
-    """A simulated reviewer for synthetic data: decisions taken from ground truth."""
-    truth = pd.read_parquet(truth_path).set_index(["source_dataset", "source_record_id"])
-    person = truth["true_person_id"]
-    left = person.reindex(list(zip(sample.source_dataset_l, sample.record_id_l, strict=True)))
-    right = person.reindex(list(zip(sample.source_dataset_r, sample.record_id_r, strict=True)))
-    reviewed = sample.copy()
-    reviewed["clerical_match"] = (left.to_numpy() == right.to_numpy()).astype(int).astype(str)
-    return reviewed

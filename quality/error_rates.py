@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pipelines.contract import PERSON_ID_COLUMNS, Tables
 from pipelines.engines import Engine
 
 Z95 = 1.959964
@@ -42,9 +43,9 @@ def _pairs_sql(pairs_table: str) -> str:
 
 def estimate_error_rates(
     engine: Engine,
-    threshold_columns: dict[str, str],
-    pairs_table: str = "pairs_for_clustering",
-    lookup_table: str = "person_lookup",
+    threshold_columns: dict[str, str] = PERSON_ID_COLUMNS,
+    pairs_table: str = Tables.PAIRS_FOR_CLUSTERING,
+    lookup_table: str = Tables.PERSON_LOOKUP,
 ) -> dict[str, dict[str, Any]]:
     """Estimated pairwise precision and recall of each threshold's clusters."""
     engine.create_table("__scored_pairs", _pairs_sql(pairs_table))

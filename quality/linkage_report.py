@@ -19,6 +19,7 @@ from typing import Any
 from jinja2 import Environment, select_autoescape
 
 from linkage_models.project import LoadedProject
+from pipelines.contract import OutputLayout, Tables
 from pipelines.engines import Engine
 from quality.bias import bias_tables
 from quality.clerical_review import clerical_estimates, current_labels
@@ -34,18 +35,13 @@ THRESHOLD_MEANING = {
 }
 
 
-def report_paths(project: LoadedProject) -> tuple[Path, Path]:
-    reports = project.output_dir / "reports"
-    return reports / "linkage_report.html", reports / "linkage_quality.json"
-
-
 def cluster_size_summary(engine: Engine) -> dict[str, Any]:
     sizes = engine.fetch(
-        "SELECT n, count(*) FROM (SELECT person_id, count(*) AS n FROM person_lookup "
+        f"SELECT n, count(*) FROM (SELECT person_id, count(*) AS n FROM {Tables.PERSON_LOOKUP} "
         "GROUP BY 1) GROUP BY 1 ORDER BY 1"
     )
     oversized = engine.fetch(
-        "SELECT person_id, count(*) AS n FROM person_lookup GROUP BY 1 "
+        f"SELECT person_id, count(*) AS n FROM {Tables.PERSON_LOOKUP} GROUP BY 1 "
         f"HAVING count(*) > {OVERSIZED_CLUSTER} ORDER BY n DESC, person_id LIMIT 100"
     )
     return {
@@ -59,11 +55,8 @@ def _completeness(project: LoadedProject, manifest: dict[str, Any]) -> list[dict
     rows = []
     for entry in manifest["inputs"]:
         for file in entry["files"]:
-            path = (
-                project.output_dir
-                / "quality"
-                / entry["source"]
-                / f"{file['delivery']}.validation.json"
+            path = OutputLayout(project.output_dir).validation_result(
+                entry["source"], file["delivery"]
             )
             if not path.exists():
                 continue
@@ -106,10 +99,11 @@ def linkage_quality(
     engine: Engine, project: LoadedProject, manifest: dict[str, Any]
 ) -> dict[str, Any]:
     """Every figure in the report, as plain data (counts unsuppressed: secure setting)."""
-    inputs = json.loads(
-        (project.output_dir / "work" / "stages" / "linkage_inputs.json").read_text()
-    )["sources"]
-    accepted = {n: s["accepted_table"] for n, s in inputs.items() if s["accepted_table"]}
+    accepted = {
+        name: Tables.accepted(name)
+        for name, counts in manifest["reconciliation"]["by_source"].items()
+        if counts["rows_accepted"]
+    }
     spec = project.spec
     return {
         "project": spec.project,
@@ -174,7 +168,7 @@ def linkage_quality(
 
 
 def _clerical(engine: Engine, project: LoadedProject) -> dict[str, Any] | None:
-    labels = current_labels(engine, project.output_dir)
+    labels = current_labels(engine, OutputLayout(project.output_dir))
     if labels is None:
         return None
     return clerical_estimates(labels, project.spec.model.thresholds.as_dict())
@@ -221,11 +215,12 @@ def write_linkage_report(
     diagnostics: list[dict[str, Any]] | None = None,
     truth_space: list[dict[str, Any]] | None = None,
 ) -> tuple[Path, Path]:
-    manifest = json.loads((project.output_dir / "manifest.json").read_text())
+    layout = OutputLayout(project.output_dir)
+    manifest = json.loads(layout.manifest.read_text())
     q = linkage_quality(engine, project, manifest)
     if q["clerical_review"] is not None:
         q["clerical_review"]["truth_space_unweighted"] = truth_space or []
-    html_path, json_path = report_paths(project)
+    html_path, json_path = layout.linkage_report, layout.linkage_quality
     html_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(q, indent=2, default=str))
     html_path.write_text(render_linkage_report(q, diagnostics or []))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from linkage_models.project import SourceSpec
+from pipelines.contract import DeliveryTables, ReconciliationError, Tables
 from pipelines.engines import Engine
 from pipelines.sql import ident, lit
 
@@ -38,16 +39,6 @@ CLEANING_COUNTS = {
     "postcode_invalid_set_missing": "postcode_invalid",
     "sex_code_unknown_set_missing": "sex_unknown",
 }
-
-
-@dataclass(frozen=True)
-class DeliveryTables:
-    """One delivery as the quarantine step sees it."""
-
-    key: str
-    raw_table: str
-    standardised_table: str | None  # None when validation rejected the delivery
-    rejection: str = ""  # which critical expectations failed
 
 
 @dataclass(frozen=True)
@@ -76,14 +67,17 @@ def combine_and_quarantine(
     engine: Engine,
     source: SourceSpec,
     deliveries: list[DeliveryTables],
-    quarantine_dir: Path,
+    quarantine_file: Path,
 ) -> QuarantineResult:
-    """Combine a source's deliveries, tag rows with reasons, write quarantine Parquet."""
+    """Combine a source's deliveries, tag rows with reasons, write quarantine Parquet.
+
+    Raises ReconciliationError if rows in differ from rows accepted + quarantined."""
     raw_cols = ", ".join(ident(c) for c in source.mapped_columns())
     accepted_deliveries = [d for d in deliveries if d.standardised_table]
     rejected = [d for d in deliveries if not d.standardised_table]
-    accepted = f"accepted_{source.name}"
-    checked = f"checked_{source.name}"
+    accepted = Tables.accepted(source.name)
+    checked = Tables.checked(source.name)
+    raw = Tables.raw(source.name)
     quarantine_parts = []
     if accepted_deliveries:
         engine.create_table(
@@ -103,14 +97,14 @@ def combine_and_quarantine(
             accepted, f"SELECT {kept} FROM {checked} WHERE quarantine_reason IS NULL"
         )
         engine.create_table(
-            f"raw_{source.name}",
+            raw,
             _union([f"SELECT * FROM {d.raw_table}" for d in accepted_deliveries]),
         )
         quarantine_parts.append(
             f"""SELECT {", ".join("r." + ident(c) for c in source.mapped_columns())},
                    c.quarantine_reason, r._delivery AS delivery, r._delivery_file AS delivery_file,
                    r._row_number AS row_number
-            FROM {checked} c JOIN raw_{source.name} r USING (_delivery, _row_number)
+            FROM {checked} c JOIN {raw} r USING (_delivery, _row_number)
             WHERE c.quarantine_reason IS NOT NULL"""
         )
     for d in rejected:
@@ -119,7 +113,7 @@ def combine_and_quarantine(
             f"SELECT {raw_cols}, {reason} AS quarantine_reason, _delivery AS delivery, "
             f"_delivery_file AS delivery_file, _row_number AS row_number FROM {d.raw_table}"
         )
-    quarantine_table = f"quarantined_{source.name}"
+    quarantine_table = Tables.quarantined(source.name)
     if quarantine_parts:
         engine.create_table(quarantine_table, _union(quarantine_parts))
     else:  # nothing delivered at all: an empty, well-typed file
@@ -132,7 +126,7 @@ def combine_and_quarantine(
             "CAST(NULL AS VARCHAR) AS quarantine_reason, CAST(NULL AS VARCHAR) AS delivery, "
             "CAST(NULL AS VARCHAR) AS delivery_file, CAST(NULL AS BIGINT) AS row_number LIMIT 0",
         )
-    path = quarantine_dir / f"{source.name}.parquet"
+    path = quarantine_file
     engine.write_parquet(f"SELECT * FROM {quarantine_table} ORDER BY delivery, row_number", path)
 
     by_delivery: dict[str, dict[str, Any]] = {}
@@ -162,7 +156,7 @@ def combine_and_quarantine(
     for entry in by_delivery.values():
         for reason, n in entry["quarantined_by_reason"].items():
             by_reason[reason] = by_reason.get(reason, 0) + n
-    return QuarantineResult(
+    result = QuarantineResult(
         source=source.name,
         rows_in=sum(e["rows_in"] for e in by_delivery.values()),
         rows_accepted=sum(e["rows_accepted"] for e in by_delivery.values()),
@@ -173,3 +167,9 @@ def combine_and_quarantine(
         cleaning=cleaning,
         by_delivery=by_delivery,
     )
+    if not result.reconciles:
+        raise ReconciliationError(
+            f"source '{source.name}': {result.rows_in} rows in but {result.rows_accepted}"
+            f" accepted + {result.rows_quarantined} quarantined"
+        )
+    return result

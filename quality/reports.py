@@ -7,16 +7,16 @@ bound instead).
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, select_autoescape
 
 from linkage_models.project import LoadedProject
-from pipelines.deliveries import Delivery, delivery_statuses
+from pipelines.contract import OutputLayout, Tables
 from pipelines.engines import Engine
-from pipelines.sql import lit
+from pipelines.sql import EARLIEST_PLAUSIBLE_DATE, lit
 from quality.validation import load_outcome
 
 SMALL_CELL = 10
@@ -37,30 +37,23 @@ def suppress_rate(n: int | None, d: int | None) -> str:
     return f"{n / d:.1%}"
 
 
-def index_path(project: LoadedProject) -> Path:
-    return project.output_dir / "reports" / "quality" / "index.html"
-
-
-def report_path(project: LoadedProject, source: str, delivery: str) -> Path:
-    return project.output_dir / "reports" / "quality" / source / f"{delivery}.html"
-
-
 def _link_rates(engine: Engine, source: str, delivery: str) -> dict[str, int]:
     """Counts for one delivery's accepted records: total, with another record in the same
     source (duplicates), and linked to at least one other source."""
-    accepted = f"accepted_{source}"
+    accepted = Tables.accepted(source)
+    lookup = Tables.PERSON_LOOKUP
     if not engine.table_exists(accepted):
         return {"records": 0, "within_source_duplicates": 0, "linked_to_other_sources": 0}
     row = engine.fetch(f"""
         WITH mine AS (
-            SELECT l.person_id FROM person_lookup l JOIN {accepted} a
+            SELECT l.person_id FROM {lookup} l JOIN {accepted} a
               ON l.source_dataset = a.source_dataset AND l.source_record_id = a.record_id
             WHERE a._delivery = {lit(delivery)}),
         per_person AS (
             SELECT person_id,
                    count(*) FILTER (WHERE source_dataset = {lit(source)}) AS same_source,
                    count(*) FILTER (WHERE source_dataset <> {lit(source)}) AS other_sources
-            FROM person_lookup WHERE person_id IN (SELECT person_id FROM mine) GROUP BY 1)
+            FROM {lookup} WHERE person_id IN (SELECT person_id FROM mine) GROUP BY 1)
         SELECT count(*), count(*) FILTER (WHERE p.same_source > 1),
                count(*) FILTER (WHERE p.other_sources > 0)
         FROM mine m JOIN per_person p USING (person_id)""")[0]
@@ -74,7 +67,7 @@ def _link_rates(engine: Engine, source: str, delivery: str) -> dict[str, int]:
 
 
 def _values_set_missing(engine: Engine, source: str, delivery: str) -> dict[str, int]:
-    checked = f"checked_{source}"
+    checked = Tables.checked(source)
     if not engine.table_exists(checked):
         return {}
     row = engine.fetch(f"""
@@ -83,7 +76,7 @@ def _values_set_missing(engine: Engine, source: str, delivery: str) -> dict[str,
         FROM {checked} WHERE _delivery = {lit(delivery)}""")[0]
     labels = (
         "Date of birth was a placeholder (e.g. 01/01/1900)",
-        "Date of birth was implausible (before 1890 or in the future)",
+        f"Date of birth was implausible (before {EARLIEST_PLAUSIBLE_DATE[:4]} or in the future)",
         "Postcode was not a valid UK postcode",
         "Sex code meant 'unknown'",
     )
@@ -169,24 +162,28 @@ table { border-collapse: collapse; }</style></head><body>
 """
 
 
-def write_quality_reports(engine: Engine, project: LoadedProject) -> list[Path]:
-    """Write one report per delivery in the last linkage, plus an index page."""
+def write_quality_reports(
+    engine: Engine,
+    project: LoadedProject,
+    deliveries: list[dict[str, Any]],
+    linkage_inputs: dict[str, Any],
+) -> list[Path]:
+    """Write one report per delivery in the last linkage, plus an index page.
+
+    `deliveries` are the delivery status rows (source, delivery, ...); `linkage_inputs`
+    the per-source counts the linkage took them with."""
+    layout = OutputLayout(project.output_dir)
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     page, index = env.from_string(TEMPLATE), env.from_string(INDEX)
-    inputs = json.loads(
-        (project.output_dir / "work" / "stages" / "linkage_inputs.json").read_text()
-    )["sources"]
     written: list[Path] = []
     index_rows = []
-    for row in delivery_statuses(engine):
+    for row in deliveries:
         source = project.spec.source(row["source"])
-        stats = inputs.get(source.name, {}).get("by_delivery", {}).get(row["delivery"])
+        stats = linkage_inputs.get(source.name, {}).get("by_delivery", {}).get(row["delivery"])
         if stats is None:  # not part of the last linkage (pending)
             continue
-        delivery = Delivery(source.name, row["delivery"], row["path"])
-        outcome = load_outcome(
-            project.output_dir / "quality" / source.name / f"{delivery.key}.validation.json"
-        )
+        key = row["delivery"]
+        outcome = load_outcome(layout.validation_result(source.name, key))
         rows_in = stats["rows_in"]
         expectations = [
             {
@@ -210,11 +207,11 @@ def write_quality_reports(engine: Engine, project: LoadedProject) -> list[Path]:
             for e in outcome.expectations
             if e.key.endswith("_completeness")
         ]
-        link = _link_rates(engine, source.name, delivery.key)
+        link = _link_rates(engine, source.name, key)
         html = page.render(
             title=f"Quality report: {source.name}",
             department=source.department,
-            delivery=delivery.key,
+            delivery=key,
             written=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             rejected=stats["status"] == "rejected",
             critical=[e.description for e in outcome.critical_failures],
@@ -226,7 +223,7 @@ def write_quality_reports(engine: Engine, project: LoadedProject) -> list[Path]:
             completeness=completeness,
             set_missing=[
                 (k, suppress_count(v))
-                for k, v in _values_set_missing(engine, source.name, delivery.key).items()
+                for k, v in _values_set_missing(engine, source.name, key).items()
             ],
             quarantine=[
                 (reason, suppress_count(n))
@@ -239,7 +236,7 @@ def write_quality_reports(engine: Engine, project: LoadedProject) -> list[Path]:
                 "dupes_share": suppress_rate(link["within_source_duplicates"], link["records"]),
             },
         )
-        path = report_path(project, source.name, delivery.key)
+        path = layout.data_owner_page(source.name, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(html)
         written.append(path)
@@ -247,12 +244,12 @@ def write_quality_reports(engine: Engine, project: LoadedProject) -> list[Path]:
             {
                 "source": source.name,
                 "department": source.department,
-                "delivery": delivery.key,
+                "delivery": key,
                 "status": stats["status"],
-                "href": f"{source.name}/{delivery.key}.html",
+                "href": f"{source.name}/{key}.html",
             }
         )
-    target = index_path(project)
+    target = layout.data_owner_index
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(index.render(project=project.spec.project, rows=index_rows))
     return written

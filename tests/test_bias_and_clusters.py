@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from pipelines.engines import Engine
+from pipelines.standardise import load_reference_tables
 from quality.bias import bias_tables
 from quality.linkage_report import OVERSIZED_CLUSTER, cluster_size_summary
 
@@ -64,6 +65,7 @@ def _load(engine: Engine) -> dict[str, str]:
 
 
 def test_groups_with_worse_recall_are_flagged(any_engine: Engine) -> None:
+    load_reference_tables(any_engine)
     tables = bias_tables(any_engine, _load(any_engine), pairs_table="scored_pairs")
     # Each pair counts for both of its records' groups.
     overall = tables["overall"][0]

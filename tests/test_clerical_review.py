@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.engines import DuckDBEngine
 from pipelines.run import RunResult
-from pipelines.synthetic import GeneratedData
-from quality.clerical_review import clerical_estimates, label_from_ground_truth
+from pipelines.synthetic import GeneratedData, label_from_ground_truth
+from quality.clerical_review import clerical_estimates
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

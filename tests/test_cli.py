@@ -81,6 +81,8 @@ def test_run_then_rerun_with_the_latest_model(small_data, tmp_path: Path) -> Non
     args = ["run", str(DEMO_CONFIG), "--data-dir", str(small_data.out_dir), "--out", str(out)]
     done = runner.invoke(app, [*args, "--ground-truth", str(small_data.ground_truth)])
     assert done.exit_code == 0, done.output
+    for step in ("linkage_inputs", "train", "predict", "cluster", "publish", "linkage_report"):
+        assert f"linkage · {step}" in done.output  # each step shown as it ran
     manifest = json.loads((out / "manifest.json").read_text())
     rec = manifest["reconciliation"]
     assert rec["rows_in"] == sum(small_data.records.values())
@@ -174,5 +176,48 @@ def test_unknown_engine_is_refused_before_outputs_are_touched(tmp_path: Path) ->
     marker.write_text("previous run")
     result = runner.invoke(app, ["run", str(DEMO_CONFIG), "--engine", "oracle", "--out", str(out)])
     assert result.exit_code == 2
-    assert "unknown engine 'oracle'" in result.output and "Traceback" not in result.output
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert "'oracle' is not one of 'duckdb', 'spark'" in flat and "Traceback" not in flat
     assert marker.read_text() == "previous run"
+
+
+def test_version_is_printed() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"joinedup {version('joinedup')}"
+
+
+@pytest.mark.slow
+def test_validate_checks_every_delivery_without_touching_outputs(
+    small_data, tmp_path: Path
+) -> None:
+    import shutil
+
+    import yaml
+
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw["sources"] = [s for s in raw["sources"] if s["name"] in ("prisons", "benefits")]
+    for s in raw["sources"]:
+        shutil.copy(small_data.files[s["name"]], tmp_path / s["path"])
+    raw["data_dir"] = str(tmp_path)
+    raw["output"]["path"] = str(tmp_path / "out")
+    config = tmp_path / "project.yaml"
+    config.write_text(yaml.safe_dump(raw))
+
+    good = runner.invoke(app, ["validate", str(config)])
+    assert good.exit_code == 0, good.output
+    assert "valid; 2 deliveries, 0 rejected" in " ".join(good.output.split())
+    assert not (tmp_path / "out").exists()  # a dry run writes no outputs
+
+    prisons = pd.read_parquet(tmp_path / "prisons.parquet")
+    prisons.loc[prisons.index[::2], "sex"] = "Q"
+    prisons.to_parquet(tmp_path / "prisons.parquet")
+    bad = runner.invoke(app, ["validate", str(config)])
+    assert bad.exit_code == 1, bad.output
+    rows = {line.split("│")[1].strip(): line for line in bad.output.splitlines() if "│" in line}
+    assert "rejected" in rows["prisons"] and "sex_codes_declared" in rows["prisons"]
+    assert "accepted" in rows["benefits"]
+    assert "valid; 2 deliveries, 1 rejected" in " ".join(bad.output.split())
+    assert not (tmp_path / "out").exists()

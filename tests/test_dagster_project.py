@@ -14,12 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from dagster_project.assets import build_assets
-from dagster_project.definitions import build_definitions, resources_for
+from dagster_project.definitions import build_definitions
 from linkage_models.project import LoadedProject, load_project
 from pipelines.deliveries import delivery_statuses
 from pipelines.engines import open_engine
-from pipelines.run import RunResult, run_project
+from pipelines.run import ProjectGraph, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 from quality.reports import suppress_count, suppress_rate
 
@@ -54,10 +53,13 @@ LINKAGE_ASSETS = {
     "published/person_lookup",
     "published/events",
     "published/manifest",
+    "quality/estimated_error_rates",
+    "quality/measured_accuracy",
     "quality/quality_reports",
     "quality/diagnostics",
     "quality/linkage_report",
 }
+REVIEW_ASSETS = {"review/clerical_sample", "review/clerical_labels"}
 
 
 def _names(keys) -> set[str]:
@@ -71,7 +73,7 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     per_source = {f"{s}/{a}" for s in SOURCES for a in ("delivery", "standardised")}
-    assert _names(graph.get_all_asset_keys()) == per_source | LINKAGE_ASSETS
+    assert _names(graph.get_all_asset_keys()) == per_source | LINKAGE_ASSETS | REVIEW_ASSETS
 
     def parents(key: str) -> set[str]:
         return _names(graph.get(dg.AssetKey(key.split("/"))).parent_keys)
@@ -80,14 +82,25 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
     assert parents("linkage/linkage_inputs") == per_source
     assert parents("linkage/model") == {"linkage/linkage_inputs"}
     assert parents("linkage/person_clusters") == {"linkage/pairwise_predictions"}
-    assert parents("published/manifest") == {"published/person_lookup", "published/events"}
-    assert parents("quality/linkage_report") == {"published/manifest", "quality/diagnostics"}
+    assert parents("published/manifest") == {
+        "published/person_lookup",
+        "published/events",
+        "quality/estimated_error_rates",
+        "quality/measured_accuracy",
+    }
+    assert parents("quality/linkage_report") == {
+        "published/manifest",
+        "quality/diagnostics",
+        "review/clerical_labels",
+    }
     for source in SOURCES:
         assert parents(f"{source}/standardised") == {f"{source}/delivery"}
 
-    # One blocking contract check per source's delivery.
+    # One blocking contract check per source's delivery; the manifest must reconcile.
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
-    assert checks == {(f"{s}/delivery", "delivery_contract") for s in SOURCES}
+    assert checks == {(f"{s}/delivery", "delivery_contract") for s in SOURCES} | {
+        ("published/manifest", "reconciliation")
+    }
 
     # The relink job and its schedule select all of the linkage, and no delivery.
     relink = defs.resolve_job_def("relink")
@@ -96,15 +109,21 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
     assert (schedule.job_name, schedule.cron_schedule) == ("relink", "0 2 * * *")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
-    # Each landing-folder sensor runs only its own source's ingest and standardisation.
+    # Each landing-folder sensor runs its own source's ingest job, and only that.
     for source in SOURCES:
         sensor = defs.resolve_sensor_def(f"new_deliveries_{source}")
-        (target,) = sensor.targets
-        assert _names(target.resolvable_to_job.selection.selected_keys) == {
+        assert sensor.job_name == f"ingest_{source}"
+        job = defs.resolve_job_def(f"ingest_{source}")
+        assert _names(job.asset_layer.selected_asset_keys) == {
             f"{source}/delivery",
             f"{source}/standardised",
         }
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    review = defs.resolve_job_def("review_import")
+    assert _names(review.asset_layer.selected_asset_keys) == {
+        "review/clerical_labels",
+        "quality/linkage_report",
+    }
 
 
 def test_code_location_module_loads_from_the_environment(small_project: LoadedProject) -> None:
@@ -134,7 +153,7 @@ def test_code_location_module_loads_from_the_environment(small_project: LoadedPr
         "data": str(small_project.data_dir),
         "out": str(small_project.output_dir),
         "engine": "duckdb",
-        "assets": 20,
+        "assets": 24,
         "sensors": sorted(f"new_deliveries_{s}" for s in SOURCES),
         "schedules": ["periodic_relink"],
     }
@@ -239,24 +258,14 @@ def test_a_corrected_delivery_reruns_without_clean_up(
     small_data: GeneratedData, tmp_path: Path
 ) -> None:
     project = _landing_project(tmp_path, small_data)
-    assets = build_assets(project)
-    courts = next(s for s in assets.sources if s.source == "magistrates_courts")
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(courts.partitions.name, ["2024-01.csv"])
+    graph = ProjectGraph(project)
     path = tmp_path / "landing" / "magistrates_courts" / "2024-01.csv"
     good = path.read_text()
     lines = good.splitlines()
     path.write_text("\n".join([lines[0]] + [lines[1]] * 50 + lines[1:]) + "\n")  # repeated ids
 
     def materialize_delivery() -> str:
-        dg.materialize(
-            assets.all,
-            selection=[courts.delivery.key, courts.standardised.key],
-            partition_key="2024-01.csv",
-            instance=instance,
-            resources=resources_for(project),
-            raise_on_error=False,
-        )
+        graph.ingest("magistrates_courts", "2024-01.csv")
         with open_engine("duckdb", project.output_dir / "work") as engine:
             return delivery_statuses(engine, "magistrates_courts")[0]["status"]
 

@@ -8,10 +8,10 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from linkage_models.linkage import apply_pair_rules
 from linkage_models.project import load_project
 from linkage_models.settings import exact_match_gamma
 from pipelines.engines import Engine
+from pipelines.linking import apply_pair_rules
 from pipelines.publish import person_id_key, person_lookup_sql
 
 from .conftest import DEMO_CONFIG
@@ -49,18 +49,18 @@ def test_probable_twins_rule_removes_same_birth_date_different_given_names(
     any_engine: Engine,
 ) -> None:
     _predictions(any_engine)
-    table, removed = apply_pair_rules(any_engine, "scored_pairs", MODEL)
+    removed = apply_pair_rules(any_engine, MODEL, "scored_pairs", "kept_pairs")
     assert removed == 2
-    kept = sorted(r[0] for r in any_engine.fetch(f"SELECT record_id_l FROM {table}"))
+    kept = sorted(r[0] for r in any_engine.fetch("SELECT record_id_l FROM kept_pairs"))
     assert kept == ["c1", "d1", "e1", "f1"]
 
 
 def test_probable_twins_rule_off_keeps_every_pair(any_engine: Engine) -> None:
     _predictions(any_engine)
     off = MODEL.model_copy(update={"probable_twins_rule": "off"})
-    table, removed = apply_pair_rules(any_engine, "scored_pairs", off)
-    assert (table, removed) == ("scored_pairs", 0)
-    assert any_engine.count(table) == 6
+    removed = apply_pair_rules(any_engine, off, "scored_pairs", "kept_pairs")
+    assert removed == 0
+    assert any_engine.count("kept_pairs") == 6
 
 
 def _clusters(engine: Engine) -> dict[str, str]:

@@ -14,16 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pandas as pd
 import pytest
 
+from dagster_project.linkage import input_tables
 from linkage_models import linkage
 from linkage_models.project import LoadedProject, load_project
-from pipelines import stages
+from pipelines.contract import OutputLayout
 from pipelines.engines import DuckDBEngine
 from pipelines.engines.dialect import DialectError, duckdb_to_spark, java_date_pattern
 from pipelines.engines.spark_engine import SparkEngine, SparkSettings, parse_conf
-from pipelines.run import RunResult, run_project
+from pipelines.run import ProjectGraph, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 
 from .conftest import DEMO_CONFIG, REPO, SPARK_TEST_SETTINGS
@@ -121,10 +123,16 @@ def test_scoring_and_clustering_again_gives_the_same_person_ids(
     spark: Any, spark_run: RunResult, spark_project: LoadedProject
 ) -> None:
     before = pd.read_parquet(spark_run.output_dir / "linked" / "person_lookup.parquet")
-    with SparkEngine(spark, spark_project.output_dir / "work", SPARK_TEST_SETTINGS) as engine:
-        stages.predict(engine, spark_project)
-        stages.cluster(engine, spark_project)
-        stages.publish(engine, spark_project)
+    graph = ProjectGraph(spark_project, "spark")
+    graph.defs.resolve_job_def("relink").execute_in_process(
+        asset_selection=[
+            dg.AssetKey(["linkage", "pairwise_predictions"]),
+            dg.AssetKey(["linkage", "person_clusters"]),
+            dg.AssetKey(["published", "person_lookup"]),
+            dg.AssetKey(["published", "events"]),
+        ],
+        instance=graph.instance,
+    )
     after = pd.read_parquet(spark_run.output_dir / "linked" / "person_lookup.parquet")
     keys = ["source_dataset", "source_record_id"]
     pd.testing.assert_frame_equal(
@@ -166,7 +174,7 @@ def test_a_model_trained_on_duckdb_scores_the_same_pairs_alike_on_spark(
     with SparkEngine(spark, spark_project.output_dir / "work", SPARK_TEST_SETTINGS) as engine:
         linker = linkage.make_linker(
             engine.splink_api(),
-            stages.linkage_input_tables(spark_project),
+            input_tables(OutputLayout(spark_project.output_dir)),
             spark_project.spec.model,
             duck_model,
         )
@@ -197,7 +205,7 @@ def test_a_model_trained_on_spark_scores_the_same_pairs_alike_on_duckdb(
     with DuckDBEngine(database) as duck:
         linker = linkage.make_linker(
             duck.splink_api(),
-            stages.linkage_input_tables(small_project),
+            input_tables(OutputLayout(small_project.output_dir)),
             small_project.spec.model,
             spark_model,
         )
@@ -217,9 +225,12 @@ import json, sys
 from pathlib import Path
 from linkage_models import linkage
 from linkage_models.project import load_project
-from pipelines import stages
-from pipelines.deliveries import discover_deliveries
+from pipelines.deliveries import deliveries_for_linkage, discover_deliveries, set_status
 from pipelines.engines.spark_engine import SparkEngine, SparkSettings
+from pipelines.ingest import ingest
+from pipelines.standardise import build_linkage_input, standardise_delivery
+from quality.quarantine import combine_and_quarantine
+from quality.validation import validate_delivery
 
 config, data_dir, out, model_path = sys.argv[1:]
 project = load_project(config, data_dir=data_dir, output_dir=out)
@@ -228,18 +239,22 @@ settings = SparkSettings(remote="local[2]", shuffle_partitions=4, driver_memory=
 with SparkEngine.open(Path(out) / "work", settings) as engine:
     assert engine.settings.lineage_method == "persist"
     for delivery in discover_deliveries(project, source):
-        stages.ingest(engine, project, source, delivery)
-        assert stages.validate(engine, project, source, delivery).success
-        stages.standardise(engine, project, source, delivery)
-    stages.linkage_inputs(engine, project)
+        ingest(engine, source, delivery)
+        outcome = validate_delivery(
+            engine, source, delivery.key, delivery.raw_table, Path(out) / "quality"
+        )
+        assert outcome.success
+        set_status(engine, delivery, "accepted")
+        standardise_delivery(engine, source, delivery)
+    tables, _ = deliveries_for_linkage(engine, source.name)
+    result = combine_and_quarantine(engine, source, tables, Path(out) / "quarantine.parquet")
+    table = build_linkage_input(engine, source.name, result.accepted_table)
     model = json.loads(Path(model_path).read_text())
-    table = "linkage_input_magistrates_courts"
-    linker = linkage.make_linker(
-        engine.splink_api(), {source.name: table}, project.spec.model, model
-    )
+    db_api = engine.splink_api()
+    linker = linkage.make_linker(db_api, {source.name: table}, project.spec.model, model)
     predictions = linkage.predict(linker)
     clusters = linkage.cluster_at_thresholds(
-        linker, predictions.table, project.spec.model.thresholds
+        linker, db_api, predictions.table, project.spec.model.thresholds
     )
     print(json.dumps({
         "records": engine.count(table),

@@ -1,0 +1,160 @@
+"""Linkage: combine every source's accepted deliveries (bad rows to quarantine), train or
+reuse a model, score pairs and cluster at the three thresholds. The `relink` job runs this
+and everything downstream of it; a schedule runs it periodically.
+
+    linkage/linkage_inputs -> linkage/model -> linkage/pairwise_predictions
+    -> linkage/person_clusters
+"""
+
+from dataclasses import asdict
+from typing import Any
+
+import dagster as dg
+
+from dagster_project.resources import EngineResource, LinkageProjectResource
+from dagster_project.steps import step
+from pipelines import linking
+from pipelines.contract import OutputLayout, forget_record, load_record
+from pipelines.deliveries import deliveries_for_linkage
+from pipelines.standardise import build_linkage_input
+from quality.quarantine import combine_and_quarantine
+
+LINKAGE_INPUTS = dg.AssetKey(["linkage", "linkage_inputs"])
+MODEL = dg.AssetKey(["linkage", "model"])
+PAIRWISE_PREDICTIONS = dg.AssetKey(["linkage", "pairwise_predictions"])
+PERSON_CLUSTERS = dg.AssetKey(["linkage", "person_clusters"])
+
+
+def input_tables(layout: OutputLayout) -> dict[str, str]:
+    """Sources with accepted rows -> their Splink input table (from the inputs' record)."""
+    sources = load_record(layout, "linkage_inputs")["sources"]
+    return {name: s["linkage_input"] for name, s in sources.items() if s["linkage_input"]}
+
+
+def model_path(layout: OutputLayout) -> str:
+    return load_record(layout, "train")["path"]
+
+
+class ModelConfig(dg.Config):
+    """Leave model_version empty to train a new version; set it to reuse one."""
+
+    model_version: str | None = None
+
+
+def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        key=LINKAGE_INPUTS,
+        deps=upstream,
+        group_name="linkage",
+        kinds={engine},
+        description="Each source's accepted deliveries combined; bad rows and rejected "
+        "deliveries quarantined with reasons; Splink input tables.",
+    )
+    def linkage_inputs(
+        project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        with step(project, engine, "linkage_inputs") as s:
+            # A new linkage starts: an evaluation of the previous one no longer applies.
+            forget_record(s.layout, "evaluate")
+            sources: dict[str, Any] = {}
+            pending: list[dict[str, Any]] = []
+            for source in s.project.spec.sources:
+                tables, waiting = deliveries_for_linkage(s.engine, source.name)
+                pending += waiting
+                result = combine_and_quarantine(
+                    s.engine, source, tables, s.layout.quarantine_file(source.name)
+                )
+                table = build_linkage_input(s.engine, source.name, result.accepted_table)
+                sources[source.name] = {
+                    **asdict(result),
+                    "path": str(result.path),
+                    "linkage_input": table,
+                }
+            s.record.update({"pending_deliveries": pending, "sources": sources})
+        metadata: dict[str, object] = {
+            "dagster/row_count": sum(r["rows_accepted"] for r in sources.values()),
+            "rows_in": sum(r["rows_in"] for r in sources.values()),
+            "rows_quarantined": sum(r["rows_quarantined"] for r in sources.values()),
+        }
+        for name, r in sources.items():
+            metadata[f"{name}_accepted"] = r["rows_accepted"]
+            metadata[f"{name}_quarantined"] = r["rows_quarantined"]
+            metadata[f"{name}_quarantine_file"] = dg.MetadataValue.path(r["path"])
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset(
+        key=MODEL,
+        deps=[LINKAGE_INPUTS],
+        group_name="linkage",
+        kinds={"splink"},
+        description="A trained Splink model, registered as a new version (or a reused "
+        "version), with its model card.",
+    )
+    def model(
+        config: ModelConfig, project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        with step(project, engine, "train") as s:
+            entry = linking.train_or_reuse(
+                s.engine, s.project, input_tables(s.layout), config.model_version
+            )
+            s.record.update(entry)
+        return dg.MaterializeResult(
+            metadata={
+                "version": entry["version"],
+                "trained_in_this_run": entry["trained_in_this_run"],
+                "probability_two_random_records_match": entry[
+                    "probability_two_random_records_match"
+                ],
+                "model": dg.MetadataValue.path(entry["path"]),
+                "model_card": dg.MetadataValue.path(str(s.layout.model_card)),
+            }
+        )
+
+    @dg.asset(
+        key=PAIRWISE_PREDICTIONS,
+        deps=[MODEL],
+        group_name="linkage",
+        kinds={"splink", engine},
+        description="Scored record pairs (blocked by the project's rules), with the "
+        "probable-twins rule applied.",
+    )
+    def pairwise_predictions(
+        project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        with step(project, engine, "predict") as s:
+            pairs = linking.predict(
+                s.engine, s.project, model_path(s.layout), input_tables(s.layout)
+            )
+            s.record.update(pairs)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": pairs["kept_above_floor"],
+                "pairs_scored": pairs["scored"],
+                "removed_by_probable_twins_rule": pairs["removed_by_probable_twins_rule"],
+            }
+        )
+
+    @dg.asset(
+        key=PERSON_CLUSTERS,
+        deps=[PAIRWISE_PREDICTIONS],
+        group_name="linkage",
+        kinds={"splink", engine},
+        description="Connected components at the high-precision, balanced and "
+        "high-recall thresholds.",
+    )
+    def person_clusters(
+        project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        with step(project, engine, "cluster") as s:
+            summary = linking.cluster(
+                s.engine, s.project, model_path(s.layout), input_tables(s.layout)
+            )
+            s.record["links"] = summary
+        metadata: dict[str, object] = {}
+        for name, counts in summary.items():
+            metadata[f"{name}_persons"] = counts["persons"]
+            metadata[f"{name}_links"] = counts["links"]
+            metadata[f"{name}_largest_cluster"] = counts["largest_cluster"]
+        return dg.MaterializeResult(metadata=metadata)
+
+    return [linkage_inputs, model, pairwise_predictions, person_clusters]

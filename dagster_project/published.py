@@ -1,0 +1,129 @@
+"""Published: the linked longitudinal dataset (person lookup and event timeline) and the
+manifest that describes and reconciles it, with checks on what is published.
+
+    published/person_lookup + published/events -> published/manifest
+"""
+
+from datetime import date
+
+import dagster as dg
+
+from dagster_project.linkage import PERSON_CLUSTERS
+from dagster_project.resources import EngineResource, LinkageProjectResource
+from dagster_project.steps import step
+from pipelines.contract import Tables, load_record
+from pipelines.manifest import build_manifest, write_manifest
+from pipelines.publish import publish_linked_dataset
+
+PERSON_LOOKUP = dg.AssetKey(["published", "person_lookup"])
+EVENTS = dg.AssetKey(["published", "events"])
+MANIFEST = dg.AssetKey(["published", "manifest"])
+ESTIMATED_ERROR_RATES = dg.AssetKey(["quality", "estimated_error_rates"])
+MEASURED_ACCURACY = dg.AssetKey(["quality", "measured_accuracy"])
+
+
+def published_assets() -> list[dg.AssetsDefinition]:
+    @dg.multi_asset(
+        specs=[
+            dg.AssetSpec(
+                PERSON_LOOKUP,
+                deps=[PERSON_CLUSTERS],
+                group_name="published",
+                kinds={"parquet"},
+                description="One row per accepted record with pseudonymous person "
+                "ids at the three thresholds.",
+            ),
+            dg.AssetSpec(
+                EVENTS,
+                deps=[PERSON_CLUSTERS],
+                group_name="published",
+                kinds={"parquet"},
+                description="The longitudinal event timeline with declared attributes.",
+            ),
+        ],
+    )
+    def published(project: LinkageProjectResource, engine: EngineResource):
+        with step(project, engine, "publish") as s:
+            sources = load_record(s.layout, "linkage_inputs")["sources"]
+            result = publish_linked_dataset(
+                s.engine,
+                s.project.spec,
+                s.layout,
+                {n: Tables.accepted(n) for n, r in sources.items() if r["accepted_table"]},
+                sum(r["rows_accepted"] for r in sources.values()),
+                date.today(),
+            )
+            s.record.update(result)
+        yield dg.MaterializeResult(
+            asset_key=PERSON_LOOKUP,
+            metadata={
+                "dagster/row_count": result["rows"],
+                "persons": result["persons"],
+                "share_of_records_linked_across_sources": result["share_linked_across_sources"],
+                "path": dg.MetadataValue.path(result["outputs"]["person_lookup"]),
+            },
+        )
+        yield dg.MaterializeResult(
+            asset_key=EVENTS,
+            metadata={
+                "dagster/row_count": result["rows"],
+                "path": dg.MetadataValue.path(result["outputs"]["events"]),
+            },
+        )
+
+    @dg.asset(
+        key=MANIFEST,
+        deps=[PERSON_LOOKUP, EVENTS, ESTIMATED_ERROR_RATES, MEASURED_ACCURACY],
+        group_name="published",
+        kinds={"json"},
+        description="Linkage metadata: inputs with sha256, reconciliation, model, "
+        "thresholds, pairs, links, error rates, timings.",
+    )
+    def manifest(
+        context: dg.AssetExecutionContext, project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        p = project.project
+        with engine.open(p) as e:
+            document = build_manifest(e, p, run_id=context.run_id)
+        write_manifest(project.layout, document)
+        rec = document["reconciliation"]
+        balanced = document["estimated_error_rates"]["balanced"]
+        return dg.MaterializeResult(
+            metadata={
+                "estimated_precision_balanced": balanced["precision"],
+                "estimated_recall_balanced": balanced["recall"],
+                "reconciles": rec["reconciles"],
+                "rows_in": rec["rows_in"],
+                "rows_linked": rec["rows_linked"],
+                "rows_quarantined": rec["rows_quarantined"],
+                "path": dg.MetadataValue.path(str(project.layout.manifest)),
+            }
+        )
+
+    return [published, manifest]
+
+
+@dg.asset_check(
+    asset=MANIFEST,
+    name="reconciliation",
+    blocking=True,
+    description="Every row delivered is in the person lookup or in quarantine, per source.",
+)
+def reconciliation(project: LinkageProjectResource) -> dg.AssetCheckResult:
+    import json
+
+    rec = json.loads(project.layout.manifest.read_text())["reconciliation"]
+    off = [
+        name
+        for name, s in rec["by_source"].items()
+        if s["rows_in"] != s["rows_accepted"] + s["rows_quarantined"]
+    ]
+    return dg.AssetCheckResult(
+        passed=rec["reconciles"] and not off,
+        metadata={
+            "rows_in": rec["rows_in"],
+            "rows_linked": rec["rows_linked"],
+            "rows_quarantined": rec["rows_quarantined"],
+            "sources_not_reconciled": ", ".join(off) or "none",
+        },
+    )

@@ -1,0 +1,193 @@
+"""Quality: error rates (estimated without labels; measured when ground truth is given),
+reports for data owners, match-weight diagnostics and the linkage report for analysts.
+
+    published/person_lookup -> quality/estimated_error_rates, quality/measured_accuracy
+    published/manifest -> quality/quality_reports, quality/linkage_report
+    linkage/person_clusters -> quality/diagnostics
+"""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from dagster_project.linkage import PERSON_CLUSTERS, input_tables, model_path
+from dagster_project.published import (
+    ESTIMATED_ERROR_RATES,
+    MANIFEST,
+    MEASURED_ACCURACY,
+    PERSON_LOOKUP,
+)
+from dagster_project.resources import EngineResource, LinkageProjectResource
+from dagster_project.steps import step
+from linkage_models.diagnostics import write_diagnostics, write_label_accuracy
+from pipelines.contract import (
+    PERSON_ID_COLUMNS,
+    Tables,
+    forget_record,
+    load_record,
+    records_of,
+)
+from pipelines.deliveries import delivery_statuses
+from quality.accuracy import pairwise_cluster_metrics
+from quality.error_rates import estimate_error_rates
+from quality.linkage_report import write_linkage_report
+from quality.reports import write_quality_reports
+
+QUALITY_REPORTS = dg.AssetKey(["quality", "quality_reports"])
+DIAGNOSTICS = dg.AssetKey(["quality", "diagnostics"])
+LINKAGE_REPORT = dg.AssetKey(["quality", "linkage_report"])
+CLERICAL_LABELS = dg.AssetKey(["review", "clerical_labels"])
+
+
+class GroundTruthConfig(dg.Config):
+    """A ground-truth Parquet file (source_dataset, source_record_id, true_person_id) to
+    measure the clusters against; leave empty when there is none."""
+
+    ground_truth: str | None = None
+
+
+def quality_assets() -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        key=ESTIMATED_ERROR_RATES,
+        deps=[PERSON_LOOKUP],
+        group_name="quality",
+        kinds={"json"},
+        description="Label-free estimates of pairwise precision and recall at each "
+        "threshold, from the model's match probabilities.",
+    )
+    def estimated_error_rates(
+        project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        with step(project, engine, "estimate_errors") as s:
+            estimates = estimate_error_rates(s.engine)
+            s.record["estimated"] = estimates
+        balanced = estimates["balanced"]
+        return dg.MaterializeResult(
+            metadata={
+                "estimated_precision_balanced": balanced["precision"],
+                "estimated_recall_balanced": balanced["recall"],
+            }
+        )
+
+    @dg.asset(
+        key=MEASURED_ACCURACY,
+        deps=[PERSON_LOOKUP],
+        group_name="quality",
+        kinds={"json"},
+        description="Pairwise precision, recall and F1 of each threshold's clusters against "
+        "ground truth, when a ground-truth file is given (synthetic or clerically linked).",
+    )
+    def measured_accuracy(
+        config: GroundTruthConfig, project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        if config.ground_truth is None:
+            forget_record(project.layout, "evaluate")
+            return dg.MaterializeResult(metadata={"measured": "no ground truth given"})
+        truth = Path(config.ground_truth)
+        with step(project, engine, "evaluate") as s:
+            measured = {
+                name: pairwise_cluster_metrics(
+                    s.engine, Tables.PERSON_LOOKUP, column, truth, name
+                ).as_dict()
+                for name, column in PERSON_ID_COLUMNS.items()
+            }
+            s.record.update({"ground_truth": str(truth), "measured": measured})
+        balanced = measured["balanced"]
+        return dg.MaterializeResult(
+            metadata={
+                "measured_precision_balanced": balanced["precision"],
+                "measured_recall_balanced": balanced["recall"],
+                "measured_f1_balanced": balanced["f1"],
+            }
+        )
+
+    @dg.asset(
+        key=QUALITY_REPORTS,
+        deps=[MANIFEST],
+        group_name="quality",
+        kinds={"html"},
+        description="A readable quality report per source and delivery for data "
+        "owners (small counts suppressed).",
+    )
+    def quality_reports(
+        project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        with step(project, engine, "quality_reports") as s:
+            written = write_quality_reports(
+                s.engine,
+                s.project,
+                delivery_statuses(s.engine),
+                load_record(s.layout, "linkage_inputs")["sources"],
+            )
+        return dg.MaterializeResult(
+            metadata={
+                "reports": len(written),
+                "index": dg.MetadataValue.path(str(s.layout.data_owner_index)),
+            }
+        )
+
+    @dg.asset(
+        key=DIAGNOSTICS,
+        deps=[PERSON_CLUSTERS],
+        group_name="quality",
+        kinds={"splink", "html"},
+        description="Splink's match-weight charts, waterfalls, comparison viewer and cluster "
+        "studio, as offline HTML (those showing identifiers: secure setting only).",
+    )
+    def diagnostics(
+        project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        with step(project, engine, "diagnostics") as s:
+            written = write_diagnostics(
+                s.engine.splink_api(),
+                s.project.spec.model,
+                json.loads(Path(model_path(s.layout)).read_text()),
+                input_tables(s.layout),
+                Tables.PAIRS_FOR_CLUSTERING,
+                Tables.clusters("balanced"),
+                s.layout.diagnostics_dir,
+            )
+            s.record["written"] = written
+        return dg.MaterializeResult(
+            metadata={
+                "charts": len(written),
+                "folder": dg.MetadataValue.path(str(s.layout.diagnostics_dir)),
+            }
+        )
+
+    @dg.asset(
+        key=LINKAGE_REPORT,
+        deps=[MANIFEST, DIAGNOSTICS, CLERICAL_LABELS],
+        group_name="quality",
+        kinds={"html", "json"},
+        description="The linkage report: data provided, method, estimated (and measured) "
+        "error rates, linkage bias by group; with linkage_quality.json.",
+    )
+    def linkage_report(
+        project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        with step(project, engine, "linkage_report") as s:
+            written = [w for r in records_of(s.layout, "diagnostics") for w in r["written"]]
+            truth_space: list[dict] = []
+            if s.layout.review_labels.exists():
+                import pandas as pd
+
+                charts, truth_space = write_label_accuracy(
+                    s.engine.splink_api(),
+                    s.project.spec.model,
+                    json.loads(Path(model_path(s.layout)).read_text()),
+                    input_tables(s.layout),
+                    pd.read_parquet(s.layout.review_labels),
+                    s.layout.diagnostics_dir,
+                )
+                written = [*written, *charts]
+            html, data = write_linkage_report(s.engine, s.project, written, truth_space)
+        return dg.MaterializeResult(
+            metadata={
+                "report": dg.MetadataValue.path(str(html)),
+                "linkage_quality": dg.MetadataValue.path(str(data)),
+            }
+        )
+
+    return [estimated_error_rates, measured_accuracy, quality_reports, diagnostics, linkage_report]

@@ -1,0 +1,46 @@
+"""How every asset runs its step: open the engine on the project's working folder, time the
+step, and leave its record (counts and timings, never values) for later steps and the
+manifest. The one place timings are taken.
+
+Each step also says when it starts and finishes on the `joinedup.steps` logger (step names
+and seconds only), which the command line turns into its progress display."""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster_project.resources import EngineResource, LinkageProjectResource
+from linkage_models.project import LoadedProject
+from pipelines.contract import OutputLayout, measured, save_record
+from pipelines.engines import Engine
+
+log = logging.getLogger("joinedup.steps")
+
+
+@dataclass
+class Step:
+    project: LoadedProject
+    layout: OutputLayout
+    engine: Engine
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def step(
+    project: LinkageProjectResource, engine: EngineResource, record_name: str
+) -> Iterator[Step]:
+    """Run one step; on success its record is saved as `record_name` with its timings."""
+    loaded = project.project
+    log.info("%s started", record_name, extra={"step": record_name, "event": "started"})
+    with engine.open(loaded) as e, measured() as figures:
+        current = Step(loaded, project.layout, e)
+        yield current
+    save_record(current.layout, record_name, {**current.record, **figures})
+    log.info(
+        "%s finished in %.1f s",
+        record_name,
+        figures["seconds"],
+        extra={"step": record_name, "event": "finished", "seconds": figures["seconds"]},
+    )

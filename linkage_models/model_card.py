@@ -1,0 +1,91 @@
+"""The model card: what a model version was trained on, its parameters, and what it cannot
+do, in a short Markdown page beside the registry."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from linkage_models.registry import ModelVersion
+
+
+def _weight(m: float | None, u: float | None) -> str:
+    if not m or not u:
+        return "n/a"
+    return f"{math.log2(m / u):+.2f}"
+
+
+def model_card_markdown(
+    project: str,
+    entry: ModelVersion,
+    model: dict[str, Any],
+    thresholds: dict[str, float],
+    training_summary: dict[str, Any] | None,
+    probable_twins_rule: str,
+) -> str:
+    """A short card: what was trained on what, its parameters, and what it cannot do."""
+    prior = entry.probability_two_random_records_match
+    lines = [
+        f"# Model card: {project} v{entry.version}",
+        "",
+        f"- Created: {entry.created_at}",
+        f"- Splink: {entry.splink_version}; link type: {model.get('link_type')}",
+        f"- Config hash: `{entry.config_hash}`",
+        f"- Training data fingerprint: `{entry.training_data_fingerprint}`",
+        f"- Prior probability two random records match: {prior:.3e} "
+        f"(match weight {math.log2(prior / (1 - prior)):+.2f})",
+        "- Clustering thresholds (match probability): "
+        + ", ".join(f"{k} {v}" for k, v in thresholds.items()),
+        f"- Probable-twins rule: {probable_twins_rule} (pairs with the same date of birth and "
+        "different given names, at most sharing an initial, are not linked)",
+        "",
+        "## Training",
+        "",
+    ]
+    if training_summary:
+        lines.append(
+            "Prior from deterministic rules; u by random sampling; m by expectation "
+            "maximisation over these blocking rules:"
+        )
+        lines.append("")
+        for s in training_summary.get("em_sessions", []):
+            lines.append(f"- `{s['blocking_rule']}`")
+        floored = training_summary.get("m_probabilities_floored") or []
+        lines.append("")
+        lines.append(
+            "Levels whose m probability EM drove below 1e-5 (never seen among matches in the "
+            "training data) were raised to 1e-5 so they cannot veto a link on their own: "
+            + (", ".join(floored) if floored else "none")
+            + "."
+        )
+    else:
+        lines.append("This run reused an earlier version; no training was done.")
+    lines += [
+        "",
+        "## Parameters",
+        "",
+        "| comparison | level | m | u | match weight |",
+        "|---|---|---|---|---|",
+    ]
+    for comp in model.get("comparisons", []):
+        for level in comp.get("comparison_levels", []):
+            if level.get("is_null_level"):
+                continue
+            m, u = level.get("m_probability"), level.get("u_probability")
+            label = level.get("label_for_charts") or level.get("sql_condition", "")
+            lines.append(
+                f"| {comp.get('output_column_name')} | {label} | "
+                f"{'' if m is None else f'{m:.4g}'} | {'' if u is None else f'{u:.4g}'} | "
+                f"{_weight(m, u)} |"
+            )
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        "- Fellegi-Sunter assumes comparisons are independent given match status; people who "
+        "share a household, surname and birth date (twins) break this, hence the twins rule.",
+        "- Women who changed surname and moved address between records are hard to link.",
+        "- Parameters are estimated without labels; see the manifest for measured accuracy "
+        "where ground truth exists.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,264 @@
+"""The output contract: where every output of a run lives, what the engine's tables are
+called, the columns of what is published, and the stage records a run leaves behind.
+
+Every reader and writer takes these names from here, so the layout is spelt out once.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The three clustering thresholds, strictest first, and the person-id column of each.
+THRESHOLDS = ("high_precision", "balanced", "high_recall")
+PERSON_ID_COLUMNS = {
+    "high_precision": "person_id_high_precision",
+    "balanced": "person_id",
+    "high_recall": "person_id_high_recall",
+}
+
+# Columns of the published person lookup, and the first columns of the event timeline.
+LOOKUP_COLUMNS = (
+    "source_dataset",
+    "source_record_id",
+    "person_id",
+    "person_id_high_precision",
+    "person_id_high_recall",
+    "linking_snapshot_date",
+)
+EVENT_BASE_COLUMNS = ("person_id", "source_dataset", "source_record_id", "event_date", "event_type")
+# Columns of a quarantine file after the source's own columns.
+QUARANTINE_COLUMNS = ("quarantine_reason", "delivery", "delivery_file", "row_number")
+
+
+class ReconciliationError(RuntimeError):
+    """Rows in did not equal rows linked + rows quarantined: the run must not publish."""
+
+
+class Tables:
+    """Names of the tables runs keep in the engine (the working database)."""
+
+    DELIVERY_STATUS = "joinedup_deliveries"
+    NICKNAMES = "ref_nicknames"
+    POSTCODE_REGIONS = "ref_postcode_regions"
+    PAIRWISE_PREDICTIONS = "pairwise_predictions"  # every scored pair above the floor
+    PAIRS_FOR_CLUSTERING = "pairs_for_clustering"  # the pairs clustering may use
+    PERSON_LOOKUP = "person_lookup"
+    EVENTS = "events"
+
+    @staticmethod
+    def raw_delivery(delivery_suffix: str) -> str:
+        return f"raw__{delivery_suffix}"
+
+    @staticmethod
+    def standardised_delivery(delivery_suffix: str) -> str:
+        return f"std__{delivery_suffix}"
+
+    @staticmethod
+    def checked(source: str) -> str:
+        """A source's standardised rows, each with its quarantine reason (or none)."""
+        return f"checked_{source}"
+
+    @staticmethod
+    def accepted(source: str) -> str:
+        return f"accepted_{source}"
+
+    @staticmethod
+    def raw(source: str) -> str:
+        return f"raw_{source}"
+
+    @staticmethod
+    def quarantined(source: str) -> str:
+        return f"quarantined_{source}"
+
+    @staticmethod
+    def linkage_input(source: str) -> str:
+        return f"linkage_input_{source}"
+
+    @staticmethod
+    def clusters(threshold: str) -> str:
+        return f"clusters_{threshold}"
+
+
+@dataclass(frozen=True)
+class DeliveryTables:
+    """One delivery as the linkage sees it: its raw rows and, once accepted, its
+    standardised rows (None when validation rejected it, with the failed checks)."""
+
+    key: str
+    raw_table: str
+    standardised_table: str | None
+    rejection: str = ""
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Every path under a project's output folder."""
+
+    root: Path
+
+    # --- published -----------------------------------------------------------------------
+    @property
+    def linked_dir(self) -> Path:
+        return self.root / "linked"
+
+    @property
+    def person_lookup(self) -> Path:
+        return self.linked_dir / "person_lookup.parquet"
+
+    @property
+    def events(self) -> Path:
+        return self.linked_dir / "events.parquet"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    # --- quarantine, model, review -------------------------------------------------------
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    def quarantine_file(self, source: str) -> Path:
+        return self.quarantine_dir / f"{source}.parquet"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def model_card(self) -> Path:
+        return self.model_dir / "model_card.md"
+
+    @property
+    def review_dir(self) -> Path:
+        return self.root / "review"
+
+    @property
+    def review_labels(self) -> Path:
+        return self.review_dir / "labels.parquet"
+
+    # --- validation and reports ----------------------------------------------------------
+    @property
+    def validation_dir(self) -> Path:
+        """Validation results per delivery, and the Great Expectations project (gx/)."""
+        return self.root / "quality"
+
+    def validation_result(self, source: str, delivery: str) -> Path:
+        return self.validation_dir / source / f"{delivery}.validation.json"
+
+    @property
+    def data_docs_index(self) -> Path:
+        return (
+            self.validation_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+        )
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def linkage_report(self) -> Path:
+        return self.reports_dir / "linkage_report.html"
+
+    @property
+    def linkage_quality(self) -> Path:
+        return self.reports_dir / "linkage_quality.json"
+
+    @property
+    def data_owner_dir(self) -> Path:
+        return self.reports_dir / "quality"
+
+    @property
+    def data_owner_index(self) -> Path:
+        return self.data_owner_dir / "index.html"
+
+    def data_owner_page(self, source: str, delivery: str) -> Path:
+        return self.data_owner_dir / source / f"{delivery}.html"
+
+    @property
+    def diagnostics_dir(self) -> Path:
+        return self.reports_dir / "diagnostics"
+
+    # --- working state -------------------------------------------------------------------
+    @property
+    def work_dir(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.work_dir / "stages"
+
+    def stage_record(self, name: str) -> Path:
+        return self.stage_dir / f"{name}.json"
+
+
+# --- the graph's public names ----------------------------------------------------------
+#
+# The code location (dagster_project) defines these jobs; the CLI runs them by name.
+
+RELINK_JOB = "relink"  # linkage, publication and quality, from accepted deliveries
+REVIEW_SAMPLE_JOB = "review_sample"
+REVIEW_IMPORT_JOB = "review_import"
+# Steps that take run configuration, by their step (op) names.
+MODEL_STEP = "linkage__model"  # model_version: reuse a registered model
+EVALUATION_STEP = "quality__measured_accuracy"  # ground_truth: a Parquet file
+SAMPLE_STEP = "review__clerical_sample"  # n, seed, path
+DECISIONS_STEP = "review__clerical_labels"  # path
+
+
+def ingest_job_name(source: str) -> str:
+    """The partitioned job that ingests, checks and standardises a source's deliveries."""
+    return f"ingest_{source}"
+
+
+# --- stage records -----------------------------------------------------------------------
+#
+# Each step of a run leaves a small JSON record (counts, timings, never row values) that
+# later steps and the manifest read. Names: the step, and for per-delivery steps
+# "<step>__<delivery suffix>".
+
+
+class StageNotRun(FileNotFoundError):
+    """A step needs the record of one that has not run yet for this output folder."""
+
+
+def save_record(layout: OutputLayout, name: str, record: dict[str, Any]) -> None:
+    path = layout.stage_record(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str))
+
+
+def load_record(layout: OutputLayout, name: str) -> dict[str, Any]:
+    path = layout.stage_record(name)
+    if not path.exists():
+        raise StageNotRun(f"{path}: stage '{name}' has not run yet for this output folder")
+    return json.loads(path.read_text())
+
+
+def forget_record(layout: OutputLayout, name: str) -> None:
+    layout.stage_record(name).unlink(missing_ok=True)
+
+
+def records_of(layout: OutputLayout, step: str) -> list[dict[str, Any]]:
+    """Every record of one step (one per delivery for per-delivery steps)."""
+    paths = sorted(layout.stage_dir.glob(f"{step}.json")) + sorted(
+        layout.stage_dir.glob(f"{step}__*.json")
+    )
+    return [json.loads(p.read_text()) for p in paths]
+
+
+@contextmanager
+def measured() -> Iterator[dict[str, float]]:
+    """Seconds taken, and the process's peak memory so far, for a stage record."""
+    figures: dict[str, float] = {}
+    start = time.perf_counter()
+    yield figures
+    figures["seconds"] = round(time.perf_counter() - start, 3)
+    figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

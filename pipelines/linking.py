@@ -1,0 +1,133 @@
+"""The linkage steps on an engine: train (or reuse) a model, score pairs, cluster. The model
+itself is linkage_models'; this module gives its results the contract's table names."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from linkage_models import linkage
+from linkage_models.model_card import model_card_markdown
+from linkage_models.project import LoadedProject, ModelSpec
+from linkage_models.registry import ModelRegistry
+from pipelines.contract import THRESHOLDS, OutputLayout, Tables
+from pipelines.deliveries import delivery_statuses
+from pipelines.engines import Engine
+
+
+def training_data_fingerprint(engine: Engine) -> str:
+    """Which deliveries (by content hash and status) a model was trained on."""
+    digest = hashlib.sha256()
+    for row in delivery_statuses(engine):
+        digest.update(f"{row['source']}:{row['delivery']}:{row['sha256']}:{row['status']}".encode())
+    return digest.hexdigest()
+
+
+def train_or_reuse(
+    engine: Engine,
+    project: LoadedProject,
+    input_tables: dict[str, str],
+    model_version: str | None = None,
+) -> dict[str, Any]:
+    """Train and register a new model version, or reuse a registered one; writes the card."""
+    spec = project.spec
+    layout = OutputLayout(project.output_dir)
+    registry = ModelRegistry(layout.model_dir)
+    summary: dict[str, Any] | None = None
+    if model_version is not None:
+        entry, trained = registry.load(model_version)
+    else:
+        linker = linkage.make_linker(engine.splink_api(), input_tables, spec.model)
+        summary = linkage.train(linker, spec.model.training)
+        trained = linker.misc.save_model_to_json()
+        summary["m_probabilities_floored"] = linkage.floor_m_probabilities(trained)
+        entry = registry.register(
+            trained,
+            config_hash=project.config_hash,
+            training_data_fingerprint=training_data_fingerprint(engine),
+        )
+    layout.model_card.write_text(
+        model_card_markdown(
+            spec.project,
+            entry,
+            trained,
+            spec.model.thresholds.as_dict(),
+            summary,
+            spec.model.probable_twins_rule,
+        )
+    )
+    return {
+        **asdict(entry),
+        "path": str(layout.model_dir / entry.path),
+        "trained_in_this_run": summary is not None,
+    }
+
+
+def trained_linker(
+    engine: Engine, project: LoadedProject, model_path: str, input_tables: dict[str, str]
+) -> tuple[Any, Any]:
+    """Splink's database API over the engine and a linker with the trained model."""
+    db_api = engine.splink_api()
+    trained = json.loads(Path(model_path).read_text())
+    return db_api, linkage.make_linker(db_api, input_tables, project.spec.model, trained)
+
+
+def predict(
+    engine: Engine, project: LoadedProject, model_path: str, input_tables: dict[str, str]
+) -> dict[str, Any]:
+    """Score blocked pairs into PAIRWISE_PREDICTIONS; the pairs clustering may use (after
+    the probable-twins rule) into PAIRS_FOR_CLUSTERING."""
+    _, linker = trained_linker(engine, project, model_path, input_tables)
+    predictions = linkage.predict(linker)
+    scored = engine.count(predictions.blocked_pairs_table)
+    engine.create_table(Tables.PAIRWISE_PREDICTIONS, f"SELECT * FROM {predictions.table}")
+    removed = apply_pair_rules(
+        engine, project.spec.model, Tables.PAIRWISE_PREDICTIONS, Tables.PAIRS_FOR_CLUSTERING
+    )
+    return {
+        "scored": scored,
+        "kept_above_floor": engine.count(Tables.PAIRWISE_PREDICTIONS),
+        "prediction_floor": linkage.PREDICTION_FLOOR,
+        "removed_by_probable_twins_rule": removed,
+    }
+
+
+def apply_pair_rules(engine: Engine, model: ModelSpec, scored: str, kept: str) -> int:
+    """The scored pairs clustering may use, as table `kept`; returns how many the
+    probable-twins rule removed (none when the rule is off)."""
+    condition = linkage.probable_twins_condition(model)
+    where = f" WHERE NOT {condition}" if condition else ""
+    engine.create_table(kept, f"SELECT * FROM {scored}{where}")
+    return engine.count(scored) - engine.count(kept)
+
+
+def cluster(
+    engine: Engine, project: LoadedProject, model_path: str, input_tables: dict[str, str]
+) -> dict[str, dict[str, int]]:
+    """Connected components at each threshold, as the contract's cluster tables."""
+    thresholds = project.spec.model.thresholds
+    db_api, linker = trained_linker(engine, project, model_path, input_tables)
+    tables = linkage.cluster_at_thresholds(linker, db_api, Tables.PAIRS_FOR_CLUSTERING, thresholds)
+    summary: dict[str, dict[str, int]] = {}
+    for name in THRESHOLDS:
+        clusters = Tables.clusters(name)
+        engine.create_table(
+            clusters, f"SELECT source_dataset, record_id, cluster_id FROM {tables[name]}"
+        )
+        links = engine.fetch(
+            f"SELECT count(*) FROM {Tables.PAIRS_FOR_CLUSTERING} "
+            f"WHERE match_probability >= {thresholds.as_dict()[name]}"
+        )[0][0]
+        persons, largest = engine.fetch(
+            f"SELECT count(*), max(n) FROM (SELECT count(*) AS n FROM {clusters} "
+            "GROUP BY cluster_id)"
+        )[0]
+        summary[name] = {
+            "links": int(links),
+            "persons": int(persons),
+            "largest_cluster": int(largest or 0),
+        }
+    return summary

@@ -1,0 +1,128 @@
+"""The manifest: linkage metadata of the last linkage (inputs with hashes, reconciliation,
+model, thresholds, pairs, links, error rates, timings), built from the records the steps
+left, so it says exactly what was done."""
+
+from __future__ import annotations
+
+import json
+import platform
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import splink
+
+from linkage_models.project import LoadedProject
+from pipelines.contract import OutputLayout, load_record, records_of
+from pipelines.deliveries import delivery_statuses
+from pipelines.engines import Engine
+
+# The steps whose timings the manifest reports, in the order a run takes them.
+STEPS = (
+    "ingest",
+    "validate",
+    "standardise",
+    "linkage_inputs",
+    "train",
+    "predict",
+    "cluster",
+    "publish",
+    "estimate_errors",
+    "evaluate",
+)
+
+
+def build_manifest(
+    engine: Engine, project: LoadedProject, run_id: str | None = None
+) -> dict[str, Any]:
+    """Linkage metadata for the last linkage, from the steps' records; reconciled."""
+    spec = project.spec
+    layout = OutputLayout(project.output_dir)
+    inputs = load_record(layout, "linkage_inputs")
+    model = load_record(layout, "train")
+    pairs = load_record(layout, "predict")
+    clusters = load_record(layout, "cluster")
+    published = load_record(layout, "publish")
+    estimated = load_record(layout, "estimate_errors")["estimated"]
+    evaluated = records_of(layout, "evaluate")
+    measured = evaluated[0]["measured"] if evaluated else None
+    sources = inputs["sources"]
+    rows_in = sum(s["rows_in"] for s in sources.values())
+    rows_quarantined = sum(s["rows_quarantined"] for s in sources.values())
+    statuses = delivery_statuses(engine)
+    stages: dict[str, dict[str, float]] = {}
+    for name in STEPS:
+        for rec in records_of(layout, name):
+            entry = stages.setdefault(name, {"seconds": 0.0, "peak_rss_mb": 0.0})
+            entry["seconds"] = round(entry["seconds"] + rec.get("seconds", 0.0), 3)
+            entry["peak_rss_mb"] = max(entry["peak_rss_mb"], rec.get("peak_rss_mb", 0.0))
+    document = {
+        "run_id": run_id or str(uuid.uuid4()),
+        "project": spec.project,
+        "config_path": str(project.config_path),
+        "config_hash": project.config_hash,
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "linking_snapshot_date": published["snapshot_date"],
+        "engine": engine.name,
+        "versions": {
+            "python": platform.python_version(),
+            "splink": splink.__version__,
+            **engine.versions(),
+        },
+        "inputs": [
+            {
+                "source": s.name,
+                "department": s.department,
+                "files": [
+                    {k: r[k] for k in ("delivery", "path", "rows", "sha256", "bytes", "status")}
+                    | {"critical_failures": r["detail"]}
+                    for r in statuses
+                    if r["source"] == s.name
+                ],
+            }
+            for s in spec.sources
+        ],
+        "pending_deliveries": inputs["pending_deliveries"],
+        "reconciliation": {
+            "rows_in": rows_in,
+            "rows_linked": published["rows"],
+            "rows_quarantined": rows_quarantined,
+            "reconciles": rows_in == published["rows"] + rows_quarantined,
+            "by_source": {
+                name: {
+                    "rows_in": s["rows_in"],
+                    "rows_accepted": s["rows_accepted"],
+                    "rows_quarantined": s["rows_quarantined"],
+                    "quarantined_by_reason": s["by_reason"],
+                    "values_set_missing": s["cleaning"],
+                    "quarantine_file": s["path"],
+                    "by_delivery": s["by_delivery"],
+                }
+                for name, s in sources.items()
+            },
+        },
+        "model": {
+            "version": model["version"],
+            "path": model["path"],
+            "trained_in_this_run": model["trained_in_this_run"],
+            "training_data_fingerprint": model["training_data_fingerprint"],
+            "config_hash_at_training": model["config_hash"],
+            "probability_two_random_records_match": model["probability_two_random_records_match"],
+        },
+        "thresholds": spec.model.thresholds.as_dict(),
+        "pairs": {k: v for k, v in pairs.items() if k not in ("seconds", "peak_rss_mb")},
+        "links": clusters["links"],
+        "outputs": {
+            **published["outputs"],
+            "linkage_report": str(layout.linkage_report),
+            "linkage_quality": str(layout.linkage_quality),
+        },
+        "estimated_error_rates": estimated,
+        "measured_accuracy": measured,
+        "stages": stages,
+    }
+    return document
+
+
+def write_manifest(layout: OutputLayout, document: dict[str, Any]) -> None:
+    layout.manifest.write_text(json.dumps(document, indent=2, default=str))
