@@ -24,7 +24,12 @@ from dagster_project.deliveries import (
     source_assets,
 )
 from dagster_project.linkage import linkage_assets
-from dagster_project.published import published_assets, reconciliation
+from dagster_project.published import (
+    estimated_error_rates,
+    identifier_echoes,
+    published_assets,
+    reconciliation,
+)
 from dagster_project.quality import quality_assets
 from dagster_project.resources import (
     EngineResource,
@@ -66,7 +71,7 @@ def build_definitions(project: LoadedProject, engine: str = "duckdb") -> dg.Defi
     ingest_jobs = [ingest_job(s) for s in sources]
     return dg.Definitions(
         assets=[*per_source, *linked, *review_assets()],
-        asset_checks=[reconciliation],
+        asset_checks=[reconciliation, estimated_error_rates, identifier_echoes],
         jobs=[relink, *ingest_jobs, *review_jobs()],
         sensors=[delivery_sensor(project, s, j) for s, j in zip(sources, ingest_jobs, strict=True)],
         schedules=[

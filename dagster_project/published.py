@@ -4,6 +4,7 @@ manifest that describes and reconciles it, with checks on what is published.
     published/person_lookup + published/events -> published/manifest
 """
 
+import json
 from datetime import date
 
 import dagster as dg
@@ -14,6 +15,7 @@ from dagster_project.steps import step
 from pipelines.contract import Tables, load_record
 from pipelines.manifest import build_manifest, write_manifest
 from pipelines.publish import publish_linked_dataset
+from quality.disclosure_checks import identifier_echo_rates
 
 PERSON_LOOKUP = dg.AssetKey(["published", "person_lookup"])
 EVENTS = dg.AssetKey(["published", "events"])
@@ -110,8 +112,6 @@ def published_assets() -> list[dg.AssetsDefinition]:
     description="Every row delivered is in the person lookup or in quarantine, per source.",
 )
 def reconciliation(project: LinkageProjectResource) -> dg.AssetCheckResult:
-    import json
-
     rec = json.loads(project.layout.manifest.read_text())["reconciliation"]
     off = [
         name
@@ -126,4 +126,64 @@ def reconciliation(project: LinkageProjectResource) -> dg.AssetCheckResult:
             "rows_quarantined": rec["rows_quarantined"],
             "sources_not_reconciled": ", ".join(off) or "none",
         },
+    )
+
+
+@dg.asset_check(
+    asset=MANIFEST,
+    name="estimated_error_rates",
+    description="Estimated pairwise precision and recall of the balanced person ids are at "
+    "least the project's floors (checks.min_estimated_precision / min_estimated_recall).",
+)
+def estimated_error_rates(project: LinkageProjectResource) -> dg.AssetCheckResult:
+    checks = project.project.spec.checks
+    balanced = json.loads(project.layout.manifest.read_text())["estimated_error_rates"]["balanced"]
+    low = [
+        f"{name} {balanced[name]:.4f} < {floor}"
+        for name, floor in (
+            ("precision", checks.min_estimated_precision),
+            ("recall", checks.min_estimated_recall),
+        )
+        if balanced[name] < floor
+    ]
+    return dg.AssetCheckResult(
+        passed=not low,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(low) or "within the floors",
+        metadata={
+            "estimated_precision": balanced["precision"],
+            "estimated_recall": balanced["recall"],
+        },
+    )
+
+
+@dg.asset_check(
+    asset=EVENTS,
+    name="identifier_echoes",
+    description="No published attribute repeats the record's own name, date of birth or "
+    "postcode (or its district or area) in more than checks.max_identifier_echo_rate of rows.",
+)
+def identifier_echoes(
+    project: LinkageProjectResource, engine: EngineResource
+) -> dg.AssetCheckResult:
+    p = project.project
+    accepted = [
+        n
+        for n, r in load_record(project.layout, "linkage_inputs")["sources"].items()
+        if r["accepted_table"]
+    ]
+    with engine.open(p) as e:
+        rates = identifier_echo_rates(e, p.spec, accepted)
+    limit = p.spec.checks.max_identifier_echo_rate
+    flagged = {column: rate for column, rate in rates.items() if rate > limit}
+    return dg.AssetCheckResult(
+        passed=not flagged,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            "attributes that repeat identifiers: "
+            + ", ".join(f"{c} ({r:.0%} of rows)" for c, r in flagged.items())
+            if flagged
+            else "no published attribute repeats an identifier"
+        ),
+        metadata={column: rate for column, rate in rates.items()},
     )

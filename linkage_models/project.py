@@ -320,6 +320,17 @@ class OutputSpec(_Strict):
     duckdb_memory_limit: str = "8GB"
 
 
+class ChecksSpec(_Strict):
+    """Checks on what a run publishes (reported as Dagster asset checks and in the run)."""
+
+    # Estimated pairwise precision and recall of the balanced person ids below these warn.
+    min_estimated_precision: float = Field(default=0.99, ge=0, le=1)
+    min_estimated_recall: float = Field(default=0.95, ge=0, le=1)
+    # A published attribute whose value equals the record's own name, date of birth,
+    # postcode (or its district or area) in more than this share of rows is flagged.
+    max_identifier_echo_rate: float = Field(default=0.01, ge=0, le=1)
+
+
 class OrchestrationSpec(_Strict):
     """How the Dagster code location watches for deliveries and relinks."""
 
@@ -334,6 +345,7 @@ class LinkageProject(_Strict):
     sources: list[SourceSpec] = Field(min_length=1)
     model: ModelSpec
     output: OutputSpec = OutputSpec()
+    checks: ChecksSpec = ChecksSpec()
     orchestration: OrchestrationSpec = OrchestrationSpec()
 
     @model_validator(mode="after")

@@ -99,7 +99,9 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
     # One blocking contract check per source's delivery; the manifest must reconcile.
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert checks == {(f"{s}/delivery", "delivery_contract") for s in SOURCES} | {
-        ("published/manifest", "reconciliation")
+        ("published/manifest", "reconciliation"),
+        ("published/manifest", "estimated_error_rates"),
+        ("published/events", "identifier_echoes"),
     }
 
     # The relink job and its schedule select all of the linkage, and no delivery.
@@ -342,3 +344,18 @@ def test_dagster_event_storage_holds_no_identifier_values(
     assert '"dagster/row_count"' in text  # metadata is there, and checked below
     identifiers = identifiers_of(small_data)
     assert identifiers.found_in(text) == []
+
+    # The checks on what is published ran: the demo's court region repeats the defendant's
+    # postcode area, and is flagged (a warning, so the run still published).
+    evaluations = {
+        e.dagster_event.event_specific_data.check_name: e.dagster_event.event_specific_data
+        for r in runs
+        for e in instance.all_logs(r.run_id)
+        if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    assert evaluations["reconciliation"].passed
+    assert evaluations["estimated_error_rates"].passed
+    echoes = evaluations["identifier_echoes"]
+    assert not echoes.passed
+    assert "magistrates_courts.court_region" in echoes.description
+    assert "offence_group" not in echoes.description

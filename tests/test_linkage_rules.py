@@ -107,3 +107,42 @@ def test_person_id_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert person_id_key("bold") == "a secret"
     monkeypatch.delenv("JOINEDUP_PERSON_ID_KEY")
     assert person_id_key("bold") != "a secret"
+
+
+def test_attributes_that_repeat_identifiers_are_measured(any_engine: Engine) -> None:
+    from linkage_models.project import SourceSpec
+    from quality.disclosure_checks import identifier_echo_rates
+
+    project = load_project(DEMO_CONFIG).spec
+    courts = project.source("magistrates_courts")
+    spec = project.model_copy(
+        update={
+            "sources": [
+                SourceSpec.model_validate(
+                    {**courts.model_dump(), "attributes": ["court_region", "offence_group", "ref"]}
+                )
+            ]
+        }
+    )
+    any_engine.load_frame(
+        "accepted_magistrates_courts",
+        pd.DataFrame(
+            {
+                "given_name": ["ann", "bob", "cy", "di"],
+                "family_name": ["smith", "jones", "lee", "khan"],
+                "date_of_birth": pd.to_datetime(["1980-01-02"] * 4).date,
+                "postcode": ["LS1 4AP", "M1 1AA", "B2 4QA", "E1 6AN"],
+                "postcode_district": ["LS1", "M1", "B2", "E1"],
+                "postcode_area": ["LS", "M", "B", "E"],
+                "court_region": ["ls", "M", "NE", "E"],  # the postcode area, three times in 4
+                "offence_group": ["theft"] * 4,
+                "ref": ["1980-01-02", "", None, "x"],  # a date of birth in disguise, 1 in 2
+            }
+        ),
+    )
+    rates = identifier_echo_rates(any_engine, spec, ["magistrates_courts"])
+    assert rates == {
+        "magistrates_courts.court_region": 0.75,
+        "magistrates_courts.offence_group": 0.0,
+        "magistrates_courts.ref": 0.5,
+    }

@@ -1,0 +1,47 @@
+"""Checks on what is published: attributes that repeat a record's identifiers.
+
+An attribute declared as non-identifying can still be an identifier in disguise (a court
+region that is the defendant's postcode area, a "reference" that is a date of birth). For
+each published attribute, the share of records whose value equals that record's own given
+name, family name, date of birth, postcode, postcode district or postcode area.
+"""
+
+from __future__ import annotations
+
+from linkage_models.project import LinkageProject
+from pipelines.contract import Tables
+from pipelines.engines import Engine
+from pipelines.sql import ident
+
+# What an attribute's value is compared with: the record's own standardised identifiers.
+_ECHOES = (
+    "upper(given_name)",
+    "upper(family_name)",
+    "CAST(date_of_birth AS VARCHAR)",
+    "replace(postcode, ' ', '')",
+    "postcode_district",
+    "postcode_area",
+)
+
+
+def identifier_echo_rates(
+    engine: Engine, project: LinkageProject, accepted_sources: list[str]
+) -> dict[str, float]:
+    """Per published attribute (as `source.column`), the share of its non-empty values that
+    equal one of the same record's identifiers."""
+    rates: dict[str, float] = {}
+    for source in project.sources:
+        if source.name not in accepted_sources:
+            continue
+        for attribute in source.attributes:
+            value = f"upper(replace(trim({ident(attribute)}), ' ', ''))"
+            echoes = " OR ".join(f"{value} = {e}" for e in _ECHOES)
+            filled, echoed = engine.fetch(
+                f"SELECT count(*), count(*) FILTER (WHERE {echoes}) "
+                f"FROM {Tables.accepted(source.name)} "
+                f"WHERE nullif(trim({ident(attribute)}), '') IS NOT NULL"
+            )[0]
+            rates[f"{source.name}.{attribute}"] = (
+                round(int(echoed) / int(filled), 6) if filled else 0.0
+            )
+    return rates
