@@ -24,6 +24,25 @@ ESTIMATED_ERROR_RATES = dg.AssetKey(["quality", "estimated_error_rates"])
 MEASURED_ACCURACY = dg.AssetKey(["quality", "measured_accuracy"])
 
 
+def error_rate_table(manifest: dict) -> str:
+    """Pairwise precision and recall per threshold as a Markdown table: estimated (95%
+    interval), and measured where ground truth was given."""
+    measured = manifest.get("measured_accuracy") or {}
+    lines = [
+        "| threshold | precision (est.) | recall (est.) | precision (meas.) | recall (meas.) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, e in manifest["estimated_error_rates"].items():
+        m = measured.get(name)
+        lines.append(
+            f"| {name} | {e['precision']:.4f} ({e['precision_95ci'][0]:.4f}–"
+            f"{e['precision_95ci'][1]:.4f}) | {e['recall']:.4f} ({e['recall_95ci'][0]:.4f}–"
+            f"{e['recall_95ci'][1]:.4f}) | "
+            + (f"{m['precision']:.4f} | {m['recall']:.4f} |" if m else "— | — |")
+        )
+    return "\n".join(lines)
+
+
 def published_assets() -> list[dg.AssetsDefinition]:
     @dg.multi_asset(
         specs=[
@@ -92,6 +111,7 @@ def published_assets() -> list[dg.AssetsDefinition]:
         balanced = document["estimated_error_rates"]["balanced"]
         return dg.MaterializeResult(
             metadata={
+                "error_rates": dg.MetadataValue.md(error_rate_table(document)),
                 "estimated_precision_balanced": balanced["precision"],
                 "estimated_recall_balanced": balanced["recall"],
                 "reconciles": rec["reconciles"],

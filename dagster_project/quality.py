@@ -123,7 +123,7 @@ def quality_assets() -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(
             metadata={
                 "reports": len(written),
-                "index": dg.MetadataValue.path(str(s.layout.data_owner_index)),
+                "index": dg.MetadataValue.url(s.layout.data_owner_index.as_uri()),
             }
         )
 
@@ -185,8 +185,8 @@ def quality_assets() -> list[dg.AssetsDefinition]:
             html, data = write_linkage_report(s.engine, s.project, written, truth_space)
         return dg.MaterializeResult(
             metadata={
-                "report": dg.MetadataValue.path(str(html)),
-                "linkage_quality": dg.MetadataValue.path(str(data)),
+                "report": dg.MetadataValue.url(html.as_uri()),
+                "linkage_quality": dg.MetadataValue.url(data.as_uri()),
             }
         )
 

@@ -7,11 +7,12 @@ bound instead).
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, select_autoescape
+from jinja2 import Environment, PackageLoader, select_autoescape
 
 from linkage_models.project import LoadedProject
 from pipelines.contract import OutputLayout, Tables
@@ -83,85 +84,6 @@ def _values_set_missing(engine: Engine, source: str, delivery: str) -> dict[str,
     return dict(zip(labels, (int(v or 0) for v in row), strict=True))
 
 
-TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>{{ title }}</title>
-<style>
- body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #1b1b1b; }
- h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
- table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
- th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #ddd; }
- td.n { text-align: right; font-variant-numeric: tabular-nums; }
- .pass { color: #0b6e2e; font-weight: 600; } .fail { color: #b00020; font-weight: 600; }
- .warn { color: #8a5300; font-weight: 600; }
- .verdict { padding: .8rem 1rem; border-radius: .4rem; background: #f3f6f4; }
- .verdict.rejected { background: #fdecee; } .note { color: #555; font-size: .9rem; }
-</style></head><body>
-<h1>{{ title }}</h1>
-<p class="note">{{ department }} · delivery <strong>{{ delivery }}</strong> · report written
- {{ written }}. Counts from 1 to 9 are shown as "&lt;10".</p>
-<div class="verdict {{ 'rejected' if rejected else '' }}">
-{% if rejected %}<strong>This delivery was not linked.</strong> It failed
- {{ critical|length }} critical check(s): {{ critical|join(', ') }}. Its {{ rows }} rows are held
- in quarantine; send a corrected file with the same name to replace it.
-{% else %}<strong>This delivery was accepted.</strong> {{ rows }} rows received,
- {{ accepted }} linked, {{ quarantined }} held back (reasons below).{% endif %}
-</div>
-
-<h2>Checks on the delivery</h2>
-<table><tr><th>What we check</th><th>Importance</th><th>Result</th>
-<th>Rows not meeting it</th><th>Share</th></tr>
-{% for e in expectations %}<tr><td>{{ e.description }}</td><td>{{ e.severity }}</td>
-<td class="{{ 'pass' if e.success else ('fail' if e.severity == 'critical' else 'warn') }}">
-{{ 'met' if e.success else 'not met' }}</td><td class="n">{{ e.failing }}</td>
-<td class="n">{{ e.share }}</td></tr>{% endfor %}
-</table>
-{% if data_docs %}<p class="note">Technical detail: <a href="{{ data_docs }}">Great Expectations
- Data Docs</a>.</p>{% endif %}
-
-<h2>Completeness of identifying fields</h2>
-<table><tr><th>Field</th><th>Column</th><th>Missing</th><th>Filled in</th></tr>
-{% for c in completeness %}<tr><td>{{ c.field }}</td><td>{{ c.column }}</td>
-<td class="n">{{ c.missing }}</td><td class="n">{{ c.filled }}</td></tr>{% endfor %}
-</table>
-
-<h2>Values we could not use (row kept, value treated as missing)</h2>
-<table><tr><th>Problem</th><th>Rows</th></tr>
-{% for label, n in set_missing %}<tr><td>{{ label }}</td><td class="n">{{ n }}</td></tr>
-{% else %}<tr><td colspan="2">Not assessed (delivery not standardised)</td></tr>{% endfor %}
-</table>
-
-<h2>Rows held back (quarantine)</h2>
-<table><tr><th>Reason</th><th>Rows</th></tr>
-{% for reason, n in quarantine %}<tr><td>{{ reason }}</td><td class="n">{{ n }}</td></tr>
-{% else %}<tr><td colspan="2">None</td></tr>{% endfor %}
-</table>
-
-<h2>How well the records linked</h2>
-{% if rejected %}<p>Not linked: the delivery was rejected.</p>{% else %}
-<table><tr><th>Measure</th><th>Records</th><th>Share</th></tr>
-<tr><td>Linked to at least one record from another department</td>
-<td class="n">{{ link.linked }}</td><td class="n">{{ link.linked_share }}</td></tr>
-<tr><td>Same person appears more than once in this source (within-source duplicates)</td>
-<td class="n">{{ link.dupes }}</td><td class="n">{{ link.dupes_share }}</td></tr>
-</table>
-<p class="note">Links use the balanced threshold of the latest linkage run.</p>{% endif %}
-</body></html>
-"""
-
-INDEX = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ project }}: delivery quality</title>
-<style>body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; }
-td, th { padding: .3rem .6rem; text-align: left; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; }</style></head><body>
-<h1>{{ project }}: delivery quality reports</h1>
-<table><tr><th>Source</th><th>Department</th><th>Delivery</th><th>Status</th></tr>
-{% for r in rows %}<tr><td>{{ r.source }}</td><td>{{ r.department }}</td>
-<td><a href="{{ r.href }}">{{ r.delivery }}</a></td><td>{{ r.status }}</td></tr>{% endfor %}
-</table></body></html>
-"""
-
-
 def write_quality_reports(
     engine: Engine,
     project: LoadedProject,
@@ -173,8 +95,13 @@ def write_quality_reports(
     `deliveries` are the delivery status rows (source, delivery, ...); `linkage_inputs`
     the per-source counts the linkage took them with."""
     layout = OutputLayout(project.output_dir)
-    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
-    page, index = env.from_string(TEMPLATE), env.from_string(INDEX)
+    env = Environment(
+        loader=PackageLoader("quality", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
+    page = env.get_template("data_owner_page.html.j2")
+    index = env.get_template("data_owner_index.html.j2")
+    written_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     written: list[Path] = []
     index_rows = []
     for row in deliveries:
@@ -208,18 +135,21 @@ def write_quality_reports(
             if e.key.endswith("_completeness")
         ]
         link = _link_rates(engine, source.name, key)
+        page_path = layout.data_owner_page(source.name, key)
         html = page.render(
             title=f"Quality report: {source.name}",
             department=source.department,
             delivery=key,
-            written=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            written=written_at,
             rejected=stats["status"] == "rejected",
             critical=[e.description for e in outcome.critical_failures],
             rows=suppress_count(rows_in),
             accepted=suppress_count(stats["rows_accepted"]),
             quarantined=suppress_count(stats["rows_quarantined"]),
             expectations=expectations,
-            data_docs=outcome.data_docs_index,
+            data_docs=os.path.relpath(layout.data_docs_index, page_path.parent)
+            if outcome.data_docs_index
+            else None,
             completeness=completeness,
             set_missing=[
                 (k, suppress_count(v))
@@ -236,10 +166,9 @@ def write_quality_reports(
                 "dupes_share": suppress_rate(link["within_source_duplicates"], link["records"]),
             },
         )
-        path = layout.data_owner_page(source.name, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(html)
-        written.append(path)
+        page_path.parent.mkdir(parents=True, exist_ok=True)
+        page_path.write_text(html)
+        written.append(page_path)
         index_rows.append(
             {
                 "source": source.name,
@@ -247,9 +176,16 @@ def write_quality_reports(
                 "delivery": key,
                 "status": stats["status"],
                 "href": f"{source.name}/{key}.html",
+                "rows": suppress_count(rows_in),
+                "accepted": suppress_count(stats["rows_accepted"]),
+                "quarantined": suppress_count(stats["rows_quarantined"]),
+                "not_met": [e.description for e in outcome.critical_failures]
+                + [f"{e.description} (warning)" for e in outcome.warnings],
             }
         )
     target = layout.data_owner_index
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(index.render(project=project.spec.project, rows=index_rows))
+    target.write_text(
+        index.render(project=project.spec.project, rows=index_rows, written=written_at)
+    )
     return written

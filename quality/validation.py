@@ -145,6 +145,30 @@ def validation_frame_sql(source: SourceSpec, raw_table: str) -> str:
     return f"SELECT {', '.join(cols)} FROM {raw_table} ORDER BY _row_number"
 
 
+# strptime directives as a person writes a date layout.
+_READABLE = {
+    "%Y": "yyyy",
+    "%y": "yy",
+    "%m": "mm",
+    "%d": "dd",
+    "%b": "Mon",
+    "%B": "Month",
+    "%H": "hh",
+    "%M": "mi",
+    "%S": "ss",
+    "%-m": "m",
+    "%-d": "d",
+}
+
+
+def readable_date_format(strptime_format: str) -> str:
+    """'%d/%m/%Y' as 'dd/mm/yyyy': how a data owner would describe the layout."""
+    text = strptime_format
+    for directive in sorted(_READABLE, key=len, reverse=True):
+        text = text.replace(directive, _READABLE[directive])
+    return text
+
+
 def build_expectations(source: SourceSpec, today: date | None = None) -> list[ExpectationSpec]:
     """The delivery contract for `source`, from its config (pure: no data, no GX objects)."""
     v = source.validation
@@ -187,7 +211,8 @@ def build_expectations(source: SourceSpec, today: date | None = None) -> list[Ex
         specs.append(
             ExpectationSpec(
                 f"{key}_parseable",
-                f"Dates in {mapping.column} read as {' or '.join(mapping.formats)} "
+                f"Dates in {mapping.column} read as "
+                f"{' or '.join(readable_date_format(f) for f in mapping.formats)} "
                 f"(at most {v.max_unparseable_date_rate:.0%} unreadable)",
                 "critical",
                 "expect_column_values_to_be_in_set",
@@ -219,7 +244,7 @@ def build_expectations(source: SourceSpec, today: date | None = None) -> list[Ex
         specs.append(
             ExpectationSpec(
                 "sex_codes_declared",
-                f"Sex ({ids.sex.column}) uses only the declared codes {codes}",
+                f"Sex ({ids.sex.column}) uses only the declared codes {', '.join(codes)}",
                 "critical",
                 "expect_column_values_to_be_in_set",
                 {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -211,6 +212,19 @@ def test_a_delivery_failing_a_critical_check_is_stopped_and_others_link(
     report = result.output_dir / "reports" / "quality" / "prisons" / "2024-01.parquet.html"
     text = report.read_text()
     assert "This delivery was not linked" in text and "Sex (sex) uses only" in text
+    # The Data Docs link is relative (the reports folder can be moved) and leads somewhere.
+    (docs_link,) = re.findall(r'href="([^"]*index.html)">Great Expectations', text)
+    assert not docs_link.startswith(("/", "file:")) and (report.parent / docs_link).exists()
+    # The index shows each delivery's counts and failures at a glance.
+    index = html_tables((report.parent.parent / "index.html").read_text())[0]
+    rows = {r[0]: dict(zip(index[0], r, strict=True)) for r in index[1:]}
+    assert rows["prisons"]["Status"] == "rejected"
+    assert rows["prisons"]["Rows received"] == f"{len(frame):,}"
+    assert rows["prisons"]["Linked"] == "0"
+    assert rows["prisons"]["Checks not met"].startswith("Sex (sex) uses only the declared codes")
+    courts = manifest["reconciliation"]["by_source"]["magistrates_courts"]
+    assert rows["magistrates_courts"]["Status"] == "accepted"
+    assert rows["magistrates_courts"]["Linked"] == f"{courts['rows_accepted']:,}"
     validation = json.loads(
         (result.output_dir / "quality" / "prisons" / "2024-01.parquet.validation.json").read_text()
     )

@@ -41,7 +41,9 @@ def test_suite_is_built_from_the_source_contract() -> None:
     assert specs["date_of_birth_parseable"].severity == "critical"
     assert specs["postcode_well_formed"].severity == "warning"
     assert specs["date_of_birth_plausible"].kwargs["max_value"] == 20260102
-    assert "%d/%m/%Y" in specs["date_of_birth_parseable"].description
+    # In the data owner's terms, not strptime's or Python's.
+    assert "read as dd/mm/yyyy" in specs["date_of_birth_parseable"].description
+    assert "codes 0, 1, 2, 9, F, FEMALE," in specs["sex_codes_declared"].description
 
 
 def test_extra_expectations_from_yaml_are_added() -> None:
