@@ -22,6 +22,7 @@ from linkage_models.project import LoadedProject
 from pipelines.contract import OutputLayout, Tables
 from pipelines.engines import Engine
 from quality.bias import bias_tables
+from quality.charts import report_charts
 from quality.clerical_review import clerical_estimates, current_labels
 from quality.reports import suppress_count, suppress_rate
 from quality.validation import load_outcome
@@ -206,6 +207,7 @@ def render_linkage_report(q: dict[str, Any], diagnostics: list[dict[str, Any]]) 
         rate=suppress_rate,
         small=small,
         pct=lambda x: "—" if x is None else f"{x:.2%}",
+        charts=report_charts(q),
     )
 
 

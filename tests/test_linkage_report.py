@@ -154,3 +154,19 @@ def test_diagnostics_are_offline_html_linked_from_the_report(small_run: RunResul
         assert not re.search(r"<script[^>]*\bsrc=", (folder / name).read_text())
     # Those showing record values are marked as secure-setting only.
     assert html.count("shows identifiers: secure setting only") == 5
+
+
+def test_report_draws_its_figures_as_static_charts(small_run: RunResult) -> None:
+    """Error rates, cluster sizes and bias are drawn as inline SVG (no script, no network),
+    and a chart never draws what the tables suppress."""
+    from quality.charts import cluster_size_rows
+
+    html, data = _report(small_run)
+    for chart in ("chart-error-rates", "chart-clusters", "chart-bias-source", "chart-bias-sex"):
+        figure = html.split(f'id="{chart}"', 1)[1].split("</figure>", 1)[0]
+        assert "<svg" in figure and "</svg>" in figure, chart
+    distribution = data["quality"]["clusters"]["distribution"]
+    drawn = cluster_size_rows(distribution)
+    assert any(r["persons"] < 10 for r in distribution)  # this data has small sizes...
+    assert all(r["persons"] >= 10 for r in drawn)  # ...which are not drawn
+    assert [r for r in distribution if r["persons"] >= 10] == drawn
