@@ -11,12 +11,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import dagster as dg
+
 from dagster_project.resources import EngineResource, LinkageProjectResource
-from linkage_models.project import LoadedProject
-from pipelines.contract import OutputLayout, measured, save_record
+from linkage_models.project import ConfigError, LoadedProject
+from pipelines.contract import OutputLayout, ReconciliationError, measured, save_record
+from pipelines.deliveries import SourceError
 from pipelines.engines import Engine
 
 log = logging.getLogger("joinedup.steps")
+EXPECTED_FAILURES = (SourceError, ConfigError, ReconciliationError)
 
 
 @dataclass
@@ -34,9 +38,14 @@ def step(
     """Run one step; on success its record is saved as `record_name` with its timings."""
     loaded = project.project
     log.info("%s started", record_name, extra={"step": record_name, "event": "started"})
-    with engine.open(loaded) as e, measured() as figures:
-        current = Step(loaded, project.layout, e)
-        yield current
+    try:
+        with engine.open(loaded) as e, measured() as figures:
+            current = Step(loaded, project.layout, e)
+            yield current
+    except EXPECTED_FAILURES as exc:
+        # A problem with the project or its data: its message names the file, column or
+        # key, and a stack trace around it would only hide it.
+        raise dg.Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=False) from None
     save_record(current.layout, record_name, {**current.record, **figures})
     log.info(
         "%s finished in %.1f s",

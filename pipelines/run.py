@@ -90,7 +90,10 @@ def _failure_message(result: Any) -> str:
         if event.event_type_value == "STEP_FAILURE":
             message = _innermost_message(event.event_specific_data.error)
             cls, _, text = message.partition(": ")
-            return f"{event.step_key}: {cls.rsplit('.', 1)[-1]}: {text}"
+            cls = cls.rsplit(".", 1)[-1]
+            if cls == "Failure":  # a step's own short message, already naming the problem
+                return f"{event.step_key}: {text.strip()}"
+            return f"{event.step_key}: {cls}: {text}"
     return "the run failed without a step failure (see the Dagster logs)"
 
 
