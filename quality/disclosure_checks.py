@@ -3,7 +3,8 @@
 An attribute declared as non-identifying can still be an identifier in disguise (a court
 region that is the defendant's postcode area, a "reference" that is a date of birth). For
 each published attribute, the share of records whose value equals that record's own given
-name, family name, date of birth, postcode, postcode district or postcode area.
+name, family name, date of birth, postcode, postcode district or postcode area (values of one
+character are not counted).
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def identifier_echo_rates(
             continue
         for attribute in source.attributes:
             value = f"upper(replace(trim({ident(attribute)}), ' ', ''))"
-            echoes = " OR ".join(f"{value} = {e}" for e in _ECHOES)
+            # A one-character value (Y/N, a grade) cannot identify anyone, even when it
+            # happens to equal a one-letter postcode area.
+            echoes = (
+                f"length({value}) > 1 AND (" + " OR ".join(f"{value} = {e}" for e in _ECHOES) + ")"
+            )
             filled, echoed = engine.fetch(
                 f"SELECT count(*), count(*) FILTER (WHERE {echoes}) "
                 f"FROM {Tables.accepted(source.name)} "

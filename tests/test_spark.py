@@ -157,6 +157,16 @@ def _scores(engine: Any, table: str) -> pd.DataFrame:
     return frame.assign(a=first, b=second).set_index(["a", "b"]).sort_index()
 
 
+def _assert_scored_alike(on_spark: pd.DataFrame, on_duckdb: pd.DataFrame) -> None:
+    """The same pairs, the same weights but for a few Jaro-Winkler level differences."""
+    assert on_spark.index.equals(on_duckdb.index)
+    differs = (on_spark.match_weight - on_duckdb.match_weight).abs() > 1e-6
+    assert differs.mean() <= 0.002, f"{differs.sum()} of {len(differs)} pairs scored differently"
+    levels_differ = on_spark[list(GAMMAS)].ne(on_duckdb[list(GAMMAS)])
+    assert not levels_differ.drop(columns=list(JARO_WINKLER_COMPARISONS)).any().any()
+    assert levels_differ[differs].any(axis=1).all()  # every difference is a level difference
+
+
 @pytest.mark.spark
 def test_a_model_trained_on_duckdb_scores_the_same_pairs_alike_on_spark(
     spark: Any,
@@ -181,12 +191,7 @@ def test_a_model_trained_on_duckdb_scores_the_same_pairs_alike_on_spark(
         on_spark = _scores(engine, linkage.predict(linker).table)
     with DuckDBEngine(small_project.output_dir / "work" / "joinedup.duckdb") as duck:
         on_duckdb = _scores(duck, "pairwise_predictions")
-    assert on_spark.index.equals(on_duckdb.index)
-    differs = (on_spark.match_weight - on_duckdb.match_weight).abs() > 1e-6
-    assert differs.mean() <= 0.002, f"{differs.sum()} of {len(differs)} pairs scored differently"
-    levels_differ = on_spark[list(GAMMAS)].ne(on_duckdb[list(GAMMAS)])
-    assert not levels_differ.drop(columns=list(JARO_WINKLER_COMPARISONS)).any().any()
-    assert levels_differ[differs].any(axis=1).all()  # every difference is a level difference
+    _assert_scored_alike(on_spark, on_duckdb)
 
 
 @pytest.mark.spark
@@ -212,12 +217,7 @@ def test_a_model_trained_on_spark_scores_the_same_pairs_alike_on_duckdb(
         on_duckdb = _scores(duck, linkage.predict(linker).table)
     with SparkEngine(spark, spark_project.output_dir / "work", SPARK_TEST_SETTINGS) as engine:
         on_spark = _scores(engine, "pairwise_predictions")
-    assert on_duckdb.index.equals(on_spark.index)
-    differs = (on_spark.match_weight - on_duckdb.match_weight).abs() > 1e-6
-    assert differs.mean() <= 0.002, f"{differs.sum()} of {len(differs)} pairs scored differently"
-    levels_differ = on_spark[list(GAMMAS)].ne(on_duckdb[list(GAMMAS)])
-    assert not levels_differ.drop(columns=list(JARO_WINKLER_COMPARISONS)).any().any()
-    assert levels_differ[differs].any(axis=1).all()
+    _assert_scored_alike(on_spark, on_duckdb)
 
 
 CONNECT_SCRIPT = """
