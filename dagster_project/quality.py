@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
 from dagster_project.linkage import PERSON_CLUSTERS, input_tables, model_path
 from dagster_project.published import (
@@ -171,8 +172,6 @@ def quality_assets() -> list[dg.AssetsDefinition]:
             written = [w for r in records_of(s.layout, "diagnostics") for w in r["written"]]
             truth_space: list[dict] = []
             if s.layout.review_labels.exists():
-                import pandas as pd
-
                 charts, truth_space = write_label_accuracy(
                     s.engine.splink_api(),
                     s.project.spec.model,

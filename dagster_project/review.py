@@ -6,6 +6,7 @@ identifiers), after which the linkage report shows reviewed error rates.
     review/clerical_labels -> quality/linkage_report   (job review_import)
 """
 
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -70,8 +71,6 @@ def review_assets() -> list[dg.AssetsDefinition]:
     def clerical_labels(
         config: DecisionsConfig, project: LinkageProjectResource
     ) -> dg.MaterializeResult:
-        from pathlib import Path
-
         stored = store_labels(read_decisions(Path(config.path)), project.layout)
         return dg.MaterializeResult(
             metadata={
