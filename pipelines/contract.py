@@ -23,7 +23,7 @@ PERSON_ID_COLUMNS = {
     "high_recall": "person_id_high_recall",
 }
 
-# Columns of the published person lookup, and the first columns of the event timeline.
+# Columns of the published person lookup.
 LOOKUP_COLUMNS = (
     "source_dataset",
     "source_record_id",
@@ -32,9 +32,6 @@ LOOKUP_COLUMNS = (
     "person_id_high_recall",
     "linking_snapshot_date",
 )
-EVENT_BASE_COLUMNS = ("person_id", "source_dataset", "source_record_id", "event_date", "event_type")
-# Columns of a quarantine file after the source's own columns.
-QUARANTINE_COLUMNS = ("quarantine_reason", "delivery", "delivery_file", "row_number")
 
 
 class ReconciliationError(RuntimeError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.engines.base import Engine, EngineError, error_summary, wait_for
+from pipelines.engines.base import Engine, error_summary, wait_for
 from pipelines.engines.duckdb_engine import DuckDBEngine
 
 ENGINES = ("duckdb", "spark")
@@ -15,7 +15,6 @@ __all__ = [
     "ENGINES",
     "DuckDBEngine",
     "Engine",
-    "EngineError",
     "check_engine_name",
     "error_summary",
     "open_engine",

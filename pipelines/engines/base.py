@@ -21,10 +21,6 @@ from linkage_models.project import CsvOptions
 T = TypeVar("T")
 
 
-class EngineError(RuntimeError):
-    """The engine failed; the message says what went wrong without quoting row values."""
-
-
 def error_summary(exc: BaseException) -> str:
     """What went wrong in an engine, fit for a message: DuckDB's first line, or Spark's error
     classes (Spark quotes the offending record after them, which must not be shown)."""
