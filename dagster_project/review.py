@@ -50,7 +50,7 @@ def review_assets() -> list[dg.AssetsDefinition]:
         with engine.open(project.project) as e:
             sample = sample_pairs(e, config.n, config.seed)
         layout = project.layout
-        target = config.path or str(layout.review_dir / f"sample_seed{config.seed}.csv")
+        target = config.path or str(layout.review_sample(config.seed))
         layout.review_dir.mkdir(parents=True, exist_ok=True)
         sample.to_csv(target, index=False)
         return dg.MaterializeResult(

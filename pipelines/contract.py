@@ -137,6 +137,10 @@ class OutputLayout:
     def review_dir(self) -> Path:
         return self.root / "review"
 
+    def review_sample(self, seed: int) -> Path:
+        """Where a clerical review sample goes by default (it holds identifiers)."""
+        return self.review_dir / f"sample_seed{seed}.csv"
+
     @property
     def review_labels(self) -> Path:
         return self.review_dir / "labels.parquet"

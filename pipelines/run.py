@@ -246,7 +246,7 @@ def last_engine(project: LoadedProject) -> str:
 def review_sample(project: LoadedProject, n: int, seed: int, path: Path | None) -> Path:
     """Export a stratified sample of scored pairs for reviewers; returns the CSV written."""
     graph = ProjectGraph(project, last_engine(project))
-    target = path or OutputLayout(project.output_dir).review_dir / f"sample_seed{seed}.csv"
+    target = path or OutputLayout(project.output_dir).review_sample(seed)
     graph.run_or_raise(
         REVIEW_SAMPLE_JOB, {SAMPLE_STEP: {"n": n, "seed": seed, "path": str(target)}}
     )

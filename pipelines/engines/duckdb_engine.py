@@ -111,9 +111,14 @@ class DuckDBEngine(Engine):
     def validation_frames(self, select_sql: str, batch_rows: int) -> Iterator[pd.DataFrame]:
         """Pandas frames of at most `batch_rows` rows (a large delivery never sits in memory
         whole); the checks are judged over all of them together."""
-        rows = self.count(f"({select_sql})")
-        for start in range(0, max(rows, 1), batch_rows):
-            yield self.fetch_df(f"SELECT * FROM ({select_sql}) LIMIT {batch_rows} OFFSET {start}")
+        start = 0
+        while True:  # until a short batch: no separate pass to count the rows first
+            frame = self.fetch_df(f"SELECT * FROM ({select_sql}) LIMIT {batch_rows} OFFSET {start}")
+            if start == 0 or len(frame):
+                yield frame
+            if len(frame) < batch_rows:
+                return
+            start += batch_rows
 
     def gx_datasource(self, context: Any) -> Any:
         # GX over DuckDB through SQLAlchemy fails every expectation: pandas frames instead.
