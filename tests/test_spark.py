@@ -235,7 +235,11 @@ from quality.validation import validate_delivery
 config, data_dir, out, model_path = sys.argv[1:]
 project = load_project(config, data_dir=data_dir, output_dir=out)
 source = project.spec.source("magistrates_courts")
-settings = SparkSettings(remote="local[2]", shuffle_partitions=4, driver_memory="4g")
+# Sort-merge joins: a broadcast can run the in-process Connect server out of memory.
+settings = SparkSettings(
+    remote="local[2]", shuffle_partitions=4, driver_memory="4g",
+    conf={"spark.sql.autoBroadcastJoinThreshold": "-1"},
+)
 with SparkEngine.open(Path(out) / "work", settings) as engine:
     assert engine.settings.lineage_method == "persist"
     for delivery in discover_deliveries(project, source):
