@@ -1,4 +1,4 @@
-"""Dagster code location: `dagster dev -m dagster_project` (see definitions.py)."""
+"""Dagster code location: `dg dev` from the repository root (see definitions.py)."""
 
 from dagster_project.definitions import definitions_from_environment
 

@@ -1,6 +1,6 @@
 """The Dagster code location for one linkage project, assembled from its domains.
 
-    JOINEDUP_PROJECT=projects/my_project.yaml dagster dev -m dagster_project
+    JOINEDUP_PROJECT=projects/my_project.yaml dg dev   (from the repository root)
 
 Environment: JOINEDUP_PROJECT (default examples/demo_project.yaml), JOINEDUP_DATA_DIR and
 JOINEDUP_OUTPUT_DIR (override the project's data_dir and output.path), JOINEDUP_ENGINE

@@ -2,9 +2,9 @@
 against the source's contract (a blocking Great Expectations check) and standardised. A
 sensor per landing folder runs the source's ingest job for each new or replaced file.
 
-    <source>/delivery      the raw delivery, loaded as text
+    deliveries/<source>_delivery      the raw delivery, loaded as text
       check delivery_contract (blocking)
-    <source>/standardised  identifying fields as common data primitives
+    deliveries/<source>_standardised  identifying fields as common data primitives
 """
 
 import json
@@ -58,7 +58,7 @@ def _schema(columns: list[str]) -> dg.TableSchema:
 def source_assets(spec: SourceSpec, engine: str = "duckdb") -> SourceAssets:
     name = spec.name
     partitions = dg.DynamicPartitionsDefinition(name=partitions_name(name))
-    delivery_key = dg.AssetKey([name, "delivery"])
+    delivery_key = dg.AssetKey(["deliveries", f"{name}_delivery"])
 
     @dg.asset(
         key=delivery_key,
@@ -116,7 +116,9 @@ def source_assets(spec: SourceSpec, engine: str = "duckdb") -> SourceAssets:
             for e in outcome.expectations
         }
         if outcome.data_docs_index:
-            metadata["data_docs"] = dg.MetadataValue.url(outcome.data_docs_index)
+            metadata["data_docs"] = dg.MetadataValue.url(
+                (s.layout.validation_dir / outcome.data_docs_index).as_uri()
+            )
         critical = outcome.critical_failures
         return dg.AssetCheckResult(
             passed=not critical and not outcome.warnings,
@@ -134,7 +136,7 @@ def source_assets(spec: SourceSpec, engine: str = "duckdb") -> SourceAssets:
         )
 
     @dg.asset(
-        key=dg.AssetKey([name, "standardised"]),
+        key=dg.AssetKey(["deliveries", f"{name}_standardised"]),
         deps=[delivery_key],
         partitions_def=partitions,
         group_name="deliveries",

@@ -1,27 +1,33 @@
-"""Published: the linked longitudinal dataset (person lookup and event timeline) and the
+"""Published: the linked longitudinal dataset (person lookup and event timeline), its
+error rates (estimated without labels; measured when ground truth is given) and the
 manifest that describes and reconciles it, with checks on what is published.
 
-    published/person_lookup + published/events -> published/manifest
+    published/person_lookup + published/events
+        -> published/estimated_error_rates, published/measured_accuracy
+        -> published/manifest
 """
 
 import json
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 
 from dagster_project.linkage import PERSON_CLUSTERS
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
-from pipelines.contract import Tables, load_record
+from pipelines.contract import PERSON_ID_COLUMNS, Tables, forget_record, load_record
 from pipelines.manifest import build_manifest, write_manifest
 from pipelines.publish import publish_linked_dataset
+from quality.accuracy import pairwise_cluster_metrics
 from quality.disclosure_checks import identifier_echo_rates
+from quality.error_rates import estimate_error_rates
 
 PERSON_LOOKUP = dg.AssetKey(["published", "person_lookup"])
 EVENTS = dg.AssetKey(["published", "events"])
 MANIFEST = dg.AssetKey(["published", "manifest"])
-ESTIMATED_ERROR_RATES = dg.AssetKey(["quality", "estimated_error_rates"])
-MEASURED_ACCURACY = dg.AssetKey(["quality", "measured_accuracy"])
+ESTIMATED_ERROR_RATES = dg.AssetKey(["published", "estimated_error_rates"])
+MEASURED_ACCURACY = dg.AssetKey(["published", "measured_accuracy"])
 
 
 def error_rate_table(manifest: dict) -> str:
@@ -41,6 +47,13 @@ def error_rate_table(manifest: dict) -> str:
             + (f"{m['precision']:.4f} | {m['recall']:.4f} |" if m else "— | — |")
         )
     return "\n".join(lines)
+
+
+class GroundTruthConfig(dg.Config):
+    """A ground-truth Parquet file (source_dataset, source_record_id, true_person_id) to
+    measure the clusters against; leave empty when there is none."""
+
+    ground_truth: str | None = None
 
 
 def published_assets() -> list[dg.AssetsDefinition]:
@@ -122,7 +135,61 @@ def published_assets() -> list[dg.AssetsDefinition]:
             }
         )
 
-    return [published, manifest]
+    @dg.asset(
+        key=ESTIMATED_ERROR_RATES,
+        deps=[PERSON_LOOKUP],
+        group_name="published",
+        kinds={"json"},
+        description="Label-free estimates of pairwise precision and recall at each "
+        "threshold, from the model's match probabilities.",
+    )
+    def estimated_error_rates(
+        project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        with step(project, engine, "estimate_errors") as s:
+            estimates = estimate_error_rates(s.engine)
+            s.record["estimated"] = estimates
+        balanced = estimates["balanced"]
+        return dg.MaterializeResult(
+            metadata={
+                "estimated_precision_balanced": balanced["precision"],
+                "estimated_recall_balanced": balanced["recall"],
+            }
+        )
+
+    @dg.asset(
+        key=MEASURED_ACCURACY,
+        deps=[PERSON_LOOKUP],
+        group_name="published",
+        kinds={"json"},
+        description="Pairwise precision, recall and F1 of each threshold's clusters against "
+        "ground truth, when a ground-truth file is given (synthetic or clerically linked).",
+    )
+    def measured_accuracy(
+        config: GroundTruthConfig, project: LinkageProjectResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        if config.ground_truth is None:
+            forget_record(project.layout, "evaluate")
+            return dg.MaterializeResult(metadata={"measured": "no ground truth given"})
+        truth = Path(config.ground_truth)
+        with step(project, engine, "evaluate") as s:
+            measured = {
+                name: pairwise_cluster_metrics(
+                    s.engine, Tables.PERSON_LOOKUP, column, truth, name
+                ).as_dict()
+                for name, column in PERSON_ID_COLUMNS.items()
+            }
+            s.record.update({"ground_truth": str(truth), "measured": measured})
+        balanced = measured["balanced"]
+        return dg.MaterializeResult(
+            metadata={
+                "measured_precision_balanced": balanced["precision"],
+                "measured_recall_balanced": balanced["recall"],
+                "measured_f1_balanced": balanced["f1"],
+            }
+        )
+
+    return [published, estimated_error_rates, measured_accuracy, manifest]
 
 
 @dg.asset_check(

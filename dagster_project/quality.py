@@ -1,7 +1,6 @@
-"""Quality: error rates (estimated without labels; measured when ground truth is given),
-reports for data owners, match-weight diagnostics and the linkage report for analysts.
+"""Quality: reports for data owners, match-weight diagnostics and the linkage report for
+analysts, all read from what was published.
 
-    published/person_lookup -> quality/estimated_error_rates, quality/measured_accuracy
     published/manifest -> quality/quality_reports, quality/linkage_report
     linkage/person_clusters -> quality/diagnostics
 """
@@ -13,25 +12,12 @@ import dagster as dg
 import pandas as pd
 
 from dagster_project.linkage import PERSON_CLUSTERS, input_tables, model_path
-from dagster_project.published import (
-    ESTIMATED_ERROR_RATES,
-    MANIFEST,
-    MEASURED_ACCURACY,
-    PERSON_LOOKUP,
-)
+from dagster_project.published import MANIFEST
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
 from linkage_models.diagnostics import write_diagnostics, write_label_accuracy
-from pipelines.contract import (
-    PERSON_ID_COLUMNS,
-    Tables,
-    forget_record,
-    load_record,
-    records_of,
-)
+from pipelines.contract import Tables, load_record, records_of
 from pipelines.deliveries import delivery_statuses
-from quality.accuracy import pairwise_cluster_metrics
-from quality.error_rates import estimate_error_rates
 from quality.linkage_report import write_linkage_report
 from quality.reports import write_quality_reports
 
@@ -41,68 +27,7 @@ LINKAGE_REPORT = dg.AssetKey(["quality", "linkage_report"])
 CLERICAL_LABELS = dg.AssetKey(["review", "clerical_labels"])
 
 
-class GroundTruthConfig(dg.Config):
-    """A ground-truth Parquet file (source_dataset, source_record_id, true_person_id) to
-    measure the clusters against; leave empty when there is none."""
-
-    ground_truth: str | None = None
-
-
 def quality_assets() -> list[dg.AssetsDefinition]:
-    @dg.asset(
-        key=ESTIMATED_ERROR_RATES,
-        deps=[PERSON_LOOKUP],
-        group_name="quality",
-        kinds={"json"},
-        description="Label-free estimates of pairwise precision and recall at each "
-        "threshold, from the model's match probabilities.",
-    )
-    def estimated_error_rates(
-        project: LinkageProjectResource, engine: EngineResource
-    ) -> dg.MaterializeResult:
-        with step(project, engine, "estimate_errors") as s:
-            estimates = estimate_error_rates(s.engine)
-            s.record["estimated"] = estimates
-        balanced = estimates["balanced"]
-        return dg.MaterializeResult(
-            metadata={
-                "estimated_precision_balanced": balanced["precision"],
-                "estimated_recall_balanced": balanced["recall"],
-            }
-        )
-
-    @dg.asset(
-        key=MEASURED_ACCURACY,
-        deps=[PERSON_LOOKUP],
-        group_name="quality",
-        kinds={"json"},
-        description="Pairwise precision, recall and F1 of each threshold's clusters against "
-        "ground truth, when a ground-truth file is given (synthetic or clerically linked).",
-    )
-    def measured_accuracy(
-        config: GroundTruthConfig, project: LinkageProjectResource, engine: EngineResource
-    ) -> dg.MaterializeResult:
-        if config.ground_truth is None:
-            forget_record(project.layout, "evaluate")
-            return dg.MaterializeResult(metadata={"measured": "no ground truth given"})
-        truth = Path(config.ground_truth)
-        with step(project, engine, "evaluate") as s:
-            measured = {
-                name: pairwise_cluster_metrics(
-                    s.engine, Tables.PERSON_LOOKUP, column, truth, name
-                ).as_dict()
-                for name, column in PERSON_ID_COLUMNS.items()
-            }
-            s.record.update({"ground_truth": str(truth), "measured": measured})
-        balanced = measured["balanced"]
-        return dg.MaterializeResult(
-            metadata={
-                "measured_precision_balanced": balanced["precision"],
-                "measured_recall_balanced": balanced["recall"],
-                "measured_f1_balanced": balanced["f1"],
-            }
-        )
-
     @dg.asset(
         key=QUALITY_REPORTS,
         deps=[MANIFEST],
@@ -189,4 +114,4 @@ def quality_assets() -> list[dg.AssetsDefinition]:
             }
         )
 
-    return [estimated_error_rates, measured_accuracy, quality_reports, diagnostics, linkage_report]
+    return [quality_reports, diagnostics, linkage_report]

@@ -100,6 +100,10 @@ class OutputLayout:
 
     root: Path
 
+    def relative(self, path: str | Path) -> str:
+        """A path under the output folder as written in the manifest (relative to it)."""
+        return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+
     # --- published -----------------------------------------------------------------------
     @property
     def linked_dir(self) -> Path:
@@ -209,7 +213,7 @@ REVIEW_SAMPLE_JOB = "review_sample"
 REVIEW_IMPORT_JOB = "review_import"
 # Steps that take run configuration, by their step (op) names.
 MODEL_STEP = "linkage__model"  # model_version: reuse a registered model
-EVALUATION_STEP = "quality__measured_accuracy"  # ground_truth: a Parquet file
+EVALUATION_STEP = "published__measured_accuracy"  # ground_truth: a Parquet file
 SAMPLE_STEP = "review__clerical_sample"  # n, seed, path
 DECISIONS_STEP = "review__clerical_labels"  # path
 

@@ -163,7 +163,7 @@ def test_malformed_delivery_fails_its_ingest_with_the_file_named(
     result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     flat = " ".join(result.output.split())
-    assert "probation__delivery" in flat and "probation.csv is missing column(s)" in flat
+    assert "deliveries__probation_delivery" in flat and "probation.csv is missing column(s)" in flat
     assert "['birth_date']" in flat and "Traceback" not in result.output
 
 

@@ -54,8 +54,8 @@ LINKAGE_ASSETS = {
     "published/person_lookup",
     "published/events",
     "published/manifest",
-    "quality/estimated_error_rates",
-    "quality/measured_accuracy",
+    "published/estimated_error_rates",
+    "published/measured_accuracy",
     "quality/quality_reports",
     "quality/diagnostics",
     "quality/linkage_report",
@@ -73,7 +73,7 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
     defs = build_definitions(small_project)
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    per_source = {f"{s}/{a}" for s in SOURCES for a in ("delivery", "standardised")}
+    per_source = {f"deliveries/{s}_{a}" for s in SOURCES for a in ("delivery", "standardised")}
     assert _names(graph.get_all_asset_keys()) == per_source | LINKAGE_ASSETS | REVIEW_ASSETS
 
     def parents(key: str) -> set[str]:
@@ -86,8 +86,8 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
     assert parents("published/manifest") == {
         "published/person_lookup",
         "published/events",
-        "quality/estimated_error_rates",
-        "quality/measured_accuracy",
+        "published/estimated_error_rates",
+        "published/measured_accuracy",
     }
     assert parents("quality/linkage_report") == {
         "published/manifest",
@@ -95,11 +95,11 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
         "review/clerical_labels",
     }
     for source in SOURCES:
-        assert parents(f"{source}/standardised") == {f"{source}/delivery"}
+        assert parents(f"deliveries/{source}_standardised") == {f"deliveries/{source}_delivery"}
 
     # One blocking contract check per source's delivery; the manifest must reconcile.
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
-    assert checks == {(f"{s}/delivery", "delivery_contract") for s in SOURCES} | {
+    assert checks == {(f"deliveries/{s}_delivery", "delivery_contract") for s in SOURCES} | {
         ("published/manifest", "reconciliation"),
         ("published/manifest", "estimated_error_rates"),
         ("published/events", "identifier_echoes"),
@@ -118,8 +118,8 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
         assert sensor.job_name == f"ingest_{source}"
         job = defs.resolve_job_def(f"ingest_{source}")
         assert _names(job.asset_layer.selected_asset_keys) == {
-            f"{source}/delivery",
-            f"{source}/standardised",
+            f"deliveries/{source}_delivery",
+            f"deliveries/{source}_standardised",
         }
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     review = defs.resolve_job_def("review_import")
@@ -318,7 +318,7 @@ def test_quality_reports_cover_every_delivery_and_suppress_small_counts(
             verdict = " ".join(html.split("This delivery was accepted.")[1].split())
             quarantined = stats["rows_quarantined"]
             held = "&lt;10" if 0 < quarantined < 10 else f"{quarantined:,}"
-            assert f"{stats['rows_accepted']:,} linked, {held} held back" in verdict
+            assert f"{stats['rows_accepted']:,} linked, {held} quarantined" in verdict
     assert small_cells > 0  # the data has small cells, so suppression is exercised
 
 
