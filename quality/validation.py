@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from linkage_models.project import DateMapping, SourceSpec
 from pipelines.engines import Engine
@@ -26,6 +28,7 @@ from pipelines.sql import (
     parse_date_sql,
     postcode_compact_sql,
 )
+from quality.data_docs import make_offline
 
 BATCH_ROWS = 1_000_000
 RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
@@ -64,7 +67,7 @@ class ValidationOutcome:
     delivery: str
     rows: int
     expectations: list[ExpectationOutcome] = field(default_factory=list)
-    data_docs_index: str | None = None
+    data_docs_index: str | None = None  # relative to the validation folder (gx_root)
 
     @property
     def critical_failures(self) -> list[ExpectationOutcome]:
@@ -384,12 +387,15 @@ def validate_delivery(
             high = spec.kwargs.get("max_value")
             outcome.success = rows >= spec.kwargs["min_value"] and (high is None or rows <= high)
     docs = context.get_docs_sites_urls()
+    docs_index = Path(url2pathname(urlparse(docs[0]["site_url"]).path)) if docs else None
+    if docs_index:
+        make_offline(docs_index.parent)
     return ValidationOutcome(
         source=source.name,
         delivery=delivery,
         rows=rows,
         expectations=[outcomes[s.key] for s in specs],
-        data_docs_index=docs[0]["site_url"] if docs else None,
+        data_docs_index=str(docs_index.relative_to(gx_root)) if docs_index else None,
     )
 
 

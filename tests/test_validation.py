@@ -15,6 +15,7 @@ from pipelines.ingest import ingest_delivery
 from quality.validation import build_expectations, validate_delivery
 
 from .conftest import DEMO_CONFIG
+from .helpers import render_offline
 
 
 def _courts():
@@ -94,9 +95,16 @@ def test_validation_counts_failures_without_values_and_writes_data_docs(
     assert not outcome.success
     assert "not a date" not in json.dumps(outcome.to_json())
     assert "smith" not in json.dumps(outcome.to_json()).lower()
-    assert (
-        outcome.data_docs_index and Path(outcome.data_docs_index.removeprefix("file://")).exists()
-    )
+    assert outcome.data_docs_index
+    index = tmp_path / "quality" / outcome.data_docs_index  # relative: the folder can move
+    # The Data Docs open in a secure setting: no request leaves the machine, yet the index
+    # lists the validation and its page shows the failed expectation.
+    rendered = render_offline(index, tmp_path)
+    assert rendered.requests == []
+    assert "magistrates_courts__courts.csv" in rendered.text
+    result_page = sorted(index.parent.glob("validations/**/*.html"))[-1]
+    rendered = render_offline(result_page, tmp_path)
+    assert rendered.requests == [] and "Unsuccessful Expectations" in rendered.text
 
 
 def _contract(**validation: object) -> SourceSpec:
