@@ -147,6 +147,22 @@ def floor_m_probabilities(model: dict[str, Any]) -> list[str]:
     return changed
 
 
+def untrained_levels(model: dict[str, Any]) -> dict[str, list[str]]:
+    """Levels Splink could not estimate, as 'comparison: level' under "m" and "u" (the ones
+    behind its "m values not fully trained" warning): a saved model leaves out a parameter it
+    never estimated, and such a level is scored with Splink's default instead."""
+    missing: dict[str, list[str]] = {"m": [], "u": []}
+    for comparison in model.get("comparisons", []):
+        for level in comparison.get("comparison_levels", []):
+            if level.get("is_null_level"):
+                continue
+            name = f"{comparison.get('output_column_name')}: {level.get('label_for_charts')}"
+            for parameter in ("m", "u"):
+                if f"{parameter}_probability" not in level:
+                    missing[parameter].append(name)
+    return missing
+
+
 def predict(linker: Linker, floor: float = PREDICTION_FLOOR) -> Predictions:
     """Score every blocked pair; keep those with match probability >= floor."""
     blocked = linker.inference.compute_blocked_pairs_for_predict()

@@ -58,6 +58,23 @@ def model_card_markdown(
             + (", ".join(floored) if floored else "none")
             + "."
         )
+        untrained = training_summary.get("untrained") or {}
+        if untrained.get("m") or untrained.get("u"):
+            lines += [
+                "",
+                'Splink warned that some values were "not fully trained". This means no pair '
+                "in the training samples fell into these levels, so their parameters could not "
+                "be estimated and Splink scores them with its default values: the weights of "
+                "these levels are assumptions, not estimates. It is common for rare levels "
+                "(for example a one-character difference in a date) and harmless when the "
+                "level is rare in the data being linked too; if a level matters, add an EM "
+                "blocking rule (`model.training.em_blocking_rules`) that does not fix the "
+                "column it compares, so EM can see it vary.",
+                "",
+            ]
+            for parameter in ("m", "u"):
+                for level in untrained.get(parameter, []):
+                    lines.append(f"- {parameter} not estimated: {level}")
     else:
         lines.append("This run reused an earlier version; no training was done.")
     lines += [

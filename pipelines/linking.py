@@ -44,6 +44,7 @@ def train_or_reuse(
         summary = linkage.train(linker, spec.model.training)
         trained = linker.misc.save_model_to_json()
         summary["m_probabilities_floored"] = linkage.floor_m_probabilities(trained)
+        summary["untrained"] = linkage.untrained_levels(trained)
         entry = registry.register(
             trained,
             config_hash=project.config_hash,

@@ -1,0 +1,53 @@
+"""The model card explains Splink's "not fully trained" warning level by level."""
+
+from __future__ import annotations
+
+from linkage_models.linkage import untrained_levels
+from linkage_models.model_card import model_card_markdown
+from linkage_models.registry import ModelVersion
+
+
+def _model(dob_exact_m: float | None) -> dict:
+    exact = {"label_for_charts": "Exact match", "u_probability": 0.001}
+    if dob_exact_m is not None:
+        exact["m_probability"] = dob_exact_m
+    return {
+        "link_type": "link_and_dedupe",
+        "comparisons": [
+            {
+                "output_column_name": "date_of_birth",
+                "comparison_levels": [
+                    {"label_for_charts": "Null", "is_null_level": True},
+                    exact,
+                    {"label_for_charts": "One character", "u_probability": 0.01},
+                    {"label_for_charts": "All other", "m_probability": 0.05, "u_probability": 0.9},
+                ],
+            }
+        ],
+    }
+
+
+def _card(model: dict) -> str:
+    entry = ModelVersion(1, "model_v1.json", "2026-11-21", "c", "f", "5.0", 1e-4)
+    summary = {"em_sessions": [], "untrained": untrained_levels(model)}
+    return model_card_markdown("p", entry, model, {"balanced": 0.95}, summary, "off")
+
+
+def test_card_names_each_level_splink_could_not_estimate() -> None:
+    model = _model(dob_exact_m=None)
+    assert untrained_levels(model) == {
+        "m": ["date_of_birth: Exact match", "date_of_birth: One character"],
+        "u": [],
+    }
+    card = _card(model)
+    assert '"not fully trained"' in card and "default values" in card
+    assert "- m not estimated: date_of_birth: Exact match" in card
+    assert "- m not estimated: date_of_birth: One character" in card
+    assert "Null" not in card.split("## Parameters")[0]
+
+
+def test_card_is_silent_when_every_level_was_estimated() -> None:
+    model = _model(dob_exact_m=0.9)
+    model["comparisons"][0]["comparison_levels"][2]["m_probability"] = 0.04
+    assert untrained_levels(model) == {"m": [], "u": []}
+    assert "not fully trained" not in _card(model)
