@@ -7,8 +7,8 @@ bound instead).
 
 from __future__ import annotations
 
+import json
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,8 @@ def write_quality_reports(
     )
     page = env.get_template("data_owner_page.html.j2")
     index = env.get_template("data_owner_index.html.j2")
-    written_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # The linkage's snapshot date, not the clock: the same linkage gives the same pages.
+    snapshot = json.loads(layout.manifest.read_text())["linking_snapshot_date"]
     written: list[Path] = []
     index_rows = []
     for row in deliveries:
@@ -140,7 +141,7 @@ def write_quality_reports(
             title=f"Quality report: {source.name}",
             department=source.department,
             delivery=key,
-            written=written_at,
+            snapshot=snapshot,
             rejected=stats["status"] == "rejected",
             critical=[e.description for e in outcome.critical_failures],
             rows=suppress_count(rows_in),
@@ -186,6 +187,6 @@ def write_quality_reports(
     target = layout.data_owner_index
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(
-        index.render(project=project.spec.project, rows=index_rows, written=written_at)
+        index.render(project=project.spec.project, rows=index_rows, snapshot=snapshot)
     )
     return written
