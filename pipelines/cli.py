@@ -139,7 +139,7 @@ def _print_summary(result: RunResult) -> None:
     console.print(f"person lookup : {out.person_lookup}")
     console.print(f"events        : {out.events}")
     console.print(f"quarantine    : {out.quarantine_dir}")
-    console.print(f"model         : {m['model']['path']} (card: {out.model_card})")
+    console.print(f"model         : {out.root / m['model']['path']} (card: {out.model_card})")
     console.print(f"manifest      : {out.manifest}")
     console.print(f"linkage report: {out.linkage_report}")
     console.print(f"quality       : {out.data_owner_index} (data owners)")

@@ -95,7 +95,7 @@ def build_manifest(
                     "rows_quarantined": s["rows_quarantined"],
                     "quarantined_by_reason": s["by_reason"],
                     "values_set_missing": s["cleaning"],
-                    "quarantine_file": s["path"],
+                    "quarantine_file": layout.relative(s["path"]),
                     "by_delivery": s["by_delivery"],
                 }
                 for name, s in sources.items()
@@ -103,7 +103,7 @@ def build_manifest(
         },
         "model": {
             "version": model["version"],
-            "path": model["path"],
+            "path": layout.relative(model["path"]),
             "trained_in_this_run": model["trained_in_this_run"],
             "training_data_fingerprint": model["training_data_fingerprint"],
             "config_hash_at_training": model["config_hash"],
@@ -112,10 +112,12 @@ def build_manifest(
         "thresholds": spec.model.thresholds.as_dict(),
         "pairs": {k: v for k, v in pairs.items() if k not in ("seconds", "peak_rss_mb")},
         "links": clusters["links"],
+        # Relative to the manifest's folder: the publication can move, and the manifest does
+        # not describe the secure server's file system.
         "outputs": {
-            **published["outputs"],
-            "linkage_report": str(layout.linkage_report),
-            "linkage_quality": str(layout.linkage_quality),
+            **{name: layout.relative(path) for name, path in published["outputs"].items()},
+            "linkage_report": layout.relative(layout.linkage_report),
+            "linkage_quality": layout.relative(layout.linkage_quality),
         },
         "estimated_error_rates": estimated,
         "measured_accuracy": measured,

@@ -20,8 +20,8 @@ SECTIONS = ("summary", "data-provided", "method", "quality", "bias", "diagnostic
 
 
 def _report(run: RunResult) -> tuple[str, dict]:
-    html = Path(run.manifest["outputs"]["linkage_report"]).read_text()
-    data = json.loads(Path(run.manifest["outputs"]["linkage_quality"]).read_text())
+    html = (run.output_dir / run.manifest["outputs"]["linkage_report"]).read_text()
+    data = json.loads((run.output_dir / run.manifest["outputs"]["linkage_quality"]).read_text())
     return html, data
 
 
@@ -99,7 +99,9 @@ def test_report_renders_in_a_headless_browser_without_network(
 ) -> None:
     """Chromium opens the report with the network cut off; the page shows the run's own
     figures, with small counts suppressed, and asks for nothing from outside."""
-    page = render_offline(Path(small_run.manifest["outputs"]["linkage_report"]), tmp_path)
+    page = render_offline(
+        small_run.output_dir / small_run.manifest["outputs"]["linkage_report"], tmp_path
+    )
     _, data = _report(small_run)
     balanced = data["quality"]["estimated"]["balanced"]
     measured = data["quality"]["measured_against_ground_truth"]["balanced"]

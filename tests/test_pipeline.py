@@ -149,7 +149,7 @@ def test_every_row_reconciles(small_run: RunResult, small_data: GeneratedData) -
     assert rec["rows_in"] == sum(small_data.records.values())
     assert rec["rows_in"] == rec["rows_linked"] + rec["rows_quarantined"]
     for name, counts in rec["by_source"].items():
-        quarantined = pd.read_parquet(counts["quarantine_file"])
+        quarantined = pd.read_parquet(small_run.output_dir / counts["quarantine_file"])
         assert len(quarantined) == counts["rows_quarantined"], name
         assert counts["rows_in"] == counts["rows_accepted"] + counts["rows_quarantined"]
     # The generator re-delivers some rows: those must be quarantined as duplicates.

@@ -51,7 +51,7 @@ def spark_run(spark: Any, spark_project: LoadedProject, small_data: GeneratedDat
 
 
 def _model(run: RunResult) -> dict[str, Any]:
-    return json.loads(Path(run.manifest["model"]["path"]).read_text())
+    return json.loads((run.output_dir / run.manifest["model"]["path"]).read_text())
 
 
 def _members(run: RunResult, column: str) -> pd.Series:
@@ -285,7 +285,7 @@ def test_spark_connect_runs_the_stages_and_splink(
             str(small_project.config_path),
             str(small_project.data_dir),
             str(tmp_path / "out"),
-            small_run.manifest["model"]["path"],
+            str(small_run.output_dir / small_run.manifest["model"]["path"]),
         ],
         cwd=REPO,
         capture_output=True,

@@ -1,0 +1,111 @@
+"""The command line and Dagster run one graph: `joinedup run` and Dagster's own command line
+(`dg launch`, each job in its own process against a persistent instance) publish the same
+bytes from the same project."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from linkage_models.project import load_project
+from pipelines.deliveries import discover_deliveries
+from pipelines.synthetic import GeneratedData
+
+from .conftest import DEMO_CONFIG
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Provenance that differs by nature between two runs: the run's id, when it was written and
+# how long each stage took. Everything else must agree.
+RUN_PROVENANCE = ("run_id", "written_at", "stages")
+
+
+def _digests(root: Path, folders: tuple[str, ...]) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted((root / folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def _without_provenance(document: dict) -> dict:
+    return {k: v for k, v in document.items() if k not in RUN_PROVENANCE}
+
+
+def _report_without_provenance(html: str, quality: dict) -> str:
+    return html.replace(quality["run_id"], "RUN").replace(quality["written_at"], "WHEN")
+
+
+def _dg(args: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [str(BIN / "dg"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_cli_and_dagster_runs_publish_identical_outputs(
+    small_data: GeneratedData, tmp_path: Path
+) -> None:
+    cli_out, dagster_out, home = tmp_path / "cli", tmp_path / "dagster", tmp_path / "dagster_home"
+    done = subprocess.run(
+        [str(BIN / "joinedup"), "run", str(DEMO_CONFIG), "--data-dir", str(small_data.out_dir)]
+        + ["--out", str(cli_out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    # Dagster: the deliveries the sensors would register, then each ingest job and the
+    # relink job, launched by Dagster's command line in processes of their own.
+    home.mkdir()
+    project = load_project(DEMO_CONFIG, data_dir=small_data.out_dir, output_dir=dagster_out)
+    instance = dg.DagsterInstance.from_config(str(home))
+    deliveries = {s.name: discover_deliveries(project, s) for s in project.spec.sources}
+    for source, found in deliveries.items():
+        instance.add_dynamic_partitions(f"{source}_deliveries", [d.key for d in found])
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(BIN.parent),
+        "DAGSTER_HOME": str(home),
+        "JOINEDUP_PROJECT": str(DEMO_CONFIG),
+        "JOINEDUP_DATA_DIR": str(small_data.out_dir),
+        "JOINEDUP_OUTPUT_DIR": str(dagster_out),
+    }
+    for source, found in deliveries.items():
+        for d in found:
+            _dg(["launch", "--job", f"ingest_{source}", "--partition", d.key], env)
+    _dg(["launch", "--job", "relink"], env)
+
+    # The linked dataset, quarantine and data-owner reports: byte for byte.
+    published = ("linked", "quarantine", "reports/quality")
+    cli_files, dagster_files = _digests(cli_out, published), _digests(dagster_out, published)
+    assert cli_files and cli_files == dagster_files
+    # The manifest and the linkage report: the same but for the run's own provenance.
+    cli_manifest = json.loads((cli_out / "manifest.json").read_text())
+    dagster_manifest = json.loads((dagster_out / "manifest.json").read_text())
+    assert cli_manifest["run_id"] != dagster_manifest["run_id"]
+    assert _without_provenance(cli_manifest) == _without_provenance(dagster_manifest)
+    cli_quality = json.loads((cli_out / "reports" / "linkage_quality.json").read_text())
+    dagster_quality = json.loads((dagster_out / "reports" / "linkage_quality.json").read_text())
+    assert _without_provenance(cli_quality) == _without_provenance(dagster_quality)
+    assert _report_without_provenance(
+        (cli_out / "reports" / "linkage_report.html").read_text(), cli_quality
+    ) == _report_without_provenance(
+        (dagster_out / "reports" / "linkage_report.html").read_text(), dagster_quality
+    )
+    # Dagster recorded its runs: one per delivery, and the relink.
+    runs = instance.get_runs()
+    assert len(runs) == sum(len(f) for f in deliveries.values()) + 1
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
