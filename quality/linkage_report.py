@@ -138,7 +138,7 @@ def linkage_quality(
         "method": {
             "link_type": spec.model.link_type,
             "primitives_compared": list(spec.model.comparisons),
-            "comparisons": _model_summary(Path(manifest["model"]["path"])),
+            "comparisons": _model_summary(project.output_dir / manifest["model"]["path"]),
             "blocking_rules": [str(r) for r in spec.model.blocking_rules],
             "training": {
                 "deterministic_rules": [str(r) for r in spec.model.training.deterministic_rules],
