@@ -17,6 +17,7 @@ from dagster_project.linkage import PERSON_CLUSTERS
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
 from pipelines.contract import PERSON_ID_COLUMNS, Tables, forget_record, load_record
+from pipelines.ground_truth import GroundTruth, check_ground_truth, register_ground_truth
 from pipelines.manifest import build_manifest, write_manifest
 from pipelines.publish import publish_linked_dataset
 from quality.accuracy import pairwise_cluster_metrics
@@ -54,6 +55,9 @@ class GroundTruthConfig(dg.Config):
     measure the clusters against; leave empty when there is none."""
 
     ground_truth: str | None = None
+    # Other column names in the file: our name (source_dataset, source_record_id,
+    # true_person_id) -> the file's.
+    columns: dict[str, str] = {}
 
 
 def published_assets() -> list[dg.AssetsDefinition]:
@@ -171,11 +175,13 @@ def published_assets() -> list[dg.AssetsDefinition]:
         if config.ground_truth is None:
             forget_record(project.layout, "evaluate")
             return dg.MaterializeResult(metadata={"measured": "no ground truth given"})
-        truth = Path(config.ground_truth)
+        truth = GroundTruth(Path(config.ground_truth), dict(config.columns))
         with step(project, engine, "evaluate") as s:
+            check_ground_truth(truth, [src.name for src in s.project.spec.sources])
+            truth_view = register_ground_truth(s.engine, truth)
             measured = {
                 name: pairwise_cluster_metrics(
-                    s.engine, Tables.PERSON_LOOKUP, column, truth, name
+                    s.engine, Tables.PERSON_LOOKUP, column, truth_view, name
                 ).as_dict()
                 for name, column in PERSON_ID_COLUMNS.items()
             }

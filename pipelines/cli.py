@@ -17,6 +17,7 @@ from rich.table import Table
 from linkage_models.project import ConfigError, load_project
 from pipelines.contract import OutputLayout, ReconciliationError
 from pipelines.deliveries import SourceError
+from pipelines.ground_truth import GroundTruth, GroundTruthError, parse_columns
 from pipelines.progress import last_run_seconds, step_progress
 from pipelines.run import (
     RunError,
@@ -33,6 +34,7 @@ console = Console()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "examples" / "demo_project.yaml"
 STRUCTURAL_ERRORS = (
+    GroundTruthError,
     ConfigError,
     SourceError,
     ReconciliationError,
@@ -160,18 +162,26 @@ def run(
         None, help="Reuse a registered model version (a number or 'latest') instead of training."
     ),
     ground_truth: Path | None = typer.Option(
-        None, help="Ground truth parquet: adds measured precision/recall to the manifest."
+        None,
+        help="Ground truth (Parquet or CSV: source_dataset, source_record_id, true_person_id): "
+        "adds measured precision/recall to the manifest.",
+    ),
+    truth_columns: str | None = typer.Option(
+        None,
+        help="The ground truth's own column names, e.g. "
+        "'source_dataset=src,source_record_id=rec_id,true_person_id=person'.",
     ),
 ) -> None:
     """Validate, standardise, link and publish one linkage project."""
     try:
+        truth = GroundTruth(ground_truth, parse_columns(truth_columns)) if ground_truth else None
         result = _run_with_progress(
             config,
             data_dir,
             out,
             engine_name=engine.value,
             model_version=model_version,
-            ground_truth=ground_truth,
+            ground_truth=truth,
         )
     except STRUCTURAL_ERRORS as exc:
         _fail(exc)

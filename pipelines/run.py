@@ -34,6 +34,7 @@ from pipelines.contract import (
 )
 from pipelines.deliveries import delivery_statuses, require_deliveries
 from pipelines.engines import check_engine_name, open_engine
+from pipelines.ground_truth import GroundTruth, check_ground_truth
 
 CODE_LOCATION_ENTRY_POINTS = "joinedup.code_location"
 StageCallback = Callable[[str], None]
@@ -162,16 +163,20 @@ def run_project(
     *,
     engine_name: str = "duckdb",
     model_version: str | None = None,
-    ground_truth: Path | None = None,
+    ground_truth: Path | GroundTruth | None = None,
     on_stage: StageCallback | None = None,
     instance: Any = None,
 ) -> RunResult:
     """Link every delivery of every source of `project`; returns the manifest.
 
+    `ground_truth` (a file in the layout of pipelines/ground_truth.py) adds measured accuracy.
     `instance` is the Dagster instance that records the runs (default: an ephemeral one).
     """
+    truth = GroundTruth(ground_truth) if isinstance(ground_truth, Path) else ground_truth
     try:  # before anything is touched
         check_engine_name(engine_name)
+        if truth is not None:
+            check_ground_truth(truth, [s.name for s in project.spec.sources])
     except ValueError as exc:
         raise RunError(str(exc)) from None
     deliveries = {s.name: require_deliveries(project, s) for s in project.spec.sources}
@@ -188,7 +193,10 @@ def run_project(
         RELINK_JOB,
         {
             MODEL_STEP: {"model_version": model_version},
-            EVALUATION_STEP: {"ground_truth": str(ground_truth) if ground_truth else None},
+            EVALUATION_STEP: {
+                "ground_truth": str(truth.path) if truth else None,
+                "columns": truth.columns if truth else {},
+            },
         },
     )
     return RunResult(layout.root, layout.manifest, json.loads(layout.manifest.read_text()))

@@ -9,7 +9,6 @@ true pairs that quarantine made unreachable.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from pipelines.engines import Engine
 from pipelines.sql import ident
@@ -36,14 +35,13 @@ def _pairs(count_expr: str) -> str:
 
 
 def pairwise_cluster_metrics(
-    engine: Engine, lookup_table: str, cluster_column: str, truth_path: Path, threshold: str
+    engine: Engine, lookup_table: str, cluster_column: str, truth_view: str, threshold: str
 ) -> PairwiseMetrics:
-    """Compare clusters in `lookup_table` with the generator's ground truth file."""
-    engine.register_file("__ground_truth", str(truth_path), "parquet")
-    truth = "__ground_truth"
+    """Compare clusters in `lookup_table` with ground truth: `truth_view` has columns
+    source_dataset, source_record_id and true_person_id (pipelines/ground_truth.py)."""
     joined = (
         f"SELECT l.{ident(cluster_column)} AS c, t.true_person_id AS t "
-        f"FROM {lookup_table} l JOIN {truth} t "
+        f"FROM {lookup_table} l JOIN {truth_view} t "
         "ON l.source_dataset = t.source_dataset AND l.source_record_id = t.source_record_id"
     )
     row = engine.fetch(
@@ -52,7 +50,7 @@ def pairwise_cluster_metrics(
         both_ AS (SELECT count(*) AS n FROM j GROUP BY c, t),
         pred AS (SELECT count(*) AS n FROM j GROUP BY c),
         true_ AS (SELECT count(*) AS n FROM j GROUP BY t),
-        all_true AS (SELECT count(*) AS n FROM {truth} GROUP BY true_person_id)
+        all_true AS (SELECT count(*) AS n FROM {truth_view} GROUP BY true_person_id)
         SELECT (SELECT count(*) FROM j),
                (SELECT {_pairs("n")} FROM true_),
                (SELECT {_pairs("n")} FROM pred),

@@ -221,3 +221,26 @@ def test_validate_checks_every_delivery_without_touching_outputs(
     assert "accepted" in rows["benefits"]
     assert "valid; 2 deliveries, 1 rejected" in " ".join(bad.output.split())
     assert not (tmp_path / "out").exists()
+
+
+def test_unusable_ground_truth_is_refused_before_the_run(small_data, tmp_path: Path) -> None:
+    """A ground-truth file with its own column names stops the run up front (exit 2),
+    naming the file, the missing columns and how to map them; outputs are untouched."""
+    truth = pd.read_parquet(small_data.ground_truth).rename(
+        columns={"source_record_id": "rec_id", "true_person_id": "person"}
+    )
+    path = tmp_path / "truth.csv"
+    truth.to_csv(path, index=False)
+    out = tmp_path / "out"
+    args = ["run", str(DEMO_CONFIG), "--data-dir", str(small_data.out_dir), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--ground-truth", str(path)])
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2, flat
+    assert "truth.csv is missing column(s) source_record_id, true_person_id" in flat
+    assert "--truth-columns" in flat and "Traceback" not in flat
+    assert not out.exists()
+    mapped = "source_record_id=rec_id,true_person_id=nobody"
+    result = runner.invoke(app, [*args, "--ground-truth", str(path), "--truth-columns", mapped])
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "true_person_id (as 'nobody')" in flat
+    assert not out.exists()

@@ -14,9 +14,12 @@ import yaml
 from linkage_models.linkage import probable_twins_condition
 from linkage_models.project import ModelSpec, load_project
 from linkage_models.registry import ModelRegistry
+from pipelines.contract import Tables
 from pipelines.engines import DuckDBEngine
+from pipelines.ground_truth import GroundTruth, check_ground_truth, register_ground_truth
 from pipelines.run import RunResult, run_project
 from pipelines.synthetic import GeneratedData
+from quality.accuracy import pairwise_cluster_metrics
 
 from .conftest import DEMO_CONFIG
 from .helpers import identifiers_of
@@ -315,3 +318,27 @@ def test_a_new_source_needs_only_yaml(small_data: GeneratedData, tmp_path: Path)
     # Each hospital row was copied from a court record, so nearly all should link to one.
     assert linked_hospital.mean() > 0.95
     assert "SPECIALTY" in pd.read_parquet(result.output_dir / "linked" / "events.parquet").columns
+
+
+def test_accuracy_is_measured_against_ground_truth_with_its_own_column_names(
+    small_run: RunResult, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """The same measurement from a CSV whose columns are named differently, once mapped."""
+    truth = pd.read_parquet(small_data.ground_truth).rename(
+        columns={"source_dataset": "src", "source_record_id": "id", "true_person_id": "who"}
+    )
+    path = tmp_path / "truth.csv"
+    truth.to_csv(path, index=False)
+    mapped = GroundTruth(
+        path, {"source_dataset": "src", "source_record_id": "id", "true_person_id": "who"}
+    )
+    assert check_ground_truth(mapped, ["magistrates_courts"]) == len(truth)
+    with DuckDBEngine(small_run.output_dir / "work" / "joinedup.duckdb") as engine:
+        measured = pairwise_cluster_metrics(
+            engine,
+            Tables.PERSON_LOOKUP,
+            "person_id",
+            register_ground_truth(engine, mapped),
+            "balanced",
+        )
+    assert measured.as_dict() == small_run.manifest["measured_accuracy"]["balanced"]
