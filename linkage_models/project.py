@@ -295,9 +295,11 @@ class ModelSpec(_Strict):
     blocking_rules: list[BlockingRule] = Field(min_length=1)
     training: TrainingSpec
     thresholds: Thresholds
-    # "exclude": pairs with the same date of birth but different given names are not
-    # linked (probable twins); "off": trust the match weights alone.
-    probable_twins_rule: Literal["exclude", "off"] = "exclude"
+    # "off" (the default): trust the match weights alone. "exclude" (opt in): pairs with the
+    # same date of birth and different given names (at most sharing an initial) are not
+    # linked, as probable twins. It costs recall wherever given names vary in ways the name
+    # comparison does not know; the linkage report prints what it removed.
+    probable_twins_rule: Literal["exclude", "off"] = "off"
 
     @field_validator("comparisons", mode="before")
     @classmethod

@@ -221,7 +221,14 @@ def build_settings(model: ModelSpec) -> SettingsCreator:
         blocking_rules_to_generate_predictions=[blocking_rule(r) for r in model.blocking_rules],
         retain_matching_columns=True,
         retain_intermediate_calculation_columns=False,
-        additional_columns_to_retain=RETAINED_COLUMNS,
+        # Splink names each record by (source_dataset, record_id) only when linking sources;
+        # deduplicating one source keeps the source column too, so every pair table has
+        # the same shape whatever the link type.
+        additional_columns_to_retain=(
+            [*RETAINED_COLUMNS, "source_dataset"]
+            if model.link_type == "dedupe_only"
+            else RETAINED_COLUMNS
+        ),
         max_iterations=25,
         em_convergence=0.0001,
     )

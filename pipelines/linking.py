@@ -85,14 +85,16 @@ def predict(
     predictions = linkage.predict(linker)
     scored = engine.count(predictions.blocked_pairs_table)
     engine.create_table(Tables.PAIRWISE_PREDICTIONS, f"SELECT * FROM {predictions.table}")
+    model = project.spec.model
     removed = apply_pair_rules(
-        engine, project.spec.model, Tables.PAIRWISE_PREDICTIONS, Tables.PAIRS_FOR_CLUSTERING
+        engine, model, Tables.PAIRWISE_PREDICTIONS, Tables.PAIRS_FOR_CLUSTERING
     )
     return {
         "scored": scored,
         "kept_above_floor": engine.count(Tables.PAIRWISE_PREDICTIONS),
         "prediction_floor": linkage.PREDICTION_FLOOR,
         "removed_by_probable_twins_rule": removed,
+        "probable_twins_rule_cost": pair_rule_cost(engine, model, Tables.PAIRWISE_PREDICTIONS),
     }
 
 
@@ -103,6 +105,28 @@ def apply_pair_rules(engine: Engine, model: ModelSpec, scored: str, kept: str) -
     where = f" WHERE NOT {condition}" if condition else ""
     engine.create_table(kept, f"SELECT * FROM {scored}{where}")
     return engine.count(scored) - engine.count(kept)
+
+
+def pair_rule_cost(engine: Engine, model: ModelSpec, scored: str) -> dict[str, dict[str, float]]:
+    """Per threshold, the pairs the model scored at or above it that the probable-twins rule
+    removed, and how many of them the model itself expects to be the same person (the sum
+    of their match probabilities: an estimate of the links the rule gave up)."""
+    condition = linkage.probable_twins_condition(model)
+    cost: dict[str, dict[str, float]] = {}
+    for name, probability in model.thresholds.as_dict().items():
+        pairs, expected = (
+            engine.fetch(
+                f"SELECT count(*), coalesce(sum(match_probability), 0) FROM {scored} "
+                f"WHERE match_probability >= {probability} AND {condition}"
+            )[0]
+            if condition
+            else (0, 0.0)
+        )
+        cost[name] = {
+            "pairs_removed": int(pairs),
+            "expected_same_person": round(float(expected), 1),
+        }
+    return cost
 
 
 def cluster(

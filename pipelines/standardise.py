@@ -127,12 +127,33 @@ def reference_frame(name: str) -> pd.DataFrame:
         return pd.read_csv(fh, dtype=str, keep_default_na=False)
 
 
+def nickname_pairs() -> pd.DataFrame:
+    """Given-name variants (variant, canonical): the `nicknames` package's hand-curated list
+    of English names (about 2,700 pairs, maintained upstream), plus the UK spellings and
+    transliterations it lacks (reference_data/nicknames.csv: Kate/Catherine, Liam/William,
+    Mohamed/Mohammed...)."""
+    from nicknames import NickNamer
+
+    maintained = [
+        (nick, canonical)
+        for canonical, nicks in NickNamer().nickname_lookup.items()
+        for nick in nicks
+    ]
+    frame = pd.concat(
+        [
+            pd.DataFrame(maintained, columns=["variant", "canonical"]),
+            reference_frame("nicknames.csv"),
+        ]
+    )
+    return frame.drop_duplicates().sort_values(["variant", "canonical"], ignore_index=True)
+
+
 def load_reference_tables(engine: Engine) -> None:
     """The nickname table the standardisation joins to, and postcode areas by region (for
     the bias tables). Reference data travels from the package as frames, so a cluster's
     executors need no copy of the package files."""
     engine.load_frame(Tables.POSTCODE_REGIONS, reference_frame("postcode_areas.csv"))
-    engine.load_frame(f"{NICKNAME_TABLE}_pairs", reference_frame("nicknames.csv"))
+    engine.load_frame(f"{NICKNAME_TABLE}_pairs", nickname_pairs())
     engine.create_table(
         NICKNAME_TABLE,
         f"SELECT variant, list_sort(list(canonical)) AS canonicals "

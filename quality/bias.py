@@ -73,7 +73,7 @@ def build_record_groups(engine: Engine, accepted_tables: dict[str, str]) -> None
 def bias_tables(
     engine: Engine,
     accepted_tables: dict[str, str],
-    pairs_table: str = Tables.PAIRS_FOR_CLUSTERING,
+    pairs_table: str = Tables.PAIRWISE_PREDICTIONS,
 ) -> dict[str, Any]:
     """Link rates and estimated error rates by group, for each dimension."""
     build_record_groups(engine, accepted_tables)

@@ -7,7 +7,8 @@ These are ESTIMATES: they take the model's match probabilities at face value.
   only through other records), the mean probability of the scored within-cluster pairs.
 - Estimated precision = expected true pairs within clusters / pairs within clusters.
 - Expected true pairs overall = sum of match probability over every scored pair kept above
-  the prediction floor (pairs removed by the probable-twins rule count as non-matches).
+  the prediction floor, including pairs a pair rule (the opt-in probable-twins rule) kept
+  out of clustering: the model expects some of those to be true, and they are missed.
 - Estimated recall = expected true pairs within clusters / expected true pairs overall.
 - 95% intervals treat each scored pair as an independent Bernoulli trial with its match
   probability (Poisson-binomial variance, normal approximation); they express sampling
@@ -44,7 +45,7 @@ def _pairs_sql(pairs_table: str) -> str:
 def estimate_error_rates(
     engine: Engine,
     threshold_columns: dict[str, str] = PERSON_ID_COLUMNS,
-    pairs_table: str = Tables.PAIRS_FOR_CLUSTERING,
+    pairs_table: str = Tables.PAIRWISE_PREDICTIONS,
     lookup_table: str = Tables.PERSON_LOOKUP,
 ) -> dict[str, dict[str, Any]]:
     """Estimated pairwise precision and recall of each threshold's clusters."""

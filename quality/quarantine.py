@@ -2,9 +2,14 @@
 
 A row is quarantined for the first of these reasons that applies (in this order):
 the whole delivery was rejected by validation; missing record id; duplicate record id (the
-first occurrence, in delivery then row order, is kept); unparseable date of birth;
-unparseable event date; insufficient identifiers (fewer than two of given name, family name,
-date of birth and postcode).
+first occurrence, in delivery then row order, is kept); insufficient identifiers (fewer than
+two of given name, family name, date of birth and postcode).
+
+A value that cannot be read (a date of birth or event date in no declared format, a
+placeholder, an implausible date, an invalid postcode, an undeclared sex code) becomes
+missing and the row stays: it can still link on its other identifiers. Those values are
+counted per identifier and reason (`cleaning`), and a row is quarantined only when too
+little is left to link it.
 """
 
 from __future__ import annotations
@@ -25,8 +30,6 @@ CASE
   WHEN record_id IS NULL THEN 'missing record id'
   WHEN row_number() OVER (PARTITION BY record_id ORDER BY _delivery_order, _row_number) > 1
     THEN 'duplicate record id'
-  WHEN dob_unparseable THEN 'unparseable date of birth'
-  WHEN event_date_unparseable THEN 'unparseable event date'
   WHEN CAST(given_name IS NOT NULL AS INTEGER) + CAST(family_name IS NOT NULL AS INTEGER)
      + CAST(date_of_birth IS NOT NULL AS INTEGER) + CAST(postcode IS NOT NULL AS INTEGER) < 2
     THEN 'insufficient identifiers'
@@ -34,10 +37,12 @@ END
 """
 
 CLEANING_COUNTS = {
+    "date_of_birth_unparseable_set_missing": "dob_unparseable",
     "date_of_birth_placeholder_set_missing": "dob_placeholder",
     "date_of_birth_implausible_set_missing": "dob_implausible",
     "postcode_invalid_set_missing": "postcode_invalid",
     "sex_code_unknown_set_missing": "sex_unknown",
+    "event_date_unparseable_set_missing": "event_date_unparseable",
 }
 
 

@@ -104,8 +104,8 @@ def test_row_problems_are_quarantined_with_reasons_and_reconcile(
     rows = [
         GOOD,
         {**GOOD, "episode_id": "E1", "forename": "Different"},  # duplicate id
-        {**GOOD, "episode_id": "E3", "dob": "31/02/1980"},  # impossible date
-        {**GOOD, "episode_id": "E4", "admitted": "yesterday"},  # bad event date
+        {**GOOD, "episode_id": "E3", "dob": "31/02/1980"},  # impossible date: kept, dob missing
+        {**GOOD, "episode_id": "E4", "admitted": "yesterday"},  # bad event date: kept
         {**GOOD, "episode_id": "E5", "forename": "", "surname": "", "dob": "", "postcode": "x"},
         {**GOOD, "episode_id": "", "forename": "Bob"},  # no record id
         {**GOOD, "episode_id": "E7", "dob": "UNKNOWN"},  # placeholder: kept
@@ -118,17 +118,25 @@ def test_row_problems_are_quarantined_with_reasons_and_reconcile(
         "duplicate record id": 1,
         "insufficient identifiers": 1,
         "missing record id": 1,
-        "unparseable date of birth": 1,
-        "unparseable event date": 1,
     }
-    assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (7, 2, 5)
+    assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (7, 4, 3)
     assert result.reconciles
     quarantined = pd.read_parquet(result.path)
-    assert len(quarantined) == 5
+    assert len(quarantined) == 3
     assert set(quarantined.columns) >= {"episode_id", "quarantine_reason", "delivery"}
-    # The first occurrence of a duplicated id is the one kept.
-    kept = engine.fetch("SELECT record_id, given_name FROM accepted_hospital ORDER BY 1")
-    assert kept == [("E1", "ann"), ("E7", "ann")]
+    # The first occurrence of a duplicated id is the one kept; a value that cannot be read
+    # is set missing and counted, and its row links on what is left.
+    kept = engine.fetch(
+        "SELECT record_id, given_name, date_of_birth IS NULL FROM accepted_hospital ORDER BY 1"
+    )
+    assert kept == [
+        ("E1", "ann", False),
+        ("E3", "ann", True),
+        ("E4", "ann", False),
+        ("E7", "ann", True),
+    ]
+    assert result.cleaning["date_of_birth_unparseable_set_missing"] == 1
+    assert result.cleaning["event_date_unparseable_set_missing"] == 1
 
 
 def test_duplicates_across_deliveries_and_rejected_deliveries(
@@ -169,8 +177,8 @@ def test_a_row_with_several_problems_gets_the_first_reason_and_its_location(
         GOOD,  # row 1: kept
         {**GOOD, "episode_id": "", "dob": "31/02/1980", **nothing},  # 2: missing id first
         {**GOOD, "dob": "31/02/1980", "admitted": "never"},  # 3: duplicate of E1 first
-        {**GOOD, "episode_id": "E3", "dob": "x", "admitted": "x", **nothing},  # 4: date of birth
-        {**GOOD, "episode_id": "E4", "admitted": "x", **nothing, "dob": ""},  # 5: event date
+        {**GOOD, "episode_id": "E3", "dob": "x", "admitted": "x", **nothing},  # 4: nothing left
+        {**GOOD, "episode_id": "E4", "admitted": "x", **nothing, "dob": ""},  # 5: nothing left
         {**GOOD, "episode_id": "E5", **nothing, "dob": ""},  # 6: too few identifiers
         {**GOOD, "episode_id": "E6", "forename": "", "surname": ""},  # 7: kept (dob, postcode)
     ]
@@ -183,8 +191,8 @@ def test_a_row_with_several_problems_gets_the_first_reason_and_its_location(
     assert list(zip(quarantined.row_number, quarantined.quarantine_reason, strict=True)) == [
         (2, "missing record id"),
         (3, "duplicate record id"),
-        (4, "unparseable date of birth"),
-        (5, "unparseable event date"),
+        (4, "insufficient identifiers"),
+        (5, "insufficient identifiers"),
         (6, "insufficient identifiers"),
     ]
     assert set(quarantined.delivery) == {"2024-05.csv"}
