@@ -141,8 +141,18 @@ def test_probable_twins_rule_count_is_the_pairs_it_removed(small_run: RunResult)
             "SELECT count(*) FROM pairs_for_clustering "
             f"WHERE {probable_twins_condition(small_run_model())}"
         )[0][0]
+        removed_links = engine.fetch(
+            "SELECT count(*) FROM pairwise_predictions WHERE match_probability >= 0.99 "
+            f"AND {probable_twins_condition(small_run_model())}"
+        )[0][0]
     assert removed > 0 and removed == scored - kept
     assert twins_left == 0
+    # What the opt-in rule cost is published: the links it removed at each threshold.
+    cost = small_run.manifest["pairs"]["probable_twins_rule_cost"]
+    assert cost["balanced"]["pairs_removed"] == removed_links > 0
+    assert 0 < cost["balanced"]["expected_same_person"] <= removed_links
+    html = (small_run.output_dir / "reports" / "linkage_report.html").read_text()
+    assert "opted in to the probable-twins" in html
 
 
 def test_every_row_reconciles(small_run: RunResult, small_data: GeneratedData) -> None:
