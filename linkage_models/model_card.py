@@ -36,8 +36,13 @@ def model_card_markdown(
         f"(match weight {math.log2(prior / (1 - prior)):+.2f})",
         "- Clustering thresholds (match probability): "
         + ", ".join(f"{k} {v}" for k, v in thresholds.items()),
-        f"- Probable-twins rule: {probable_twins_rule} (pairs with the same date of birth and "
-        "different given names, at most sharing an initial, are not linked)",
+        "- Probable-twins rule: "
+        + (
+            "exclude, opted in (pairs with the same date of birth and different given "
+            "names, at most sharing an initial, are not linked)"
+            if probable_twins_rule == "exclude"
+            else "off (pairs are linked on their match weight alone)"
+        ),
         "",
         "## Training",
         "",
@@ -100,7 +105,8 @@ def model_card_markdown(
         "## Limitations",
         "",
         "- Fellegi-Sunter assumes comparisons are independent given match status; people who "
-        "share a household, surname and birth date (twins) break this, hence the twins rule.",
+        "share a household, surname and birth date (twins) break this: they score as "
+        "strong links unless the project opts in to the probable-twins rule.",
         "- Women who changed surname and moved address between records are hard to link.",
         "- Parameters are estimated without labels; see the manifest for measured accuracy "
         "where ground truth exists.",
