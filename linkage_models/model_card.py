@@ -64,6 +64,18 @@ def model_card_markdown(
             + "."
         )
         untrained = training_summary.get("untrained") or {}
+        lines += [
+            "",
+            'Splink may print "Level ... not observed in dataset, unable to train m value" '
+            "while training: each EM session holds fixed the columns it blocks on, so some "
+            "levels cannot occur in it, and another session estimates them. What counts is "
+            "the model at the end of training"
+            + (
+                ": every level's m and u was estimated."
+                if not (untrained.get("m") or untrained.get("u"))
+                else ", below."
+            ),
+        ]
         if untrained.get("m") or untrained.get("u"):
             lines += [
                 "",

@@ -50,4 +50,6 @@ def test_card_is_silent_when_every_level_was_estimated() -> None:
     model = _model(dob_exact_m=0.9)
     model["comparisons"][0]["comparison_levels"][2]["m_probability"] = 0.04
     assert untrained_levels(model) == {"m": [], "u": []}
-    assert "not fully trained" not in _card(model)
+    card = _card(model)
+    assert "not fully trained" not in card
+    assert "every level's m and u was estimated" in card
