@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -288,6 +289,9 @@ def test_spark_connect_runs_the_stages_and_splink(
             str(small_run.output_dir / small_run.manifest["model"]["path"]),
         ],
         cwd=REPO,
+        # PySpark's own switch for tests: the local Connect server binds an ephemeral port,
+        # so a server left over from another run on 15002 cannot make this one fail.
+        env={**os.environ, "SPARK_TESTING": "1"},
         capture_output=True,
         text=True,
         timeout=900,
