@@ -112,21 +112,22 @@ def pair_rule_cost(engine: Engine, model: ModelSpec, scored: str) -> dict[str, d
     removed, and how many of them the model itself expects to be the same person (the sum
     of their match probabilities: an estimate of the links the rule gave up)."""
     condition = linkage.probable_twins_condition(model)
-    cost: dict[str, dict[str, float]] = {}
-    for name, probability in model.thresholds.as_dict().items():
-        pairs, expected = (
-            engine.fetch(
-                f"SELECT count(*), coalesce(sum(match_probability), 0) FROM {scored} "
-                f"WHERE match_probability >= {probability} AND {condition}"
-            )[0]
-            if condition
-            else (0, 0.0)
-        )
-        cost[name] = {
-            "pairs_removed": int(pairs),
-            "expected_same_person": round(float(expected), 1),
+    thresholds = model.thresholds.as_dict()
+    if condition is None:
+        return {name: {"pairs_removed": 0, "expected_same_person": 0.0} for name in thresholds}
+    columns = ", ".join(
+        f"count(*) FILTER (WHERE match_probability >= {p}), "
+        f"coalesce(sum(match_probability) FILTER (WHERE match_probability >= {p}), 0)"
+        for p in thresholds.values()
+    )
+    row = engine.fetch(f"SELECT {columns} FROM {scored} WHERE {condition}")[0]
+    return {
+        name: {
+            "pairs_removed": int(row[2 * i]),
+            "expected_same_person": round(float(row[2 * i + 1]), 1),
         }
-    return cost
+        for i, name in enumerate(thresholds)
+    }
 
 
 def cluster(

@@ -81,8 +81,10 @@ def make_offline(site: Path) -> list[Path]:
     remaining = []
     for page in sorted(site.rglob("*.html")):
         to_root = Path(os.path.relpath(site, page.parent)).as_posix()
-        html = offline_page(page.read_text(encoding="utf-8"), to_root)
-        page.write_text(html, encoding="utf-8")
+        original = page.read_text(encoding="utf-8")
+        html = offline_page(original, to_root)
+        if html != original:  # GX rebuilds the site each validation; most pages are done
+            page.write_text(html, encoding="utf-8")
         if _REMOTE_LOAD.search(html):
             remaining.append(page)
     return remaining
