@@ -64,7 +64,9 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                 result = combine_and_quarantine(
                     s.engine, source, tables, s.layout.quarantine_file(source.name)
                 )
-                table = build_linkage_input(s.engine, source.name, result.accepted_table)
+                table = build_linkage_input(
+                    s.engine, s.project.spec, source.name, result.accepted_table
+                )
                 sources[source.name] = {
                     **asdict(result),
                     "path": str(result.path),

@@ -67,7 +67,7 @@ def quality_assets() -> list[dg.AssetsDefinition]:
         with step(project, engine, "diagnostics") as s:
             written = write_diagnostics(
                 s.engine.splink_api(),
-                s.project.spec.model,
+                s.project.spec,
                 json.loads(Path(model_path(s.layout)).read_text()),
                 input_tables(s.layout),
                 Tables.PAIRS_FOR_CLUSTERING,
@@ -99,7 +99,7 @@ def quality_assets() -> list[dg.AssetsDefinition]:
             if s.layout.review_labels.exists():
                 charts, truth_space = write_label_accuracy(
                     s.engine.splink_api(),
-                    s.project.spec.model,
+                    s.project.spec,
                     json.loads(Path(model_path(s.layout)).read_text()),
                     input_tables(s.layout),
                     pd.read_parquet(s.layout.review_labels),

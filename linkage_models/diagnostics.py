@@ -20,8 +20,7 @@ import splink.exploratory as exploratory
 from splink.blocking_analysis import chart_comparisons_from_blocking_rules
 
 from linkage_models.linkage import PREDICTION_FLOOR, make_linker
-from linkage_models.project import LINKAGE_COLUMNS, ModelSpec
-from linkage_models.settings import blocking_rule
+from linkage_models.project import LinkageProject
 
 WATERFALL_PAIRS_PER_THRESHOLD = 5
 COUNTS = ("tp", "fp", "tn", "fn")
@@ -39,7 +38,7 @@ def _count(db_api: Any, table: str) -> int:
 
 def write_diagnostics(
     db_api: Any,
-    model_spec: ModelSpec,
+    project: LinkageProject,
     trained_model: dict[str, Any],
     input_tables: dict[str, str],
     pairs_table: str,
@@ -50,7 +49,7 @@ def write_diagnostics(
     relative to the folder above `out` (where the linkage report sits)."""
     # Waterfall charts need Splink's intermediate columns, which production scoring skips.
     model = {**trained_model, "retain_intermediate_calculation_columns": True}
-    linker = make_linker(db_api, input_tables, model_spec, model)
+    linker = make_linker(db_api, input_tables, project, model)
     out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
 
@@ -76,7 +75,7 @@ def write_diagnostics(
     record("Unlinkable records (too little information to link)", "unlinkables.html")
     # Splink labels each table with its own source_dataset column: the inputs' column of that
     # name is left out (Spark rejects the ambiguity that DuckDB lets pass).
-    compared = ", ".join(c for c in LINKAGE_COLUMNS if c != "source_dataset")
+    compared = ", ".join(c for c in project.linkage_columns() if c != "source_dataset")
     completeness = [
         db_api.query_sql(f"SELECT {compared} FROM {table}") for table in input_tables.values()
     ]
@@ -90,8 +89,10 @@ def write_diagnostics(
     _save(
         chart_comparisons_from_blocking_rules(
             frames,
-            blocking_rules=[blocking_rule(r) for r in model_spec.blocking_rules],
-            link_type=model_spec.link_type,
+            # The rules the model predicts with (after the blocking analysis), in the
+            # dialect they were saved in; Splink transpiles them.
+            blocking_rules=trained_model["blocking_rules_to_generate_predictions"],
+            link_type=project.model.link_type,
             unique_id_column_name="record_id",
             source_dataset_column_name="source_dataset",
             # About 100k records sampled: exact for small data, stable and quick for large.
@@ -101,7 +102,7 @@ def write_diagnostics(
     )
     record("Comparisons generated per blocking rule", "blocking_rule_comparisons.html")
 
-    for name, probability in model_spec.thresholds.as_dict().items():
+    for name, probability in project.model.thresholds.as_dict().items():
         weight = math.log2(probability / (1 - probability))
         # The scored pairs nearest the threshold, with Splink's intermediate columns.
         keys = "source_dataset_l, record_id_l, source_dataset_r, record_id_r"
@@ -152,7 +153,7 @@ def write_diagnostics(
 
 def write_label_accuracy(
     db_api: Any,
-    model_spec: ModelSpec,
+    project: LinkageProject,
     trained_model: dict[str, Any],
     input_tables: dict[str, str],
     labels: pd.DataFrame,
@@ -164,7 +165,7 @@ def write_label_accuracy(
     over-represents pairs near the thresholds, so read them as the model's behaviour on
     reviewed pairs; the report's weighted figures are the population estimates.
     """
-    linker = make_linker(db_api, input_tables, model_spec, trained_model)
+    linker = make_linker(db_api, input_tables, project, trained_model)
     frame = labels[["source_dataset_l", "record_id_l", "source_dataset_r", "record_id_r"]].copy()
     frame["clerical_match_score"] = labels["clerical_match"].astype(float)
     labels_table = db_api.register(frame, table_name="__joinedup_labels")
@@ -192,7 +193,7 @@ def write_label_accuracy(
     )
     truth_space = table.as_pandas_dataframe()
     rows = []
-    for name, probability in model_spec.thresholds.as_dict().items():
+    for name, probability in project.model.thresholds.as_dict().items():
         weight = math.log2(probability / (1 - probability))
         if len(truth_space):
             nearest = truth_space.iloc[(truth_space.truth_threshold - weight).abs().argmin()]

@@ -14,7 +14,7 @@ from typing import Any
 
 from splink import Linker
 
-from linkage_models.project import ModelSpec, Thresholds, TrainingSpec
+from linkage_models.project import BlockingRule, LinkageProject, Thresholds, TrainingSpec
 from linkage_models.settings import blocking_rule, build_settings, exact_match_gamma
 
 # Pairs below this probability are not kept: they can never be accepted and only cost disk.
@@ -37,22 +37,24 @@ class Predictions:
 def make_linker(
     db_api: Any,
     input_tables: dict[str, str],
-    model: ModelSpec,
+    project: LinkageProject,
     trained_model: dict[str, Any] | None = None,
+    blocking_rules: list[BlockingRule] | None = None,
 ) -> Linker:
     """Register each source's linkage input table with Splink and build a Linker.
 
-    With `trained_model` (a saved Splink model), its trained parameters are used as they are,
-    on whichever engine `db_api` belongs to.
+    With `trained_model` (a saved Splink model), its trained parameters and blocking rules
+    are used as they are, on whichever engine `db_api` belongs to. Without one, the
+    project's settings, with `blocking_rules` (those the blocking analysis kept) if given.
     """
     frames = [
         db_api.register(table, table_name=f"splink_input_{source}")
         for source, table in input_tables.items()
     ]
     settings: Any = (
-        build_settings(model)
+        build_settings(project, blocking_rules)
         if trained_model is None
-        else model_for_dialect(trained_model, model, db_api.sql_dialect.sql_dialect_str)
+        else model_for_dialect(trained_model, project, db_api.sql_dialect.sql_dialect_str)
     )
     return Linker(frames, settings, log_level=logging.WARNING)
 
@@ -61,16 +63,19 @@ class ModelMismatchError(ValueError):
     """A saved model whose comparisons no longer match the project's (names the level)."""
 
 
-def model_for_dialect(trained: dict[str, Any], model: ModelSpec, dialect: str) -> dict[str, Any]:
+def model_for_dialect(
+    trained: dict[str, Any], project: LinkageProject, dialect: str
+) -> dict[str, Any]:
     """A saved model for an engine of another SQL dialect.
 
     Splink saves SQL in the dialect it trained on (DuckDB's "a" = "b" is a string comparison
-    on Spark), so the comparisons and blocking rules are rebuilt for `dialect` from the project
-    and the trained parameters copied across level by level.
+    on Spark), so the comparisons are rebuilt for `dialect` from the project and the trained
+    parameters copied across level by level. The saved blocking rules keep their dialect
+    tag, from which Splink transpiles them.
     """
     if trained.get("sql_dialect") == dialect:
         return trained
-    fresh = build_settings(model).create_settings_dict(dialect)
+    fresh = build_settings(project).create_settings_dict(dialect)
     for new, old in zip(fresh["comparisons"], trained["comparisons"], strict=False):
         new_levels, old_levels = new["comparison_levels"], old["comparison_levels"]
         labels = [lv.get("label_for_charts") for lv in old_levels]
@@ -90,11 +95,17 @@ def model_for_dialect(trained: dict[str, Any], model: ModelSpec, dialect: str) -
         raise ModelMismatchError(
             "the saved model compares different primitives from the project: train a new model"
         )
+    rules = [
+        rule
+        if isinstance(rule, dict)
+        else {"blocking_rule": rule, "sql_dialect": trained["sql_dialect"]}
+        for rule in trained["blocking_rules_to_generate_predictions"]
+    ]
     return {
         **trained,
         "sql_dialect": dialect,
         "comparisons": fresh["comparisons"],
-        "blocking_rules_to_generate_predictions": fresh["blocking_rules_to_generate_predictions"],
+        "blocking_rules_to_generate_predictions": rules,
     }
 
 
@@ -170,7 +181,7 @@ def predict(linker: Linker, floor: float = PREDICTION_FLOOR) -> Predictions:
     return Predictions(blocked_pairs_table=blocked.physical_name, table=predictions.physical_name)
 
 
-def probable_twins_condition(model: ModelSpec) -> str | None:
+def probable_twins_condition(project: LinkageProject) -> str | None:
     """SQL over a predictions row: same date of birth, both given names present and different
     (not equal, not a nickname or middle name, not similar, at most sharing an initial).
 
@@ -181,11 +192,12 @@ def probable_twins_condition(model: ModelSpec) -> str | None:
     records: removing the "same initial" level too traded 0.03 points of recall for 0.06
     points of precision (docs/benchmarks.md).
     """
+    model = project.model
     if model.probable_twins_rule != "exclude":
         return None
     if "given_name" not in model.comparisons or "date_of_birth" not in model.comparisons:
         return None
-    dob_exact = exact_match_gamma("date_of_birth", model.comparisons["date_of_birth"])
+    dob_exact = exact_match_gamma(project, "date_of_birth")
     return f"(gamma_given_name IN (0, 1) AND gamma_date_of_birth = {dob_exact})"
 
 

@@ -15,6 +15,35 @@ def _weight(m: float | None, u: float | None) -> str:
     return f"{math.log2(m / u):+.2f}"
 
 
+def _blocking_lines(blocking: dict[str, Any] | None) -> list[str]:
+    """The blocking analysis: pairs each rule adds, and which rules were kept and why."""
+    if not blocking:
+        return []
+    origin = (
+        "derived from the identifiers the sources map"
+        if blocking.get("derived")
+        else "written in the project"
+    )
+    counted = "estimated from a sample of records" if blocking.get("estimated") else "exact"
+    lines = [
+        "",
+        "## Blocking",
+        "",
+        f"Blocking rules {origin}, checked with Splink's blocking analysis before training "
+        f"(pair counts {counted}; bound {blocking['bound']:,.0f} pairs added per rule; "
+        f"{blocking['total_possible_pairs']:,} possible pairs in all):",
+        "",
+        "| rule | pairs it adds | cumulative | outcome |",
+        "|---|---|---|---|",
+    ]
+    for rule in blocking["analysis"]:
+        lines.append(
+            f"| `{rule['rule']}` | {rule['adds_pairs']:,} | "
+            f"{rule['cumulative_pairs']:,} | {rule['why']} |"
+        )
+    return lines
+
+
 def model_card_markdown(
     project: str,
     entry: ModelVersion,
@@ -92,6 +121,7 @@ def model_card_markdown(
             for parameter in ("m", "u"):
                 for level in untrained.get(parameter, []):
                     lines.append(f"- {parameter} not estimated: {level}")
+        lines += _blocking_lines(training_summary.get("blocking"))
     else:
         lines.append("This run reused an earlier version; no training was done.")
     lines += [

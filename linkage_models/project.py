@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from linkage_models.defaults import derive_model
 
 PRIMITIVES = ("given_name", "middle_names", "family_name", "date_of_birth", "sex", "postcode")
 
@@ -33,8 +36,19 @@ STANDARD_COLUMNS = (
     "postcode_area",
 )
 
-# The columns Splink sees, identical across sources (attributes and flags stay behind).
+# The columns Splink sees, identical across sources (attributes and flags stay behind);
+# a project's other identifiers add theirs (LinkageProject.linkage_columns).
 LINKAGE_COLUMNS = ("record_id", "source_dataset", *STANDARD_COLUMNS)
+# Names other identifiers may not take: the standardised table's own bookkeeping.
+RESERVED_COLUMNS = (
+    "record_id",
+    "source_dataset",
+    "event_date",
+    "event_type",
+    "birth_year_from_age",
+)
+# Other identifier types that can link a record on their own (count towards "enough").
+LINKING_OTHER_TYPES = ("person_id", "address")
 
 DEFAULT_PLACEHOLDERS = [
     "UNKNOWN",
@@ -106,6 +120,82 @@ class DateMapping(ColumnMapping):
         return formats
 
 
+class PostcodeMapping(ColumnMapping):
+    """A postal code. GB (the default): UK postcodes, compared by sector, district and area;
+    a value that is not UK-shaped becomes missing (counted). Any other country: letters and
+    digits as delivered (upper case), compared exactly and by the prefixes declared; with a
+    `pattern`, a value that does not match it becomes missing (counted), never silently."""
+
+    country: str = Field(default="GB", pattern=r"^[A-Z]{2}$")
+    pattern: str | None = None
+    prefix_lengths: list[int] = Field(default_factory=lambda: [3], max_length=2)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                message = f"pattern {pattern!r} is not a regular expression: {exc}"
+                raise ValueError(message) from None
+        return pattern
+
+    def comparison_key(self) -> tuple[str, tuple[int, ...]]:
+        """What the comparison depends on: every source must agree on it."""
+        return (self.country, () if self.country == "GB" else tuple(self.prefix_lengths))
+
+
+class AgeMapping(ColumnMapping):
+    """Age in whole years on a known date: the year of birth is that year less the age (or
+    one less), so years derived from ages compare as 'one apart' too."""
+
+    as_at: date
+
+
+OtherType = Literal["person_id", "address", "exact", "name", "date", "numeric"]
+
+
+class OtherIdentifier(_Strict):
+    """An identifier beyond the primitives, with a standard comparison for its type:
+
+    - person_id: a national or pseudonymised person identifier (NI, NHS, SSN-like):
+      letters and digits only, upper case; exact, one typo or transposition, or both
+      present and different (strong evidence against).
+    - address: free text in one column or several lines (`columns`), normalised to
+      upper-case words; exact (weighted by frequency), same house number and street
+      (weighted by the street's frequency), similar text, shared words.
+    - exact: any code compared exactly (trimmed, upper case).
+    - name: any name-like text (cleaned like names): exact, then Jaro-Winkler.
+    - date: a date in the declared formats: exact, one character apart, same year.
+    - numeric: a number: exact, then within each tolerance.
+    A value that cannot be read (or is in `placeholder_values`) becomes missing, counted.
+    """
+
+    type: OtherType
+    column: str | None = Field(default=None, min_length=1)
+    columns: list[str] | None = Field(default=None, min_length=1)
+    formats: list[str] = Field(default_factory=lambda: ["%Y-%m-%d"], min_length=1)
+    placeholder_values: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_columns(self) -> OtherIdentifier:
+        if (self.column is None) == (self.columns is None):
+            raise ValueError("give either column or columns (several lines, address only)")
+        if self.columns is not None and self.type != "address":
+            raise ValueError(f"columns (several lines) is for addresses, not type {self.type}")
+        return self
+
+    def source_columns(self) -> list[str]:
+        return list(self.columns) if self.columns is not None else [str(self.column)]
+
+    def standard_columns(self, name: str) -> list[str]:
+        """The columns this identifier adds to the standardised table."""
+        if self.type == "address":
+            return [name, f"{name}_tokens", f"{name}_number", f"{name}_street"]
+        return [name]
+
+
 class SexMapping(ColumnMapping):
     male_codes: list[str] = Field(default_factory=lambda: ["M", "MALE", "1"])
     female_codes: list[str] = Field(default_factory=lambda: ["F", "FEMALE", "2"])
@@ -120,7 +210,12 @@ class Identifiers(_Strict):
     family_name: ColumnMapping | None = None
     date_of_birth: DateMapping | None = None
     sex: SexMapping | None = None
-    postcode: ColumnMapping | None = None
+    postcode: PostcodeMapping | None = None
+    # Where no full date of birth exists: a year of birth, or an age on a known date.
+    year_of_birth: ColumnMapping | None = None
+    age: AgeMapping | None = None
+    # Identifiers beyond the primitives, by the name the model compares them under.
+    other: dict[str, OtherIdentifier] = Field(default_factory=dict)
 
     _shorthand = field_validator(
         "full_name",
@@ -130,8 +225,27 @@ class Identifiers(_Strict):
         "date_of_birth",
         "sex",
         "postcode",
+        "year_of_birth",
         mode="before",
     )(_column_shorthand)
+
+    @field_validator("other")
+    @classmethod
+    def _other_names(cls, value: dict[str, OtherIdentifier]) -> dict[str, OtherIdentifier]:
+        for name, identifier in value.items():
+            if not _NAME_RE.match(name):
+                raise ValueError(
+                    f"identifier name {name!r} must be lower-case letters, digits and "
+                    "underscores, starting with a letter"
+                )
+            taken = set(STANDARD_COLUMNS) | set(RESERVED_COLUMNS)
+            clash = [c for c in identifier.standard_columns(name) if c in taken]
+            if clash:
+                raise ValueError(
+                    f"identifier name {name!r} would make column(s) {clash} that joinedup "
+                    "already uses; choose another name"
+                )
+        return value
 
     @model_validator(mode="after")
     def _names_declared_once(self) -> Identifiers:
@@ -139,25 +253,49 @@ class Identifiers(_Strict):
             raise ValueError(
                 "declare either full_name or given_name/middle_names/family_name, not both"
             )
+        if self.date_of_birth and (self.year_of_birth or self.age):
+            raise ValueError(
+                "declare date_of_birth, or year_of_birth/age where no full date exists, not both"
+            )
+        if self.year_of_birth and self.age:
+            raise ValueError("declare year_of_birth or age, not both")
         usable = [
             p
-            for p in ("full_name", "given_name", "family_name", "date_of_birth", "postcode")
+            for p in (
+                "full_name",
+                "given_name",
+                "family_name",
+                "date_of_birth",
+                "year_of_birth",
+                "age",
+                "postcode",
+            )
             if getattr(self, p) is not None
         ]
+        usable += [n for n, o in self.other.items() if o.type in LINKING_OTHER_TYPES]
         if len(usable) < 2:
             raise ValueError(
-                "map at least two of full_name/given_name/family_name/date_of_birth/postcode "
-                "so that records can be linked"
+                "map at least two of full_name/given_name/family_name/date_of_birth (or "
+                "year_of_birth/age)/postcode or a person_id or address under other, so "
+                "that records can be linked"
             )
         return self
 
     def columns(self) -> dict[str, str]:
-        """Mapped primitive (or full_name) -> source column."""
-        return {
+        """Mapped primitive (or full_name, year_of_birth, age) -> source column; other
+        identifiers by their name (an address's lines as `<name>_line1`, `<name>_line2`...)."""
+        mapped = {
             key: mapping.column
-            for key in ("full_name", *PRIMITIVES)
+            for key in ("full_name", *PRIMITIVES, "year_of_birth", "age")
             if (mapping := getattr(self, key)) is not None
         }
+        for name, identifier in self.other.items():
+            columns = identifier.source_columns()
+            if len(columns) == 1:
+                mapped[name] = columns[0]
+            else:
+                mapped.update({f"{name}_line{i + 1}": c for i, c in enumerate(columns)})
+        return mapped
 
 
 class EventMapping(_Strict):
@@ -253,6 +391,8 @@ class SourceSpec(_Strict):
 class ComparisonSpec(_Strict):
     term_frequency_adjustments: bool = False
     jaro_winkler_thresholds: list[float] = Field(default_factory=lambda: [0.92, 0.88])
+    # Numeric identifiers: levels for values within each of these absolute differences.
+    numeric_tolerances: list[float] = Field(default_factory=lambda: [1.0])
 
 
 BlockingRule = list[str] | str
@@ -290,30 +430,33 @@ class Thresholds(_Strict):
 
 
 class ModelSpec(_Strict):
+    """The linkage model. Any of comparisons, blocking_rules and training left out is derived
+    from the identifiers the sources map (linkage_models/defaults.py) and listed in
+    `derived`, so the model fits the data it is given."""
+
     link_type: Literal["link_and_dedupe", "link_only", "dedupe_only"] = "link_and_dedupe"
     comparisons: dict[str, ComparisonSpec]
     blocking_rules: list[BlockingRule] = Field(min_length=1)
     training: TrainingSpec
-    thresholds: Thresholds
+    thresholds: Thresholds = Thresholds(high_precision=0.999, balanced=0.99, high_recall=0.9)
     # "off" (the default): trust the match weights alone. "exclude" (opt in): pairs with the
     # same date of birth and different given names (at most sharing an initial) are not
     # linked, as probable twins. It costs recall wherever given names vary in ways the name
     # comparison does not know; the linkage report prints what it removed.
     probable_twins_rule: Literal["exclude", "off"] = "off"
+    # Splink's blocking analysis counts the pairs each rule makes before training. A derived
+    # rule making more than this is dropped; a rule you wrote is kept and reported.
+    max_comparisons_per_blocking_rule: float = Field(default=5e7, gt=0)
+    # Which parts joinedup derived (set by joinedup, not by hand).
+    derived: list[Literal["comparisons", "blocking_rules", "training"]] = Field(
+        default_factory=list
+    )
 
     @field_validator("comparisons", mode="before")
     @classmethod
     def _none_means_defaults(cls, value: Any) -> Any:
         if isinstance(value, dict):
             return {k: ({} if v is None else v) for k, v in value.items()}
-        return value
-
-    @field_validator("comparisons")
-    @classmethod
-    def _known_primitives(cls, value: dict[str, ComparisonSpec]) -> dict[str, ComparisonSpec]:
-        unknown = sorted(set(value) - set(PRIMITIVES))
-        if unknown:
-            raise ValueError(f"unknown primitive(s) {unknown}; expected some of {list(PRIMITIVES)}")
         return value
 
 
@@ -350,25 +493,99 @@ class LinkageProject(_Strict):
     checks: ChecksSpec = ChecksSpec()
     orchestration: OrchestrationSpec = OrchestrationSpec()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_missing_model_parts(cls, raw: Any) -> Any:
+        """Fill comparisons, blocking rules and training the project leaves out from the
+        identifiers its sources map. Sources that do not parse are left for the field
+        validators to report."""
+        if not isinstance(raw, dict):
+            return raw
+        model = raw.get("model") or {}
+        if not isinstance(model, dict):
+            return raw
+        missing = [k for k in ("comparisons", "blocking_rules", "training") if k not in model]
+        if not missing:
+            return raw
+        try:
+            sources = [SourceSpec.model_validate(s) for s in raw.get("sources") or []]
+        except (ValidationError, TypeError):
+            return raw
+        link_type = model.get("link_type", "link_and_dedupe")
+        derived = derive_model(mapped_identifiers(sources), other_types(sources), link_type)
+        filled = {k: derived[k] for k in missing}
+        return {**raw, "model": {**filled, **model, "derived": missing}}
+
     @model_validator(mode="after")
     def _consistent(self) -> LinkageProject:
         names = [s.name for s in self.sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"source names must be unique; repeated: {dupes}")
+        kinds: dict[str, set[Any]] = {}
+        for source in self.sources:
+            for name, identifier in source.identifiers.other.items():
+                kinds.setdefault(name, set()).add(identifier.type)
+            if source.identifiers.postcode is not None:
+                kinds.setdefault("postcode", set()).add(
+                    source.identifiers.postcode.comparison_key()
+                )
+        mixed = sorted(k for k, v in kinds.items() if len(v) > 1)
+        if mixed:
+            raise ValueError(
+                f"identifier(s) {mixed} are declared differently by different sources; "
+                "every source must give an identifier the same type (and a postcode the "
+                "same country and prefix_lengths)"
+            )
+        comparable = {*PRIMITIVES, *self.other_identifiers()}
+        unknown = sorted(set(self.model.comparisons) - comparable)
+        if unknown:
+            raise ValueError(
+                f"model.comparisons: unknown identifier(s) {unknown}; expected some of "
+                f"{sorted(comparable)} (primitives, or names declared under identifiers.other)"
+            )
+        columns = self.standard_columns()
         for rule in [
             *self.model.blocking_rules,
             *self.model.training.deterministic_rules,
             *self.model.training.em_blocking_rules,
         ]:
             if isinstance(rule, list):
-                bad = [c for c in rule if c not in STANDARD_COLUMNS]
+                bad = [c for c in rule if c not in columns]
                 if bad:
                     raise ValueError(
                         f"blocking rule {rule} uses unknown column(s) {bad}; expected columns "
-                        f"of the standardised table: {list(STANDARD_COLUMNS)}"
+                        f"of the standardised table: {list(columns)}"
                     )
         return self
+
+    def other_identifiers(self) -> dict[str, OtherIdentifier]:
+        """Every identifier declared under `other` by any source, by name (first source's
+        declaration; all sources agree on the type)."""
+        found: dict[str, OtherIdentifier] = {}
+        for source in self.sources:
+            for name, identifier in source.identifiers.other.items():
+                found.setdefault(name, identifier)
+        return found
+
+    def standard_columns(self) -> tuple[str, ...]:
+        """Columns of every standardised table, usable in blocking rules."""
+        extra = [c for n, o in self.other_identifiers().items() for c in o.standard_columns(n)]
+        return (*STANDARD_COLUMNS, *extra)
+
+    def linkage_columns(self) -> tuple[str, ...]:
+        """The columns Splink sees, identical across sources."""
+        return ("record_id", "source_dataset", *self.standard_columns())
+
+    def postcode_mapping(self) -> PostcodeMapping | None:
+        """How postcodes are read (all sources agree on the comparison); None if unmapped."""
+        for source in self.sources:
+            if source.identifiers.postcode is not None:
+                return source.identifiers.postcode
+        return None
+
+    def maps_age(self) -> bool:
+        return any(s.identifiers.age is not None for s in self.sources)
 
     def source(self, name: str) -> SourceSpec:
         for s in self.sources:
@@ -390,6 +607,29 @@ class LoadedProject(BaseModel):
 
     def source_path(self, source: SourceSpec) -> str:
         return str(self.data_dir / source.path)
+
+
+def mapped_identifiers(sources: list[SourceSpec]) -> dict[str, int]:
+    """How many sources map each primitive (full_name counts as the three name parts; a
+    year of birth or age counts as dob_year) and each other identifier, by name."""
+    counts: dict[str, int] = {}
+    for source in sources:
+        ids = source.identifiers
+        present = {k for k in PRIMITIVES if getattr(ids, k) is not None}
+        if ids.full_name is not None:
+            present |= {"given_name", "middle_names", "family_name"}
+        if ids.given_name is not None and ids.given_name.includes_middle_names:
+            present.add("middle_names")
+        if present & {"date_of_birth"} or ids.year_of_birth or ids.age:
+            present.add("dob_year")
+        present |= set(ids.other)
+        for key in present:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def other_types(sources: list[SourceSpec]) -> dict[str, str]:
+    return {n: o.type for s in sources for n, o in s.identifiers.other.items()}
 
 
 def _format_location(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:

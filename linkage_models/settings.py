@@ -1,4 +1,4 @@
-"""Splink settings built from the linkage project: one standard comparison per primitive.
+"""Splink settings built from the linkage project: one standard comparison per identifier.
 
 The comparisons are designed for the error processes of administrative data: nicknames
 (alias arrays), people known by a middle name, swapped given/family names, hyphenated and
@@ -18,7 +18,13 @@ from splink.internals.comparison_creator import ComparisonCreator
 from splink.internals.comparison_level_creator import ComparisonLevelCreator
 from splink.internals.dialects import SplinkDialect
 
-from linkage_models.project import BlockingRule, ComparisonSpec, ModelSpec
+from linkage_models.project import (
+    BlockingRule,
+    ComparisonSpec,
+    LinkageProject,
+    OtherIdentifier,
+    PostcodeMapping,
+)
 
 # Columns Splink must carry through so outputs and diagnostics can use them.
 RETAINED_COLUMNS = ["given_name_aliases", "family_name_tokens", "dob_year", "dob_month", "dob_day"]
@@ -113,12 +119,26 @@ def family_name_comparison(spec: ComparisonSpec) -> ComparisonCreator:
     )
 
 
-def date_of_birth_comparison(spec: ComparisonSpec) -> ComparisonCreator:
+def date_of_birth_comparison(spec: ComparisonSpec, ages: bool = False) -> ComparisonCreator:
+    """Full dates where both records have one; the year alone where one record has only a
+    year of birth (or an age); with ages, years one apart too (an age on a date does not
+    fix the year)."""
+    one_apart = (
+        [
+            cll.CustomLevel(
+                "abs(dob_year_l - dob_year_r) = 1",
+                label_for_charts="Birth years one apart",
+                base_dialect_str="duckdb",
+            )
+        ]
+        if ages
+        else []
+    )
     return cl.CustomComparison(
         output_column_name="date_of_birth",
         comparison_description="Date of birth, with day/month swaps and typos",
         comparison_levels=[
-            cll.NullLevel("date_of_birth"),
+            cll.NullLevel("dob_year").configure(label_for_charts="Date of birth missing"),
             cll.ExactMatchLevel("date_of_birth", spec.term_frequency_adjustments),
             cll.CustomLevel(
                 "dob_year_l = dob_year_r AND dob_month_l = dob_day_r AND dob_day_l = dob_month_r",
@@ -147,6 +167,7 @@ def date_of_birth_comparison(spec: ComparisonSpec) -> ComparisonCreator:
                 label_for_charts="Same year",
                 base_dialect_str="duckdb",
             ),
+            *one_apart,
             cll.ElseLevel(),
         ],
     )
@@ -173,7 +194,26 @@ def sex_comparison(spec: ComparisonSpec) -> ComparisonCreator:
     )
 
 
-def postcode_comparison(spec: ComparisonSpec) -> ComparisonCreator:
+def postcode_comparison(
+    spec: ComparisonSpec, mapping: PostcodeMapping | None = None
+) -> ComparisonCreator:
+    if mapping is not None and mapping.country != "GB":
+        prefixes = zip(("postcode_district", "postcode_area"), mapping.prefix_lengths, strict=False)
+        return cl.CustomComparison(
+            output_column_name="postcode",
+            comparison_description=f"Postal code ({mapping.country}), exact and by prefix",
+            comparison_levels=[
+                cll.NullLevel("postcode"),
+                cll.ExactMatchLevel("postcode", spec.term_frequency_adjustments),
+                *(
+                    cll.ExactMatchLevel(column).configure(
+                        label_for_charts=f"Same first {n} characters"
+                    )
+                    for column, n in prefixes
+                ),
+                cll.ElseLevel(),
+            ],
+        )
     return cl.CustomComparison(
         output_column_name="postcode",
         comparison_description="Postcode, with sector, district and area",
@@ -188,6 +228,92 @@ def postcode_comparison(spec: ComparisonSpec) -> ComparisonCreator:
     )
 
 
+def person_id_comparison(name: str, spec: ComparisonSpec) -> ComparisonCreator:
+    """A national or pseudonymised person identifier: exact is near-conclusive, one typo or
+    transposition is likely a keying error, and both present but different is strong
+    evidence against (the Else level, whose weight EM learns)."""
+    return cl.CustomComparison(
+        output_column_name=name,
+        comparison_description=f"{name}: person identifier",
+        comparison_levels=[
+            cll.NullLevel(name),
+            cll.ExactMatchLevel(name, spec.term_frequency_adjustments),
+            cll.DamerauLevenshteinLevel(name, 1).configure(
+                label_for_charts="One typo or transposition"
+            ),
+            cll.ElseLevel().configure(label_for_charts="Both present and different"),
+        ],
+    )
+
+
+def address_comparison(name: str, spec: ComparisonSpec) -> ComparisonCreator:
+    """A normalised address: exact (weighted by how common the address is), same house
+    number and street (weighted by how common the street is), similar text, shared words."""
+    tokens, number, street = f"{name}_tokens", f"{name}_number", f"{name}_street"
+    tf = spec.term_frequency_adjustments
+    same_street = cll.CustomLevel(
+        f"{number}_l = {number}_r AND {street}_l = {street}_r",
+        label_for_charts="Same house number and street",
+        base_dialect_str="duckdb",
+    )
+    if tf:
+        same_street = same_street.configure(tf_adjustment_column=street, tf_adjustment_weight=1.0)
+    return cl.CustomComparison(
+        output_column_name=name,
+        comparison_description=f"{name}: address",
+        comparison_levels=[
+            cll.NullLevel(name),
+            cll.ExactMatchLevel(name, tf),
+            same_street,
+            cll.JaroWinklerLevel(name, 0.9).configure(label_for_charts="Similar text"),
+            cll.ArrayIntersectLevel(tokens, 2).configure(
+                label_for_charts="Two or more words shared"
+            ),
+            cll.ArrayIntersectLevel(tokens, 1).configure(label_for_charts="One word shared"),
+            cll.ElseLevel(),
+        ],
+    )
+
+
+def typed_comparison(name: str, kind: str, spec: ComparisonSpec) -> ComparisonCreator:
+    """exact, name, date and numeric identifiers."""
+    tf = spec.term_frequency_adjustments
+    levels: list[Any] = [cll.NullLevel(name), cll.ExactMatchLevel(name, tf)]
+    if kind == "name":
+        levels += _jaro_winkler_levels(name, spec.jaro_winkler_thresholds)
+    elif kind == "date":
+        levels += [
+            cll.CustomLevel(
+                f"levenshtein(CAST({name}_l AS VARCHAR), CAST({name}_r AS VARCHAR)) <= 1",
+                label_for_charts="One character different",
+                base_dialect_str="duckdb",
+            ),
+            cll.CustomLevel(
+                f"year({name}_l) = year({name}_r)",
+                label_for_charts="Same year",
+                base_dialect_str="duckdb",
+            ),
+        ]
+    elif kind == "numeric":
+        levels += [
+            cll.AbsoluteDifferenceLevel(name, t).configure(label_for_charts=f"Within {t:g}")
+            for t in sorted(spec.numeric_tolerances)
+        ]
+    return cl.CustomComparison(
+        output_column_name=name,
+        comparison_description=f"{name}: {kind}",
+        comparison_levels=[*levels, cll.ElseLevel()],
+    )
+
+
+def other_comparison(name: str, identifier: OtherIdentifier, spec: ComparisonSpec) -> Any:
+    if identifier.type == "person_id":
+        return person_id_comparison(name, spec)
+    if identifier.type == "address":
+        return address_comparison(name, spec)
+    return typed_comparison(name, identifier.type, spec)
+
+
 COMPARISON_BUILDERS = {
     "given_name": given_name_comparison,
     "middle_names": middle_names_comparison,
@@ -198,9 +324,9 @@ COMPARISON_BUILDERS = {
 }
 
 
-def exact_match_gamma(primitive: str, spec: ComparisonSpec) -> int:
+def exact_match_gamma(project: LinkageProject, name: str) -> int:
     """Splink's gamma value for a comparison's exact-match level (the first after null)."""
-    levels = COMPARISON_BUILDERS[primitive](spec).create_comparison_levels()
+    levels = comparison(project, name, project.model.comparisons[name]).create_comparison_levels()
     return len(levels) - 2
 
 
@@ -211,14 +337,31 @@ def blocking_rule(rule: BlockingRule) -> BlockingRuleCreator | str:
     return rule
 
 
-def build_settings(model: ModelSpec) -> SettingsCreator:
-    comparisons = [COMPARISON_BUILDERS[name](spec) for name, spec in model.comparisons.items()]
+def comparison(project: LinkageProject, name: str, spec: ComparisonSpec) -> ComparisonCreator:
+    """The standard comparison for one identifier of the project."""
+    if name == "postcode":
+        return postcode_comparison(spec, project.postcode_mapping())
+    if name == "date_of_birth":
+        return date_of_birth_comparison(spec, ages=project.maps_age())
+    if name in COMPARISON_BUILDERS:
+        return COMPARISON_BUILDERS[name](spec)
+    return other_comparison(name, project.other_identifiers()[name], spec)
+
+
+def build_settings(
+    project: LinkageProject, blocking_rules: list[BlockingRule] | None = None
+) -> SettingsCreator:
+    """Splink settings for the project; `blocking_rules` (the ones the blocking analysis
+    kept) replace the project's when given."""
+    model = project.model
+    comparisons = [comparison(project, name, spec) for name, spec in model.comparisons.items()]
+    rules = model.blocking_rules if blocking_rules is None else blocking_rules
     return SettingsCreator(
         link_type=model.link_type,
         unique_id_column_name="record_id",
         source_dataset_column_name="source_dataset",
         comparisons=comparisons,
-        blocking_rules_to_generate_predictions=[blocking_rule(r) for r in model.blocking_rules],
+        blocking_rules_to_generate_predictions=[blocking_rule(r) for r in rules],
         retain_matching_columns=True,
         retain_intermediate_calculation_columns=False,
         # Splink names each record by (source_dataset, record_id) only when linking sources;

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from linkage_models import linkage
+from linkage_models.blocking import choose_blocking_rules
 from linkage_models.model_card import model_card_markdown
-from linkage_models.project import LoadedProject, ModelSpec
+from linkage_models.project import LinkageProject, LoadedProject
 from linkage_models.registry import ModelRegistry
 from pipelines.contract import THRESHOLDS, OutputLayout, Tables
 from pipelines.deliveries import delivery_statuses
@@ -40,8 +41,11 @@ def train_or_reuse(
     if model_version is not None:
         entry, trained = registry.load(model_version)
     else:
-        linker = linkage.make_linker(engine.splink_api(), input_tables, spec.model)
+        db_api = engine.splink_api()
+        blocking = choose_blocking_rules(db_api, input_tables, spec)
+        linker = linkage.make_linker(db_api, input_tables, spec, blocking_rules=blocking["rules"])
         summary = linkage.train(linker, spec.model.training)
+        summary["blocking"] = blocking
         trained = linker.misc.save_model_to_json()
         summary["m_probabilities_floored"] = linkage.floor_m_probabilities(trained)
         summary["untrained"] = linkage.untrained_levels(trained)
@@ -64,6 +68,13 @@ def train_or_reuse(
         **asdict(entry),
         "path": str(layout.model_dir / entry.path),
         "trained_in_this_run": summary is not None,
+        "comparisons": list(spec.model.comparisons),
+        "derived_from_identifiers": list(spec.model.derived),
+        "blocking_rules": [
+            r["blocking_rule"] if isinstance(r, dict) else r
+            for r in trained["blocking_rules_to_generate_predictions"]
+        ],
+        "blocking_analysis": summary["blocking"] if summary else None,
     }
 
 
@@ -73,7 +84,7 @@ def trained_linker(
     """Splink's database API over the engine and a linker with the trained model."""
     db_api = engine.splink_api()
     trained = json.loads(Path(model_path).read_text())
-    return db_api, linkage.make_linker(db_api, input_tables, project.spec.model, trained)
+    return db_api, linkage.make_linker(db_api, input_tables, project.spec, trained)
 
 
 def predict(
@@ -85,34 +96,37 @@ def predict(
     predictions = linkage.predict(linker)
     scored = engine.count(predictions.blocked_pairs_table)
     engine.create_table(Tables.PAIRWISE_PREDICTIONS, f"SELECT * FROM {predictions.table}")
-    model = project.spec.model
     removed = apply_pair_rules(
-        engine, model, Tables.PAIRWISE_PREDICTIONS, Tables.PAIRS_FOR_CLUSTERING
+        engine, project.spec, Tables.PAIRWISE_PREDICTIONS, Tables.PAIRS_FOR_CLUSTERING
     )
     return {
         "scored": scored,
         "kept_above_floor": engine.count(Tables.PAIRWISE_PREDICTIONS),
         "prediction_floor": linkage.PREDICTION_FLOOR,
         "removed_by_probable_twins_rule": removed,
-        "probable_twins_rule_cost": pair_rule_cost(engine, model, Tables.PAIRWISE_PREDICTIONS),
+        "probable_twins_rule_cost": pair_rule_cost(
+            engine, project.spec, Tables.PAIRWISE_PREDICTIONS
+        ),
     }
 
 
-def apply_pair_rules(engine: Engine, model: ModelSpec, scored: str, kept: str) -> int:
+def apply_pair_rules(engine: Engine, project: LinkageProject, scored: str, kept: str) -> int:
     """The scored pairs clustering may use, as table `kept`; returns how many the
     probable-twins rule removed (none when the rule is off)."""
-    condition = linkage.probable_twins_condition(model)
+    condition = linkage.probable_twins_condition(project)
     where = f" WHERE NOT {condition}" if condition else ""
     engine.create_table(kept, f"SELECT * FROM {scored}{where}")
     return engine.count(scored) - engine.count(kept)
 
 
-def pair_rule_cost(engine: Engine, model: ModelSpec, scored: str) -> dict[str, dict[str, float]]:
+def pair_rule_cost(
+    engine: Engine, project: LinkageProject, scored: str
+) -> dict[str, dict[str, float]]:
     """Per threshold, the pairs the model scored at or above it that the probable-twins rule
     removed, and how many of them the model itself expects to be the same person (the sum
     of their match probabilities: an estimate of the links the rule gave up)."""
-    condition = linkage.probable_twins_condition(model)
-    thresholds = model.thresholds.as_dict()
+    condition = linkage.probable_twins_condition(project)
+    thresholds = project.model.thresholds.as_dict()
     if condition is None:
         return {name: {"pairs_removed": 0, "expected_same_person": 0.0} for name in thresholds}
     columns = ", ".join(

@@ -108,6 +108,12 @@ def build_manifest(
             "training_data_fingerprint": model["training_data_fingerprint"],
             "config_hash_at_training": model["config_hash"],
             "probability_two_random_records_match": model["probability_two_random_records_match"],
+            # What the model compares and blocks on, and which of it joinedup derived from
+            # the identifiers mapped (the blocking analysis when it trained in this run).
+            "comparisons": model.get("comparisons"),
+            "derived_from_identifiers": model.get("derived_from_identifiers"),
+            "blocking_rules": model.get("blocking_rules"),
+            "blocking_analysis": model.get("blocking_analysis"),
         },
         "thresholds": spec.model.thresholds.as_dict(),
         "pairs": {k: v for k, v in pairs.items() if k not in ("seconds", "peak_rss_mb")},

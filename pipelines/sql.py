@@ -6,7 +6,7 @@ All SQL in joinedup is written once, in DuckDB's dialect; the Spark engine trans
 
 from __future__ import annotations
 
-from linkage_models.project import DEFAULT_PLACEHOLDERS
+from linkage_models.project import DEFAULT_PLACEHOLDERS, PostcodeMapping
 
 # A UK postcode without spaces, upper case: outward code (area, district) + inward code.
 VALID_POSTCODE = "^[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}$"
@@ -45,3 +45,9 @@ def postcode_compact_sql(column: str) -> str:
     """A postcode column as upper-case letters and digits only; NULL when empty."""
     alphanumeric = f"regexp_replace(CAST({ident(column)} AS VARCHAR), '[^A-Za-z0-9]', '', 'g')"
     return f"nullif(upper({alphanumeric}), '')"
+
+
+def postcode_pattern(mapping: PostcodeMapping) -> str | None:
+    """The pattern a compact postcode must match: UK's for GB, the declared one otherwise
+    (None: any letters and digits are kept)."""
+    return VALID_POSTCODE if mapping.country == "GB" else mapping.pattern

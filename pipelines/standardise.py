@@ -10,9 +10,13 @@ Output columns of `standardise_sql` (one row per input row):
   given_name, middle_names, family_name, date_of_birth, sex, postcode,
   given_name_aliases, given_name_soundex, family_name_soundex, family_name_tokens,
   dob_year, dob_month, dob_day, postcode_sector, postcode_district, postcode_area,
+  <the source's other identifiers and their derived columns>,
   event_date, event_type, <declared attributes>,
   dob_unparseable, dob_placeholder, dob_implausible, event_date_unparseable,
-  postcode_invalid, sex_unknown
+  postcode_invalid, sex_unknown, <other identifier>_set_missing...
+
+dob_year is the year of the date of birth, or, where a source has none, its declared year
+of birth or the year its age on a known date points to (birth_year_from_age).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import pandas as pd
 
 from linkage_models.project import (
     DEFAULT_PLACEHOLDERS,
-    LINKAGE_COLUMNS,
+    STANDARD_COLUMNS,
     DateMapping,
+    LinkageProject,
+    OtherIdentifier,
     SourceSpec,
 )
 from pipelines.contract import Tables
@@ -33,13 +39,13 @@ from pipelines.deliveries import Delivery, set_status
 from pipelines.engines import Engine
 from pipelines.sql import (
     EARLIEST_PLAUSIBLE_DATE,
-    VALID_POSTCODE,
     date_text_sql,
     ident,
     in_list,
     lit,
     parse_date_sql,
     postcode_compact_sql,
+    postcode_pattern,
 )
 
 ACCENTED = "àáâãäåçèéêëìíîïñòóôõöøùúûüýÿÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝ"
@@ -201,6 +207,89 @@ def _name_parts(source: SourceSpec) -> tuple[str, str, str]:
     return given, middle, family
 
 
+# Common abbreviations in addresses, expanded so "12 High St" and "12 High Street" agree.
+ADDRESS_ABBREVIATIONS = {
+    "ST": "STREET",
+    "RD": "ROAD",
+    "AVE": "AVENUE",
+    "AV": "AVENUE",
+    "DR": "DRIVE",
+    "LN": "LANE",
+    "CT": "COURT",
+    "PL": "PLACE",
+    "CRES": "CRESCENT",
+    "TCE": "TERRACE",
+    "CL": "CLOSE",
+    "GDNS": "GARDENS",
+    "SQ": "SQUARE",
+    "HWY": "HIGHWAY",
+    "PDE": "PARADE",
+    "APT": "FLAT",
+    "APARTMENT": "FLAT",
+    "NTH": "NORTH",
+    "STH": "SOUTH",
+}
+
+
+def text_sql(column: str, placeholders: list[str]) -> str:
+    """Trimmed text; empty and placeholder values (the defaults and any declared) NULL."""
+    text = f"nullif(trim(CAST({ident(column)} AS VARCHAR)), '')"
+    values = [*DEFAULT_PLACEHOLDERS, *(p.upper() for p in placeholders)]
+    return f"CASE WHEN upper({text}) IN {in_list(values)} THEN NULL ELSE {text} END"
+
+
+def address_sql(columns: list[str], placeholders: list[str]) -> str:
+    """Lines joined, upper-case ASCII letters and digits in single spaces, abbreviations
+    expanded."""
+    lines = ", ".join(text_sql(c, placeholders) for c in columns)
+    e = f"upper(translate(concat_ws(' ', {lines}), {lit(ACCENTED)}, {lit(PLAIN)}))"
+    e = f"regexp_replace({e}, '[''’`]', '', 'g')"
+    e = f"regexp_replace({e}, '[^A-Z0-9]+', ' ', 'g')"
+    e = f"' ' || trim({e}) || ' '"
+    for short, full in ADDRESS_ABBREVIATIONS.items():
+        e = f"replace({e}, ' {short} ', ' {full} ')"
+    return f"nullif(trim({e}), '')"
+
+
+def other_identifier_sql(identifier: OtherIdentifier) -> tuple[str, str]:
+    """(standardised value, raw text) SQL for one other identifier, within `base`."""
+    columns = identifier.source_columns()
+    placeholders = identifier.placeholder_values
+    raw = f"coalesce({', '.join(text_sql(c, placeholders) for c in columns)})"
+    text = text_sql(columns[0], placeholders)
+    kind = identifier.type
+    if kind == "person_id":
+        value = f"nullif(regexp_replace(upper({text}), '[^A-Z0-9]', '', 'g'), '')"
+    elif kind == "address":
+        value = address_sql(columns, placeholders)
+    elif kind == "exact":
+        value = f"upper({text})"
+    elif kind == "name":
+        value = f"CASE WHEN {text} IS NOT NULL THEN {clean_name_sql(ident(columns[0]))} END"
+    elif kind == "date":
+        value = parse_date_sql(text, identifier.formats)
+    else:
+        value = f"TRY_CAST({text} AS DOUBLE)"
+    return value, raw
+
+
+def other_identifier_columns(name: str, identifier: OtherIdentifier) -> list[str]:
+    """The SELECT items an other identifier adds to the standardised table (over `c`)."""
+    items = [f"c.{name}"]
+    if identifier.type == "address":
+        street = (
+            f"nullif(trim(regexp_replace(regexp_replace(c.{name}, '\\S*[0-9]\\S*', '', 'g'), "
+            "'\\s+', ' ', 'g')), '')"
+        )
+        items += [
+            f"CASE WHEN {street} IS NOT NULL THEN string_split({street}, ' ') END AS {name}_tokens",
+            f"nullif(regexp_extract(c.{name}, '([0-9]+[A-Z]?)', 1), '') AS {name}_number",
+            f"{street} AS {name}_street",
+        ]
+    items.append(f"(c.{name}_raw IS NOT NULL AND c.{name} IS NULL) AS {name}_set_missing")
+    return items
+
+
 def _date_columns(prefix: str, mapping: DateMapping | None) -> dict[str, str]:
     """text, parsed, and flags for one date column, as name -> SQL (within `base`)."""
     if mapping is None:
@@ -233,6 +322,45 @@ def standardise_sql(source: SourceSpec, raw_table: str) -> str:
     attributes = "".join(
         f",\n    CAST({ident(a)} AS VARCHAR) AS {ident(a)}" for a in source.attributes
     )
+    others = ""
+    for name, identifier in ids.other.items():
+        value, raw = other_identifier_sql(identifier)
+        others += f",\n    {value} AS {name},\n    {raw} AS {name}_raw"
+    other_refs = "".join(
+        ",\n  " + ",\n  ".join(other_identifier_columns(n, o)) for n, o in ids.other.items()
+    )
+    year_text = "CAST(NULL AS INTEGER)"
+    if ids.year_of_birth is not None:
+        year_text = f"TRY_CAST({text_sql(ids.year_of_birth.column, [])} AS INTEGER)"
+    elif ids.age is not None:
+        age = f"TRY_CAST({text_sql(ids.age.column, [])} AS INTEGER)"
+        year_text = f"{ids.age.as_at.year} - {age}"
+    plausible_year = (
+        f"CASE WHEN year_declared BETWEEN {EARLIEST_PLAUSIBLE_DATE[:4]} "
+        "AND year(current_date) THEN year_declared END"
+    )
+    from_age = "true" if ids.age is not None else "false"
+    pattern = postcode_pattern(ids.postcode) if ids.postcode else None
+    postcode_ok = f"regexp_matches(postcode_compact, '{pattern}')" if pattern else "true"
+    gb = ids.postcode is None or ids.postcode.country == "GB"
+    postcode_value = (
+        "left(postcode_compact, length(postcode_compact) - 3) || ' ' || right(postcode_compact, 3)"
+        if gb
+        else "postcode_compact"
+    )
+    if gb:
+        postcode_parts = """left(c.postcode, length(c.postcode) - 2) AS postcode_sector,
+  CASE WHEN c.postcode IS NOT NULL THEN left(c.postcode_compact, length(c.postcode_compact) - 3)
+    END AS postcode_district,
+  CASE WHEN c.postcode IS NOT NULL THEN regexp_extract(c.postcode_compact, '^([A-Z]{1,2})', 1)
+    END AS postcode_area"""
+    else:
+        lengths = [*ids.postcode.prefix_lengths, None, None]  # type: ignore[union-attr]
+        prefix = [f"left(c.postcode, {n})" if n else "CAST(NULL AS VARCHAR)" for n in lengths[:2]]
+        postcode_parts = (
+            f"CAST(NULL AS VARCHAR) AS postcode_sector,\n  {prefix[0]} AS postcode_district,"
+            f"\n  {prefix[1]} AS postcode_area"
+        )
     attribute_refs = "".join(f",\n  c.{ident(a)}" for a in source.attributes)
     event_type = lit(source.event.type) if source.event else "CAST(NULL AS VARCHAR)"
 
@@ -253,7 +381,8 @@ WITH base AS (
     {event["event_parsed"]} AS event_parsed,
     {sex} AS sex,
     {sex_present} AS sex_present,
-    {postcode} AS postcode_compact{attributes}
+    {year_text} AS year_declared,
+    {postcode} AS postcode_compact{others}{attributes}
   FROM {raw_table}
 ),
 cleaned AS (
@@ -267,9 +396,8 @@ cleaned AS (
       WHEN dob_parsed < DATE '{EARLIEST_PLAUSIBLE_DATE}' OR dob_parsed > current_date THEN NULL
       ELSE dob_parsed
     END AS date_of_birth,
-    CASE WHEN regexp_matches(postcode_compact, '{VALID_POSTCODE}')
-      THEN left(postcode_compact, length(postcode_compact) - 3) || ' ' || right(postcode_compact, 3)
-    END AS postcode
+    {plausible_year} AS year_of_birth,
+    CASE WHEN {postcode_ok} THEN {postcode_value} END AS postcode
   FROM base
 )
 SELECT
@@ -291,14 +419,11 @@ SELECT
   {soundex_sql("c.family_name")} AS family_name_soundex,
   CASE WHEN c.family_name IS NOT NULL THEN string_split(c.family_name, ' ') END
     AS family_name_tokens,
-  year(c.date_of_birth) AS dob_year,
+  coalesce(year(c.date_of_birth), c.year_of_birth) AS dob_year,
   month(c.date_of_birth) AS dob_month,
   day(c.date_of_birth) AS dob_day,
-  left(c.postcode, length(c.postcode) - 2) AS postcode_sector,
-  CASE WHEN c.postcode IS NOT NULL THEN left(c.postcode_compact, length(c.postcode_compact) - 3)
-    END AS postcode_district,
-  CASE WHEN c.postcode IS NOT NULL THEN regexp_extract(c.postcode_compact, '^([A-Z]{{1,2}})', 1)
-    END AS postcode_area,
+  {postcode_parts}{other_refs},
+  (c.year_of_birth IS NOT NULL AND {from_age}) AS birth_year_from_age,
   c.event_parsed AS event_date,
   {event_type} AS event_type{attribute_refs},
   (c.dob_text IS NOT NULL AND c.dob_parsed IS NULL) AS dob_unparseable,
@@ -313,9 +438,30 @@ LEFT JOIN {NICKNAME_TABLE} n ON n.variant = c.given_name
 """
 
 
-def linkage_input_sql(accepted_table: str) -> str:
-    """The accepted rows projected onto the columns every source shares for linkage."""
-    return f"SELECT {', '.join(LINKAGE_COLUMNS)} FROM {accepted_table}"
+# Types of the columns other identifiers add, for sources that do not map them.
+OTHER_COLUMN_TYPES = {
+    "person_id": "VARCHAR",
+    "address": "VARCHAR",
+    "exact": "VARCHAR",
+    "name": "VARCHAR",
+    "date": "DATE",
+    "numeric": "DOUBLE",
+}
+
+
+def linkage_input_sql(project: LinkageProject, source: SourceSpec, accepted_table: str) -> str:
+    """The accepted rows projected onto the columns every source shares for linkage; an
+    other identifier the source does not map is a typed NULL."""
+    items = ["record_id", "source_dataset", *STANDARD_COLUMNS]
+    for name, identifier in project.other_identifiers().items():
+        mapped = name in source.identifiers.other
+        kind = OTHER_COLUMN_TYPES[identifier.type]
+        for column in identifier.standard_columns(name):
+            column_type = "VARCHAR[]" if column == f"{name}_tokens" else kind
+            if column in (f"{name}_number", f"{name}_street"):
+                column_type = "VARCHAR"
+            items.append(column if mapped else f"CAST(NULL AS {column_type}) AS {column}")
+    return f"SELECT {', '.join(items)} FROM {accepted_table}"
 
 
 def standardise_delivery(engine: Engine, source: SourceSpec, delivery: Delivery) -> int:
@@ -326,11 +472,13 @@ def standardise_delivery(engine: Engine, source: SourceSpec, delivery: Delivery)
     return engine.count(delivery.standardised_table)
 
 
-def build_linkage_input(engine: Engine, source: str, accepted_table: str | None) -> str | None:
+def build_linkage_input(
+    engine: Engine, project: LinkageProject, source: str, accepted_table: str | None
+) -> str | None:
     """The source's Splink input table, or none when no delivery of it was accepted."""
     table = Tables.linkage_input(source)
     if accepted_table is None:
         engine.drop_table(table)
         return None
-    engine.create_table(table, linkage_input_sql(accepted_table))
+    engine.create_table(table, linkage_input_sql(project, project.source(source), accepted_table))
     return table

@@ -3,7 +3,8 @@
 A row is quarantined for the first of these reasons that applies (in this order):
 the whole delivery was rejected by validation; missing record id; duplicate record id (the
 first occurrence, in delivery then row order, is kept); insufficient identifiers (fewer than
-two of given name, family name, date of birth and postcode).
+two of given name, family name, date or year of birth, postcode, and any person identifier
+or address the source maps).
 
 A value that cannot be read (a date of birth or event date in no declared format, a
 placeholder, an implausible date, an invalid postcode, an undeclared sex code) becomes
@@ -18,23 +19,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from linkage_models.project import SourceSpec
+from linkage_models.project import LINKING_OTHER_TYPES, SourceSpec
 from pipelines.contract import DeliveryTables, ReconciliationError, Tables
 from pipelines.engines import Engine
 from pipelines.sql import ident, lit
 
 REJECTED_DELIVERY = "delivery rejected by validation"
 
-QUARANTINE_REASON_SQL = """
+
+def quarantine_reason_sql(source: SourceSpec) -> str:
+    """The first reason a standardised row cannot be linked, or NULL."""
+    linking = ["given_name", "family_name", "dob_year", "postcode"]
+    linking += [n for n, o in source.identifiers.other.items() if o.type in LINKING_OTHER_TYPES]
+    present = " + ".join(f"CAST({c} IS NOT NULL AS INTEGER)" for c in linking)
+    return f"""
 CASE
   WHEN record_id IS NULL THEN 'missing record id'
   WHEN row_number() OVER (PARTITION BY record_id ORDER BY _delivery_order, _row_number) > 1
     THEN 'duplicate record id'
-  WHEN CAST(given_name IS NOT NULL AS INTEGER) + CAST(family_name IS NOT NULL AS INTEGER)
-     + CAST(date_of_birth IS NOT NULL AS INTEGER) + CAST(postcode IS NOT NULL AS INTEGER) < 2
-    THEN 'insufficient identifiers'
+  WHEN {present} < 2 THEN 'insufficient identifiers'
 END
 """
+
+
+def cleaning_counts(source: SourceSpec) -> dict[str, str]:
+    """Count name -> flag column, for the values the source's standardisation set missing."""
+    return {
+        **CLEANING_COUNTS,
+        **{f"{n}_unreadable_set_missing": f"{n}_set_missing" for n in source.identifiers.other},
+    }
+
 
 CLEANING_COUNTS = {
     "date_of_birth_unparseable_set_missing": "dob_unparseable",
@@ -87,7 +101,7 @@ def combine_and_quarantine(
     if accepted_deliveries:
         engine.create_table(
             checked,
-            f"SELECT *, {QUARANTINE_REASON_SQL} AS quarantine_reason FROM ("
+            f"SELECT *, {quarantine_reason_sql(source)} AS quarantine_reason FROM ("
             + _union(
                 [
                     f"SELECT *, {i} AS _delivery_order FROM {d.standardised_table}"
@@ -150,13 +164,14 @@ def combine_and_quarantine(
         entry = by_delivery[key]
         entry["quarantined_by_reason"][reason] = int(n)
         entry["rows_quarantined"] += int(n)
-    cleaning: dict[str, int] = dict.fromkeys(CLEANING_COUNTS, 0)
+    counts = cleaning_counts(source)
+    cleaning: dict[str, int] = dict.fromkeys(counts, 0)
     if accepted_deliveries:
         for key, n in engine.fetch(f"SELECT _delivery, count(*) FROM {accepted} GROUP BY 1"):
             by_delivery[key]["rows_accepted"] = int(n)
-        sums = ", ".join(f"count_if({flag})" for flag in CLEANING_COUNTS.values())
+        sums = ", ".join(f"count_if({flag})" for flag in counts.values())
         row = engine.fetch(f"SELECT {sums} FROM {accepted}")[0]
-        cleaning = {k: int(v or 0) for k, v in zip(CLEANING_COUNTS, row, strict=True)}
+        cleaning = {k: int(v or 0) for k, v in zip(counts, row, strict=True)}
     by_reason: dict[str, int] = {}
     for entry in by_delivery.values():
         for reason, n in entry["quarantined_by_reason"].items():

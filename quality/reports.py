@@ -78,7 +78,7 @@ def _values_set_missing(engine: Engine, source: str, delivery: str) -> dict[str,
     labels = (
         "Date of birth was a placeholder (e.g. 01/01/1900)",
         f"Date of birth was implausible (before {EARLIEST_PLAUSIBLE_DATE[:4]} or in the future)",
-        "Postcode was not a valid UK postcode",
+        "Postcode was not in the expected format (a UK postcode, or the declared pattern)",
         "Sex code meant 'unknown'",
     )
     return dict(zip(labels, (int(v or 0) for v in row), strict=True))

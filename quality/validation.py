@@ -22,11 +22,11 @@ from linkage_models.project import DateMapping, SourceSpec
 from pipelines.engines import Engine
 from pipelines.sql import (
     EARLIEST_PLAUSIBLE_DATE,
-    VALID_POSTCODE,
     date_text_sql,
     ident,
     parse_date_sql,
     postcode_compact_sql,
+    postcode_pattern,
 )
 from quality.data_docs import make_offline
 
@@ -257,16 +257,22 @@ def build_expectations(source: SourceSpec, today: date | None = None) -> list[Ex
                 },
             )
         )
-    if ids.postcode:
+    pattern = postcode_pattern(ids.postcode) if ids.postcode else None
+    if ids.postcode and pattern:
+        shape = (
+            "well-formed UK postcodes"
+            if ids.postcode.country == "GB"
+            else f"postal codes of the declared pattern ({ids.postcode.country})"
+        )
         specs.append(
             ExpectationSpec(
                 "postcode_well_formed",
-                f"Postcodes ({ids.postcode.column}) are well-formed UK postcodes",
+                f"Postcodes ({ids.postcode.column}) are {shape}",
                 "warning",
                 "expect_column_values_to_match_regex",
                 {
                     "column": "postcode_compact",
-                    "regex": VALID_POSTCODE,
+                    "regex": pattern,
                     "mostly": 1 - v.max_malformed_postcode_rate,
                 },
             )

@@ -16,9 +16,9 @@ from pipelines.publish import person_id_key, person_lookup_sql
 
 from .conftest import DEMO_CONFIG
 
-MODEL = load_project(DEMO_CONFIG).spec.model
-DOB_EXACT = exact_match_gamma("date_of_birth", MODEL.comparisons["date_of_birth"])
-GIVEN_EXACT = exact_match_gamma("given_name", MODEL.comparisons["given_name"])
+PROJECT = load_project(DEMO_CONFIG).spec
+DOB_EXACT = exact_match_gamma(PROJECT, "date_of_birth")
+GIVEN_EXACT = exact_match_gamma(PROJECT, "given_name")
 
 
 def _predictions(engine: Engine) -> None:
@@ -49,7 +49,7 @@ def test_probable_twins_rule_removes_same_birth_date_different_given_names(
     any_engine: Engine,
 ) -> None:
     _predictions(any_engine)
-    removed = apply_pair_rules(any_engine, MODEL, "scored_pairs", "kept_pairs")
+    removed = apply_pair_rules(any_engine, PROJECT, "scored_pairs", "kept_pairs")
     assert removed == 2
     kept = sorted(r[0] for r in any_engine.fetch("SELECT record_id_l FROM kept_pairs"))
     assert kept == ["c1", "d1", "e1", "f1"]
@@ -57,7 +57,9 @@ def test_probable_twins_rule_removes_same_birth_date_different_given_names(
 
 def test_probable_twins_rule_off_keeps_every_pair(any_engine: Engine) -> None:
     _predictions(any_engine)
-    off = MODEL.model_copy(update={"probable_twins_rule": "off"})
+    off = PROJECT.model_copy(
+        update={"model": PROJECT.model.model_copy(update={"probable_twins_rule": "off"})}
+    )
     removed = apply_pair_rules(any_engine, off, "scored_pairs", "kept_pairs")
     assert removed == 0
     assert any_engine.count("kept_pairs") == 6

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from linkage_models.linkage import probable_twins_condition
-from linkage_models.project import ModelSpec, load_project
+from linkage_models.project import LinkageProject, load_project
 from linkage_models.registry import ModelRegistry
 from pipelines.contract import Tables
 from pipelines.engines import DuckDBEngine
@@ -25,8 +25,8 @@ from .conftest import DEMO_CONFIG
 from .helpers import identifiers_of
 
 
-def small_run_model() -> ModelSpec:
-    return load_project(DEMO_CONFIG).spec.model
+def small_run_project() -> LinkageProject:
+    return load_project(DEMO_CONFIG).spec
 
 
 pytestmark = pytest.mark.slow
@@ -139,11 +139,11 @@ def test_probable_twins_rule_count_is_the_pairs_it_removed(small_run: RunResult)
         scored = engine.count("pairwise_predictions")
         twins_left = engine.fetch(
             "SELECT count(*) FROM pairs_for_clustering "
-            f"WHERE {probable_twins_condition(small_run_model())}"
+            f"WHERE {probable_twins_condition(small_run_project())}"
         )[0][0]
         removed_links = engine.fetch(
             "SELECT count(*) FROM pairwise_predictions WHERE match_probability >= 0.99 "
-            f"AND {probable_twins_condition(small_run_model())}"
+            f"AND {probable_twins_condition(small_run_project())}"
         )[0][0]
     assert removed > 0 and removed == scored - kept
     assert twins_left == 0

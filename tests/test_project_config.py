@@ -56,7 +56,10 @@ def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda r: r["model"].pop("thresholds"), r"model\.thresholds: Field required"),
+        (
+            lambda r: r["model"]["thresholds"].pop("balanced"),
+            r"model\.thresholds\.balanced: Field required",
+        ),
         (
             lambda r: r["sources"][1].update(format="xlsx"),
             r"sources\[1\]\(prisons\)\.format: Input should be 'csv' or 'parquet'",
@@ -70,7 +73,7 @@ def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
         ),
         (
             lambda r: r["model"]["comparisons"].update(shoe_size=None),
-            r"model\.comparisons: unknown primitive\(s\) \['shoe_size'\]",
+            r"model\.comparisons: unknown identifier\(s\) \['shoe_size'\]",
         ),
         (
             lambda r: r["model"]["blocking_rules"].append(["surname"]),

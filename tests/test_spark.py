@@ -186,7 +186,7 @@ def test_a_model_trained_on_duckdb_scores_the_same_pairs_alike_on_spark(
         linker = linkage.make_linker(
             engine.splink_api(),
             input_tables(OutputLayout(spark_project.output_dir)),
-            spark_project.spec.model,
+            spark_project.spec,
             duck_model,
         )
         on_spark = _scores(engine, linkage.predict(linker).table)
@@ -212,7 +212,7 @@ def test_a_model_trained_on_spark_scores_the_same_pairs_alike_on_duckdb(
         linker = linkage.make_linker(
             duck.splink_api(),
             input_tables(OutputLayout(small_project.output_dir)),
-            small_project.spec.model,
+            small_project.spec,
             spark_model,
         )
         on_duckdb = _scores(duck, linkage.predict(linker).table)
@@ -253,10 +253,10 @@ with SparkEngine.open(Path(out) / "work", settings) as engine:
         standardise_delivery(engine, source, delivery)
     tables, _ = deliveries_for_linkage(engine, source.name)
     result = combine_and_quarantine(engine, source, tables, Path(out) / "quarantine.parquet")
-    table = build_linkage_input(engine, source.name, result.accepted_table)
+    table = build_linkage_input(engine, project.spec, source.name, result.accepted_table)
     model = json.loads(Path(model_path).read_text())
     db_api = engine.splink_api()
-    linker = linkage.make_linker(db_api, {source.name: table}, project.spec.model, model)
+    linker = linkage.make_linker(db_api, {source.name: table}, project.spec, model)
     predictions = linkage.predict(linker)
     clusters = linkage.cluster_at_thresholds(
         linker, db_api, predictions.table, project.spec.model.thresholds

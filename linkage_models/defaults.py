@@ -1,0 +1,129 @@
+"""A model derived from what a project maps, for projects that leave (part of) `model:` out.
+
+Plain data in, plain data out (the same shape as the YAML), so the derivation is easy to
+read and to test: which identifiers exist decides the comparisons, the blocking rules,
+the deterministic rules for the prior and the EM sessions. Splink's blocking analysis
+then checks the rules on the data before training (linkage_models/blocking.py).
+
+The choices, and why:
+- compare every identifier some source maps (for link_only: at least two sources);
+  term-frequency adjustments on given name, family name, postcode and address, where
+  common values are weak evidence;
+- block on each person identifier alone, on the full name, on date of birth with each
+  name's sound, on postcode (or address) with each name, and on the swapped names;
+- estimate the prior from rules that admit almost no false links (a person identifier
+  with a name, full name with date of birth, family name with date of birth and postcode);
+- run EM on at least two sessions so that every comparison is free in one of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TERM_FREQUENCY_PRIMITIVES = ("given_name", "family_name", "postcode")
+PRIMITIVE_ORDER = ("given_name", "middle_names", "family_name", "date_of_birth", "sex", "postcode")
+SWAPPED_NAMES = "l.given_name = r.family_name AND l.family_name = r.given_name"
+
+
+def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str) -> dict[str, Any]:
+    """comparisons, blocking_rules and training for the identifiers mapped.
+
+    `mapped`: identifier (primitive, `dob_year`, or other identifier's name) -> number of
+    sources mapping it; `others`: other identifier name -> type."""
+    need = 2 if link_type == "link_only" else 1
+
+    def has(*keys: str) -> bool:
+        return all(mapped.get(k, 0) >= need for k in keys)
+
+    person_ids = [n for n, t in others.items() if t == "person_id" and has(n)]
+    addresses = [n for n, t in others.items() if t == "address" and has(n)]
+    full_dob = has("date_of_birth")
+    birth = "date_of_birth" if full_dob else "dob_year"
+
+    comparisons: dict[str, Any] = {}
+    for primitive in PRIMITIVE_ORDER:
+        key = "dob_year" if primitive == "date_of_birth" else primitive
+        if has(key):
+            tf = primitive in TERM_FREQUENCY_PRIMITIVES
+            comparisons[primitive] = {"term_frequency_adjustments": True} if tf else {}
+    for name, kind in others.items():
+        if has(name):
+            comparisons[name] = {"term_frequency_adjustments": kind == "address"}
+
+    blocking: list[Any] = [[p] for p in person_ids]
+    names = has("given_name", "family_name")
+    if names:
+        blocking.append(["given_name", "family_name"])
+    for name in ("family_name", "given_name"):
+        if has(name) and has("dob_year"):
+            blocking.append([birth, f"{name}_soundex"] if full_dob else [birth, name])
+    if has("postcode"):
+        if has("dob_year"):
+            blocking.append([birth, "postcode_district"])
+        blocking += [[n, "postcode"] for n in ("family_name", "given_name") if has(n)]
+    for address in addresses:
+        blocking.append([f"{address}_number", f"{address}_street"])
+        if has("family_name"):
+            blocking.append(["family_name", f"{address}_street"])
+    if names and has("dob_year"):
+        blocking.append(["given_name_soundex", "family_name_soundex", "dob_year"])
+    if names:
+        blocking.append(SWAPPED_NAMES)
+
+    deterministic: list[Any] = []
+    for pid in person_ids:
+        partner = next((k for k in ("family_name", "date_of_birth", "given_name") if has(k)), None)
+        deterministic.append([pid, partner] if partner else [pid])
+    if names and has("dob_year"):
+        deterministic.append(["given_name", "family_name", birth])
+    if has("family_name", "postcode") and has("dob_year"):
+        deterministic.append(["family_name", birth, "postcode"])
+    for address in addresses:
+        if names:
+            deterministic.append(["given_name", "family_name", address])
+
+    sessions = _em_sessions(has, birth, full_dob, person_ids, addresses, list(comparisons))
+    if not blocking:
+        blocking = list(sessions)
+    if not deterministic:
+        deterministic = [blocking[0]]
+    return {
+        "comparisons": comparisons,
+        "blocking_rules": blocking,
+        "training": {"deterministic_rules": deterministic, "em_blocking_rules": sessions},
+    }
+
+
+def _blocks(rule: list[str], comparison: str) -> bool:
+    """Whether an EM blocking rule fixes a comparison (so EM cannot train it there)."""
+    prefix = "dob_" if comparison == "date_of_birth" else comparison
+    return any(c == comparison or c.startswith(prefix) for c in rule)
+
+
+def _em_sessions(
+    has: Any,
+    birth: str,
+    full_dob: bool,
+    person_ids: list[str],
+    addresses: list[str],
+    comparisons: list[str],
+) -> list[list[str]]:
+    """At least two EM blocking rules, each comparison free in at least one of them."""
+    candidates: list[list[str]] = []
+    if has("dob_year"):
+        candidates.append([birth] if full_dob else [birth, "family_name"])
+    if has("given_name", "family_name"):
+        candidates.append(["given_name", "family_name"])
+    if has("postcode"):
+        candidates.append(["postcode"])
+    candidates += [[p] for p in person_ids]
+    candidates += [[f"{a}_street"] for a in addresses]
+    candidates += [[k] for k in ("family_name", "given_name") if has(k)]
+    sessions: list[list[str]] = []
+    for rule in candidates:
+        untrained = [c for c in comparisons if all(_blocks(s, c) for s in sessions)]
+        if len(sessions) >= 2 and not untrained:
+            break
+        if rule not in sessions:
+            sessions.append(rule)
+    return sessions
