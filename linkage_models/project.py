@@ -192,7 +192,7 @@ class OtherIdentifier(_Strict):
     def standard_columns(self, name: str) -> list[str]:
         """The columns this identifier adds to the standardised table."""
         if self.type == "address":
-            return [name, f"{name}_tokens", f"{name}_number", f"{name}_street"]
+            return [name, f"{name}_tokens", f"{name}_number", f"{name}_street", f"{name}_house"]
         return [name]
 
 

@@ -248,23 +248,18 @@ def person_id_comparison(name: str, spec: ComparisonSpec) -> ComparisonCreator:
 
 def address_comparison(name: str, spec: ComparisonSpec) -> ComparisonCreator:
     """A normalised address: exact (weighted by how common the address is), same house
-    number and street (weighted by how common the street is), similar text, shared words."""
-    tokens, number, street = f"{name}_tokens", f"{name}_number", f"{name}_street"
+    number and street (weighted by how common that is), similar text, shared words."""
+    tokens, house = f"{name}_tokens", f"{name}_house"
     tf = spec.term_frequency_adjustments
-    same_street = cll.CustomLevel(
-        f"{number}_l = {number}_r AND {street}_l = {street}_r",
-        label_for_charts="Same house number and street",
-        base_dialect_str="duckdb",
-    )
-    if tf:
-        same_street = same_street.configure(tf_adjustment_column=street, tf_adjustment_weight=1.0)
     return cl.CustomComparison(
         output_column_name=name,
         comparison_description=f"{name}: address",
         comparison_levels=[
             cll.NullLevel(name),
             cll.ExactMatchLevel(name, tf),
-            same_street,
+            cll.ExactMatchLevel(house, tf).configure(
+                label_for_charts="Same house number and street"
+            ),
             cll.JaroWinklerLevel(name, 0.9).configure(label_for_charts="Similar text"),
             cll.ArrayIntersectLevel(tokens, 2).configure(
                 label_for_charts="Two or more words shared"

@@ -285,6 +285,8 @@ def other_identifier_columns(name: str, identifier: OtherIdentifier) -> list[str
             f"CASE WHEN {street} IS NOT NULL THEN string_split({street}, ' ') END AS {name}_tokens",
             f"nullif(regexp_extract(c.{name}, '([0-9]+[A-Z]?)', 1), '') AS {name}_number",
             f"{street} AS {name}_street",
+            f"nullif(concat_ws(' ', regexp_extract(c.{name}, '([0-9]+[A-Z]?)', 1), {street}), '')"
+            f" AS {name}_house",
         ]
     items.append(f"(c.{name}_raw IS NOT NULL AND c.{name} IS NULL) AS {name}_set_missing")
     return items
@@ -458,7 +460,7 @@ def linkage_input_sql(project: LinkageProject, source: SourceSpec, accepted_tabl
         kind = OTHER_COLUMN_TYPES[identifier.type]
         for column in identifier.standard_columns(name):
             column_type = "VARCHAR[]" if column == f"{name}_tokens" else kind
-            if column in (f"{name}_number", f"{name}_street"):
+            if column in (f"{name}_number", f"{name}_street", f"{name}_house"):
                 column_type = "VARCHAR"
             items.append(column if mapped else f"CAST(NULL AS {column_type}) AS {column}")
     return f"SELECT {', '.join(items)} FROM {accepted_table}"
