@@ -255,7 +255,9 @@ def other_identifier_sql(identifier: OtherIdentifier) -> tuple[str, str]:
     """(standardised value, raw text) SQL for one other identifier, within `base`."""
     columns = identifier.source_columns()
     placeholders = identifier.placeholder_values
-    raw = f"coalesce({', '.join(text_sql(c, placeholders) for c in columns)})"
+    # What was delivered (the usual "not known" words are missing as delivered; a declared
+    # placeholder, or a value that cannot be read, counts as set missing).
+    raw = f"coalesce({', '.join(text_sql(c, []) for c in columns)})"
     text = text_sql(columns[0], placeholders)
     kind = identifier.type
     if kind == "person_id":

@@ -1,0 +1,284 @@
+"""Identifiers beyond the primitives (person ids, addresses, non-UK postal codes, year of
+birth or age, typed columns): standardised and compared alike on DuckDB and on Spark, and a
+model derived from what a project maps when it leaves `model:` out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from linkage_models.linkage import make_linker
+from linkage_models.project import ConfigError, LinkageProject, parse_project
+from pipelines.engines import Engine
+from pipelines.standardise import linkage_input_sql, load_reference_tables, standardise_sql
+from quality.quarantine import quarantine_reason_sql
+
+AU_POSTCODE = {"country": "AU", "pattern": "^[0-9]{4}$", "prefix_lengths": [3, 2]}
+
+
+def _project(model: dict[str, Any] | None = None) -> LinkageProject:
+    """Two sources that carry the same people differently: one with names, a full date of
+    birth and address lines, the other with a full name, an age and a one-line address."""
+    raw = {
+        "project": "identifiers",
+        "sources": [
+            {
+                "name": "benefits",
+                "department": "Test",
+                "path": "a.csv",
+                "format": "csv",
+                "record_id": "id",
+                "identifiers": {
+                    "given_name": "forename",
+                    "family_name": "surname",
+                    "date_of_birth": {"column": "dob", "formats": ["%d/%m/%Y"]},
+                    "postcode": {"column": "pc", **AU_POSTCODE},
+                    "other": {
+                        "ni_number": {
+                            "type": "person_id",
+                            "column": "ni",
+                            "placeholder_values": ["QQ123456C"],
+                        },
+                        "address": {"type": "address", "columns": ["line1", "line2"]},
+                        "state": {"type": "exact", "column": "state"},
+                        "height": {"type": "numeric", "column": "height"},
+                    },
+                },
+            },
+            {
+                "name": "census",
+                "department": "Test",
+                "path": "b.csv",
+                "format": "csv",
+                "record_id": "id",
+                "identifiers": {
+                    "full_name": "name",
+                    "age": {"column": "age", "as_at": "2021-03-21"},
+                    "postcode": {"column": "pc", **AU_POSTCODE},
+                    "other": {
+                        "ni_number": {"type": "person_id", "column": "ni"},
+                        "address": {"type": "address", "column": "address"},
+                        "state": {"type": "exact", "column": "state"},
+                    },
+                },
+            },
+        ],
+    }
+    if model is not None:
+        raw["model"] = model
+    return parse_project(raw, "test.yaml")
+
+
+BENEFITS = [
+    {
+        "id": "b1",
+        "forename": "Ann",
+        "surname": "Lee",
+        "dob": "03/04/1985",
+        "pc": "2615",
+        "ni": "ab 12 34 56 c",
+        "line1": "Flat 2, 14 High St.",
+        "line2": "Kingston",
+        "state": " act ",
+        "height": "165.5",
+    },
+    {
+        "id": "b2",
+        "forename": "Tom",
+        "surname": "Ward",
+        "dob": "31/02/1985",
+        "pc": "ABC",
+        "ni": "QQ123456C",
+        "line1": None,
+        "line2": None,
+        "state": "NSW",
+        "height": "tall",
+    },
+]
+CENSUS = [
+    {
+        "id": "c1",
+        "name": "Ann Lee",
+        "age": "35",
+        "pc": "2615",
+        "ni": "AB123465C",
+        "address": "flat 2 14 high street kingston",
+        "state": "ACT",
+    },
+    {
+        "id": "c2",
+        "name": "Tom Ward",
+        "age": "x",
+        "pc": "2600",
+        "ni": "ZZ999999Z",
+        "address": "9 Other Road",
+        "state": "NSW",
+    },
+]
+
+
+def _load(engine: Engine, project: LinkageProject, name: str, rows: list[dict]) -> list[dict]:
+    """Standardise `rows` as source `name` into table std_<name>; returns its rows."""
+    source = project.source(name)
+    columns = source.mapped_columns()
+    raw = pd.DataFrame(
+        [
+            {"_row_number": i + 1, "_delivery": "f", "_delivery_file": "f"}
+            | {c: row.get(c) for c in columns}
+            for i, row in enumerate(rows)
+        ]
+    ).astype({c: "object" for c in columns})
+    engine.load_frame(f"raw_{name}", raw)
+    engine.create_table(f"std_{name}", standardise_sql(source, f"raw_{name}"))
+    names = engine.columns(f"std_{name}")
+    return [
+        dict(zip(names, r, strict=True))
+        for r in engine.fetch(f"SELECT * FROM std_{name} ORDER BY _row_number")
+    ]
+
+
+def test_each_new_identifier_is_standardised_alike_on_both_engines(any_engine: Engine) -> None:
+    load_reference_tables(any_engine)
+    project = _project()
+    ann, tom = _load(any_engine, project, "benefits", BENEFITS)
+    census_ann, census_tom = _load(any_engine, project, "census", CENSUS)
+
+    assert ann["ni_number"] == "AB123456C"  # spaces and case do not matter
+    assert (tom["ni_number"], tom["ni_number_set_missing"]) == (None, True)  # a placeholder
+    assert ann["address"] == "FLAT 2 14 HIGH STREET KINGSTON"  # lines joined, St expanded
+    assert census_ann["address"] == ann["address"]
+    assert list(ann["address_tokens"]) == ["FLAT", "HIGH", "STREET", "KINGSTON"]
+    assert (ann["address_number"], ann["address_house"]) == ("2", "2 FLAT HIGH STREET KINGSTON")
+    assert (tom["address"], tom["address_set_missing"]) == (None, False)  # not given at all
+    # An Australian postcode is kept, with its prefixes; one not of the pattern is missing
+    # and counted, never blanked silently.
+    assert (ann["postcode"], ann["postcode_district"], ann["postcode_area"]) == (
+        "2615",
+        "261",
+        "26",
+    )
+    assert (tom["postcode"], tom["postcode_invalid"]) == (None, True)
+    assert (ann["state"], ann["height"]) == ("ACT", 165.5)
+    assert (tom["height"], tom["height_set_missing"]) == (None, True)
+    # An unreadable date of birth is missing; the row keeps its other identifiers.
+    assert (tom["date_of_birth"], tom["dob_unparseable"], tom["given_name"]) == (
+        None,
+        True,
+        "tom",
+    )
+    # Where there is no date of birth, the year comes from the age on census day.
+    assert (ann["dob_year"], census_ann["dob_year"]) == (1985, 1986)
+    assert census_ann["birth_year_from_age"] is True
+    assert census_ann["date_of_birth"] is None
+    assert census_tom["dob_year"] is None
+
+
+def test_a_row_with_a_person_id_and_an_address_is_not_short_of_identifiers(
+    any_engine: Engine,
+) -> None:
+    load_reference_tables(any_engine)
+    project = _project()
+    source = project.source("census")
+    rows = [{"id": "c9", "ni": "AB123456C", "address": "14 High Street"}, {"id": "c8"}]
+    _load(any_engine, project, "census", rows)
+    reasons = any_engine.fetch(
+        f"SELECT record_id, {quarantine_reason_sql(source)} FROM "
+        "(SELECT *, 0 AS _delivery_order FROM std_census) ORDER BY record_id"
+    )
+    assert reasons == [("c8", "insufficient identifiers"), ("c9", None)]
+
+
+def _gammas(engine: Engine, project: LinkageProject) -> dict[tuple[str, str], dict[str, int]]:
+    """Every cross-source pair of the two test sources, with its comparison levels."""
+    tables = {}
+    for name, rows in (("benefits", BENEFITS), ("census", CENSUS)):
+        _load(engine, project, name, rows)
+        engine.create_table(
+            f"input_{name}", linkage_input_sql(project, project.source(name), f"std_{name}")
+        )
+        tables[name] = f"input_{name}"
+    everything = project.model_copy(
+        update={"model": project.model.model_copy(update={"blocking_rules": ["1=1"]})}
+    )
+    linker = make_linker(engine.splink_api(), tables, everything)
+    predictions = linker.inference.predict().as_pandas_dataframe()
+    gamma = [c for c in predictions.columns if c.startswith("gamma_")]
+    return {
+        (r["record_id_l"], r["record_id_r"]): {c.removeprefix("gamma_"): int(r[c]) for c in gamma}
+        for r in predictions.to_dict("records")
+    }
+
+
+def test_each_new_comparison_scores_alike_on_both_engines(any_engine: Engine) -> None:
+    load_reference_tables(any_engine)
+    project = _project(model={"link_type": "link_only"})
+    pairs = _gammas(any_engine, project)
+    same, different = pairs[("b1", "c1")], pairs[("b2", "c2")]
+    # ni number: levels are null(-1), else(0), one transposition(1), exact(2).
+    assert (same["ni_number"], different["ni_number"]) == (1, -1)
+    assert pairs[("b1", "c2")]["ni_number"] == 0  # both present and different
+    # address: exact is the top level; the other pair has no address on one side.
+    assert same["address"] == 5
+    assert different["address"] == -1
+    # Birth years one apart (an age on a date) has its own level, below "same year".
+    assert same["date_of_birth"] == 1
+    assert same["postcode"] == 3  # exact
+    assert pairs[("b1", "c2")]["postcode"] == 1  # same first two characters
+    assert same["state"] == 1
+
+
+def test_a_project_without_a_model_gets_one_from_what_it_maps() -> None:
+    project = _project()
+    model = project.model
+    assert model.derived == ["comparisons", "blocking_rules", "training"]
+    # Every identifier mapped is compared; height only by one source, still compared when
+    # records link within and across sources.
+    assert set(model.comparisons) == {
+        "given_name",
+        "middle_names",
+        "family_name",
+        "date_of_birth",
+        "postcode",
+        "ni_number",
+        "address",
+        "state",
+        "height",
+    }
+    assert model.blocking_rules[0] == ["ni_number"]
+    assert ["address_house"] in model.blocking_rules
+    # No full date of birth in one source, so the year blocks.
+    assert ["date_of_birth", "family_name_soundex"] in model.blocking_rules
+    sessions = model.training.em_blocking_rules
+    assert len(sessions) >= 2
+    for name in model.comparisons:  # each comparison free in at least one EM session
+        column = "dob_" if name == "date_of_birth" else name
+        assert any(not any(c.startswith(column) for c in s) for s in sessions), name
+
+
+def test_link_only_compares_only_what_two_sources_map() -> None:
+    model = _project(model={"link_type": "link_only"}).model
+    assert "height" not in model.comparisons  # one source only: nothing to compare it with
+    assert "ni_number" in model.comparisons
+
+
+def test_a_model_written_by_hand_is_kept_and_checked() -> None:
+    with pytest.raises(ConfigError, match=r"unknown identifier\(s\) \['nhs_number'\]"):
+        _project(
+            model={
+                "comparisons": {"nhs_number": None},
+                "blocking_rules": [["ni_number"]],
+                "training": {
+                    "deterministic_rules": [["ni_number"]],
+                    "em_blocking_rules": [["ni_number"], ["address"]],
+                },
+            }
+        )
+
+
+def test_an_identifier_declared_differently_by_two_sources_is_refused() -> None:
+    raw = _project().model_dump(mode="json", exclude={"model"})
+    raw["sources"][1]["identifiers"]["other"]["state"]["type"] = "name"
+    with pytest.raises(ConfigError, match=r"\['state'\] are declared differently"):
+        parse_project(raw, "test.yaml")
