@@ -86,7 +86,7 @@ def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str)
     if not blocking:
         blocking = list(sessions)
     if not deterministic:
-        deterministic = [blocking[0]]
+        deterministic = blocking[:1]
     return {
         "comparisons": comparisons,
         "blocking_rules": blocking,

@@ -28,9 +28,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Predictions:
-    """Physical table names (in the engine) of the blocked pairs and the kept predictions."""
+    """Physical table name (in the engine) of the kept predictions."""
 
-    blocked_pairs_table: str
     table: str
 
 
@@ -174,11 +173,10 @@ def untrained_levels(model: dict[str, Any]) -> dict[str, list[str]]:
     return missing
 
 
-def predict(linker: Linker, floor: float = PREDICTION_FLOOR) -> Predictions:
-    """Score every blocked pair; keep those with match probability >= floor."""
-    blocked = linker.inference.compute_blocked_pairs_for_predict()
+def predict(linker: Linker, floor: float | None = PREDICTION_FLOOR) -> Predictions:
+    """Score every blocked pair; keep those with match probability >= floor (all: None)."""
     predictions = linker.inference.predict(threshold_match_probability=floor)
-    return Predictions(blocked_pairs_table=blocked.physical_name, table=predictions.physical_name)
+    return Predictions(table=predictions.physical_name)
 
 
 def probable_twins_condition(project: LinkageProject) -> str | None:

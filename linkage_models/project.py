@@ -282,20 +282,27 @@ class Identifiers(_Strict):
         return self
 
     def columns(self) -> dict[str, str]:
-        """Mapped primitive (or full_name, year_of_birth, age) -> source column; other
-        identifiers by their name (an address's lines as `<name>_line1`, `<name>_line2`...)."""
+        """Mapped primitive (or full_name, year_of_birth, age) and other identifier -> its
+        source column (an address in several lines: the columns, comma-separated)."""
         mapped = {
             key: mapping.column
             for key in ("full_name", *PRIMITIVES, "year_of_birth", "age")
             if (mapping := getattr(self, key)) is not None
         }
         for name, identifier in self.other.items():
-            columns = identifier.source_columns()
-            if len(columns) == 1:
-                mapped[name] = columns[0]
-            else:
-                mapped.update({f"{name}_line{i + 1}": c for i, c in enumerate(columns)})
+            mapped[name] = ", ".join(identifier.source_columns())
         return mapped
+
+    def source_columns(self) -> list[str]:
+        """Every source column the identifiers read."""
+        columns = [
+            mapping.column
+            for key in ("full_name", *PRIMITIVES, "year_of_birth", "age")
+            if (mapping := getattr(self, key)) is not None
+        ]
+        for identifier in self.other.values():
+            columns += identifier.source_columns()
+        return columns
 
 
 class EventMapping(_Strict):
@@ -381,7 +388,7 @@ class SourceSpec(_Strict):
 
     def mapped_columns(self) -> list[str]:
         """Every source column the project reads, in a stable order."""
-        cols = [self.record_id, *self.identifiers.columns().values()]
+        cols = [self.record_id, *self.identifiers.source_columns()]
         if self.event:
             cols.append(self.event.date.column)
         cols.extend(self.attributes)

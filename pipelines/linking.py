@@ -93,20 +93,67 @@ def predict(
     """Score blocked pairs into PAIRWISE_PREDICTIONS; the pairs clustering may use (after
     the probable-twins rule) into PAIRS_FOR_CLUSTERING."""
     _, linker = trained_linker(engine, project, model_path, input_tables)
-    predictions = linkage.predict(linker)
-    scored = engine.count(predictions.blocked_pairs_table)
-    engine.create_table(Tables.PAIRWISE_PREDICTIONS, f"SELECT * FROM {predictions.table}")
+    # Every blocked pair is scored; those below the floor are only summed (the matches the
+    # model expects among them are missed matches), not kept.
+    predictions = linkage.predict(linker, floor=None)
+    scored = engine.count(predictions.table)
+    floor = linkage.PREDICTION_FLOOR
+    engine.create_table(
+        Tables.PAIRS_BELOW_FLOOR,
+        f"SELECT count(*) AS pairs, coalesce(sum(match_probability), 0) AS expected_matches "
+        f"FROM {predictions.table} WHERE match_probability < {floor}",
+    )
+    engine.create_table(
+        Tables.PAIRWISE_PREDICTIONS,
+        f"SELECT * FROM {predictions.table} WHERE match_probability >= {floor}",
+    )
+    below_pairs, below_expected = engine.fetch(f"SELECT * FROM {Tables.PAIRS_BELOW_FLOOR}")[0]
+    reached = float(
+        engine.fetch(f"SELECT coalesce(sum(match_probability), 0) FROM {predictions.table}")[0][0]
+    )
     removed = apply_pair_rules(
         engine, project.spec, Tables.PAIRWISE_PREDICTIONS, Tables.PAIRS_FOR_CLUSTERING
     )
     return {
         "scored": scored,
         "kept_above_floor": engine.count(Tables.PAIRWISE_PREDICTIONS),
-        "prediction_floor": linkage.PREDICTION_FLOOR,
+        "prediction_floor": floor,
+        "below_floor": {
+            "pairs": int(below_pairs),
+            "expected_matches": round(float(below_expected), 1),
+        },
+        "blocking_check": blocking_check(engine, project, model_path, input_tables, reached),
         "removed_by_probable_twins_rule": removed,
         "probable_twins_rule_cost": pair_rule_cost(
             engine, project.spec, Tables.PAIRWISE_PREDICTIONS
         ),
+    }
+
+
+def blocking_check(
+    engine: Engine,
+    project: LoadedProject,
+    model_path: str,
+    input_tables: dict[str, str],
+    reached: float,
+) -> dict[str, Any]:
+    """How many matches the model's prior expects among all pairs, against how many the
+    blocked pairs hold (sum of their probabilities). A shortfall suggests matches blocking
+    never reached; but the prior is itself estimated (from deterministic rules with an
+    assumed recall), so this is a check to read, not a correction applied to the rates."""
+    prior = float(json.loads(Path(model_path).read_text())["probability_two_random_records_match"])
+    sizes = [engine.count(t) for t in input_tables.values()]
+    total = sum(sizes)
+    if project.spec.model.link_type == "link_only":
+        all_pairs = (total * total - sum(n * n for n in sizes)) // 2
+    else:
+        all_pairs = total * (total - 1) // 2
+    expected = prior * all_pairs
+    return {
+        "all_pairs": all_pairs,
+        "expected_matches_from_prior": round(expected, 1),
+        "expected_matches_in_blocked_pairs": round(reached, 1),
+        "share_reached": round(min(reached / expected, 1.0), 4) if expected else None,
     }
 
 

@@ -6,16 +6,19 @@ These are ESTIMATES: they take the model's match probabilities at face value.
   ended up in the same cluster, plus, for within-cluster pairs that were never scored (linked
   only through other records), the mean probability of the scored within-cluster pairs.
 - Estimated precision = expected true pairs within clusters / pairs within clusters.
-- Expected true pairs overall = sum of match probability over every scored pair kept above
-  the prediction floor, including pairs a pair rule (the opt-in probable-twins rule) kept
-  out of clustering: the model expects some of those to be true, and they are missed.
+- Expected true pairs overall = sum of match probability over every scored pair, including
+  pairs a pair rule (the opt-in probable-twins rule) kept out of clustering and pairs
+  scored below the prediction floor (summed, not kept): the model expects some of those
+  to be true, and they are missed.
 - Estimated recall = expected true pairs within clusters / expected true pairs overall.
 - 95% intervals treat each scored pair as an independent Bernoulli trial with its match
   probability (Poisson-binomial variance, normal approximation); they express sampling
   uncertainty given the model, not error in the model itself.
 
-Assumptions that make the estimates optimistic: blocking misses no true pairs, pairs below
-the prediction floor hold no matches, and the probabilities are calibrated. Where ground
+Assumptions that remain: blocking misses no true pairs (the manifest's `blocking_check`
+compares the matches the prior expects among all pairs with those the blocked pairs hold;
+read it, it is not folded in, because the prior is itself an estimate) and the
+probabilities are calibrated (where ground truth exists, the report compares them). Where ground
 truth exists, the manifest shows measured and estimated rates side by side so the
 estimator's own error is visible.
 """
@@ -47,12 +50,18 @@ def estimate_error_rates(
     threshold_columns: dict[str, str] = PERSON_ID_COLUMNS,
     pairs_table: str = Tables.PAIRWISE_PREDICTIONS,
     lookup_table: str = Tables.PERSON_LOOKUP,
+    below_floor_table: str | None = Tables.PAIRS_BELOW_FLOOR,
 ) -> dict[str, dict[str, Any]]:
     """Estimated pairwise precision and recall of each threshold's clusters."""
     engine.create_table("__scored_pairs", _pairs_sql(pairs_table))
     total_p, total_var = engine.fetch(
         "SELECT coalesce(sum(p), 0), coalesce(sum(p * (1 - p)), 0) FROM __scored_pairs"
     )[0]
+    below = 0.0
+    if below_floor_table and engine.table_exists(below_floor_table):
+        below = float(engine.fetch(f"SELECT expected_matches FROM {below_floor_table}")[0][0])
+    # Below the floor p is small, so each pair's variance p(1 - p) is about p.
+    total_p, total_var = float(total_p) + below, float(total_var) + below
     estimates: dict[str, dict[str, Any]] = {}
     for name, column in threshold_columns.items():
         engine.create_table(
@@ -102,6 +111,7 @@ def estimate_error_rates(
             "pairs_within_clusters": within_pairs,
             "expected_false_pairs": round(within_pairs - expected_tp, 1),
             "expected_missed_pairs": round(expected_missed, 1),
+            "expected_missed_below_floor": round(below, 1),
             "within_cluster_pairs_not_scored": unscored,
         }
     for table in ("__scored_pairs", "__records"):

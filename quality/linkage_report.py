@@ -139,7 +139,10 @@ def linkage_quality(
             "link_type": spec.model.link_type,
             "primitives_compared": list(spec.model.comparisons),
             "comparisons": _model_summary(project.output_dir / manifest["model"]["path"]),
-            "blocking_rules": [str(r) for r in spec.model.blocking_rules],
+            # The rules the model predicted with (after the blocking analysis).
+            "blocking_rules": manifest["model"].get("blocking_rules")
+            or [str(r) for r in spec.model.blocking_rules],
+            "derived_from_identifiers": list(spec.model.derived),
             "training": {
                 "deterministic_rules": [str(r) for r in spec.model.training.deterministic_rules],
                 "deterministic_rules_recall": spec.model.training.deterministic_rules_recall,

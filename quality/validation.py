@@ -127,7 +127,9 @@ def validation_frame_sql(source: SourceSpec, raw_table: str) -> str:
     for key, column in ids.columns().items():
         if key in ("date_of_birth",):
             continue
-        cols.append(f"nullif(trim({ident(column)}), '') AS {ident('present_' + key)}")
+        lines = ids.other[key].source_columns() if key in ids.other else [column]
+        present = ", ".join(f"nullif(trim({ident(c)}), '')" for c in lines)
+        cols.append(f"coalesce({present}) AS {ident('present_' + key)}")
     for key, mapping in _dates(source).items():
         text = date_text_sql(mapping.column)
         parsed = parse_date_sql(text, mapping.formats)
