@@ -519,7 +519,14 @@ class LinkageProject(_Strict):
         except (ValidationError, TypeError):
             return raw
         link_type = model.get("link_type", "link_and_dedupe")
+        if link_type == "link_only" and len(sources) < 2:
+            raise ValueError("model.link_type link_only links across sources: declare two or more")
         derived = derive_model(mapped_identifiers(sources), other_types(sources), link_type)
+        if not derived["blocking_rules"]:
+            raise ValueError(
+                "no identifier is mapped by enough sources to derive a model from (link_only "
+                "compares across sources: map the same identifiers in at least two)"
+            )
         filled = {k: derived[k] for k in missing}
         return {**raw, "model": {**filled, **model, "derived": missing}}
 

@@ -27,6 +27,26 @@ def training_data_fingerprint(engine: Engine) -> str:
     return digest.hexdigest()
 
 
+class LinkageInputError(ValueError):
+    """The accepted data cannot be linked the way the project asks (names the sources)."""
+
+
+def check_linkage_inputs(project: LoadedProject, input_tables: dict[str, str]) -> None:
+    """link_only compares records of different sources: it needs two sources with accepted
+    deliveries. Said plainly, before Splink says it its own way."""
+    spec = project.spec
+    if spec.model.link_type == "link_only" and len(input_tables) < 2:
+        have = ", ".join(input_tables) or "none"
+        waiting = [s.name for s in spec.sources if s.name not in input_tables]
+        raise LinkageInputError(
+            f"link_type link_only needs accepted deliveries from at least two sources; "
+            f"accepted: {have}; none accepted from: {', '.join(waiting)} (see their quality "
+            "reports), or use link_and_dedupe / dedupe_only"
+        )
+    if not input_tables:
+        raise LinkageInputError("no source has an accepted delivery: nothing to link")
+
+
 def train_or_reuse(
     engine: Engine,
     project: LoadedProject,
@@ -34,6 +54,7 @@ def train_or_reuse(
     model_version: str | None = None,
 ) -> dict[str, Any]:
     """Train and register a new model version, or reuse a registered one; writes the card."""
+    check_linkage_inputs(project, input_tables)
     spec = project.spec
     layout = OutputLayout(project.output_dir)
     registry = ModelRegistry(layout.model_dir)

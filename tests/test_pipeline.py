@@ -17,7 +17,7 @@ from linkage_models.registry import ModelRegistry
 from pipelines.contract import Tables
 from pipelines.engines import DuckDBEngine
 from pipelines.ground_truth import GroundTruth, check_ground_truth, register_ground_truth
-from pipelines.run import RunResult, run_project
+from pipelines.run import RunError, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 from quality.accuracy import pairwise_cluster_metrics
 
@@ -375,3 +375,37 @@ def test_dedupe_only_on_one_source_runs_end_to_end(
     balanced = result.manifest["measured_accuracy"]["balanced"]
     assert balanced["precision"] > 0.95 and balanced["recall"] > 0.9
     assert (result.output_dir / "reports" / "linkage_report.html").exists()
+
+
+@pytest.mark.slow
+def test_link_only_with_a_derived_model_links_across_sources_and_needs_two(
+    small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """A project that leaves the model to joinedup: link_only across two sources runs end to
+    end with a derived model (recorded in the manifest), links only across the sources, and
+    stops with a plain message when only one source has data to link."""
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw["sources"] = [s for s in raw["sources"] if s["name"] in ("probation", "prisons")]
+    raw["model"] = {"link_type": "link_only"}
+    config = tmp_path / "link_only.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    project = load_project(config, data_dir=small_data.out_dir, output_dir=tmp_path / "out")
+    result = run_project(project, ground_truth=small_data.ground_truth)
+    model = result.manifest["model"]
+    assert model["derived_from_identifiers"] == ["comparisons", "blocking_rules", "training"]
+    assert [a["kept"] for a in model["blocking_analysis"]["analysis"]].count(True) >= 3
+    assert result.manifest["links"]["balanced"]["links"] > 0
+    with DuckDBEngine(result.output_dir / "work" / "joinedup.duckdb") as engine:
+        within = engine.fetch(
+            f"SELECT count(*) FROM {Tables.PAIRWISE_PREDICTIONS} "
+            "WHERE source_dataset_l = source_dataset_r"
+        )[0][0]
+    assert within == 0
+    assert result.manifest["measured_accuracy"]["balanced"]["precision"] > 0.95
+
+    # Every delivery of one source rejected by its contract: one source left to link.
+    raw["sources"][1].setdefault("validation", {})["row_count"] = {"min": 10_000_000}
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    alone = load_project(config, data_dir=small_data.out_dir, output_dir=tmp_path / "alone")
+    with pytest.raises(RunError, match="link_only needs accepted deliveries from at least two"):
+        run_project(alone)
