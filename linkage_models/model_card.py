@@ -37,10 +37,9 @@ def _blocking_lines(blocking: dict[str, Any] | None) -> list[str]:
         "|---|---|---|---|",
     ]
     for rule in blocking["analysis"]:
-        lines.append(
-            f"| `{rule['rule']}` | {rule['adds_pairs']:,} | "
-            f"{rule['cumulative_pairs']:,} | {rule['why']} |"
-        )
+        cumulative = f"{rule['cumulative_pairs']:,}" if rule["kept"] else "—"
+        added = f"{rule['adds_pairs']:,}"
+        lines.append(f"| `{rule['rule']}` | {added} | {cumulative} | {rule['why']} |")
     return lines
 
 

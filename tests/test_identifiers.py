@@ -4,14 +4,17 @@ model derived from what a project maps when it leaves `model:` out."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from linkage_models.blocking import choose_blocking_rules
 from linkage_models.linkage import make_linker
 from linkage_models.project import ConfigError, LinkageProject, parse_project
-from pipelines.engines import Engine
+from pipelines.engines import DuckDBEngine, Engine
 from pipelines.standardise import linkage_input_sql, load_reference_tables, standardise_sql
 from quality.quarantine import quarantine_reason_sql
 
@@ -282,3 +285,53 @@ def test_an_identifier_declared_differently_by_two_sources_is_refused() -> None:
     raw["sources"][1]["identifiers"]["other"]["state"]["type"] = "name"
     with pytest.raises(ConfigError, match=r"\['state'\] are declared differently"):
         parse_project(raw, "test.yaml")
+
+
+def _inputs(engine: Engine, project: LinkageProject) -> dict[str, str]:
+    load_reference_tables(engine)
+    tables = {}
+    for name, rows in (("benefits", BENEFITS * 3), ("census", CENSUS * 3)):
+        rows = [{**r, "id": f"{r['id']}_{i}"} for i, r in enumerate(rows)]
+        _load(engine, project, name, rows)
+        engine.create_table(
+            f"input_{name}", linkage_input_sql(project, project.source(name), f"std_{name}")
+        )
+        tables[name] = f"input_{name}"
+    return tables
+
+
+@pytest.fixture
+def duckdb_engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = DuckDBEngine(tmp_path / "work" / "test.duckdb", memory_limit="1GB")
+    yield engine
+    engine.close()
+
+
+def test_blocking_analysis_drops_derived_rules_over_the_bound(duckdb_engine: Engine) -> None:
+    """Splink counts each rule's pairs: a derived rule over the user's bound is dropped (the
+    one adding fewest pairs always stays); a rule written by hand is kept and flagged."""
+    derived = _project(model={"link_type": "link_only", "max_comparisons_per_blocking_rule": 8})
+    choice = choose_blocking_rules(
+        duckdb_engine.splink_api(), _inputs(duckdb_engine, derived), derived
+    )
+    by_rule = {str(a["rule"]): a for a in choice["analysis"]}
+    assert choice["derived"] and not choice["estimated"]
+    # Three copies each of Ann and Tom on both sides: 2 x 3 x 3 pairs share the full name.
+    names = by_rule[str(["given_name", "family_name"])]
+    assert (names["adds_pairs"], names["kept"]) == (18, False)
+    assert all(a["adds_pairs"] > 8 for a in choice["analysis"] if not a["kept"])
+    assert choice["rules"] == [a["rule"] for a in choice["analysis"] if a["kept"]]
+    assert choice["rules"]
+
+    written = _project(
+        model={
+            "link_type": "link_only",
+            "max_comparisons_per_blocking_rule": 8,
+            "blocking_rules": [["given_name", "family_name"]],
+        }
+    )
+    choice = choose_blocking_rules(
+        duckdb_engine.splink_api(), _inputs(duckdb_engine, written), written
+    )
+    assert choice["rules"] == [["given_name", "family_name"]]
+    assert choice["analysis"][0]["why"].startswith("kept (written in the project)")
