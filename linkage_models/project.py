@@ -36,9 +36,6 @@ STANDARD_COLUMNS = (
     "postcode_area",
 )
 
-# The columns Splink sees, identical across sources (attributes and flags stay behind);
-# a project's other identifiers add theirs (LinkageProject.linkage_columns).
-LINKAGE_COLUMNS = ("record_id", "source_dataset", *STANDARD_COLUMNS)
 # Names other identifiers may not take: the standardised table's own bookkeeping.
 RESERVED_COLUMNS = (
     "record_id",
@@ -634,7 +631,7 @@ def mapped_identifiers(sources: list[SourceSpec]) -> dict[str, int]:
             present |= {"given_name", "middle_names", "family_name"}
         if ids.given_name is not None and ids.given_name.includes_middle_names:
             present.add("middle_names")
-        if present & {"date_of_birth"} or ids.year_of_birth or ids.age:
+        if "date_of_birth" in present or ids.year_of_birth or ids.age:
             present.add("dob_year")
         present |= set(ids.other)
         for key in present:

@@ -45,8 +45,9 @@ class Tables:
     NICKNAMES = "ref_nicknames"
     POSTCODE_REGIONS = "ref_postcode_regions"
     PAIRWISE_PREDICTIONS = "pairwise_predictions"  # every scored pair above the floor
-    # One row: blocked pairs scored below the floor, and the matches the model expects
-    # among them (sum of their probabilities), for the error-rate estimates.
+    # One row: blocked pairs scored below the floor and the matches the model expects among
+    # them (sum of their probabilities), for the error-rate estimates; and the same for all
+    # scored pairs.
     PAIRS_BELOW_FLOOR = "pairs_below_floor"
     PAIRS_FOR_CLUSTERING = "pairs_for_clustering"  # the pairs clustering may use
     PERSON_LOOKUP = "person_lookup"

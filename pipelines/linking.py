@@ -117,33 +117,35 @@ def predict(
     # Every blocked pair is scored; those below the floor are only summed (the matches the
     # model expects among them are missed matches), not kept.
     predictions = linkage.predict(linker, floor=None)
-    scored = engine.count(predictions.table)
     floor = linkage.PREDICTION_FLOOR
-    engine.create_table(
+    below = f"match_probability < {floor}"
+    engine.create_table(  # one scan: what is below the floor, and what all scored pairs hold
         Tables.PAIRS_BELOW_FLOOR,
-        f"SELECT count(*) AS pairs, coalesce(sum(match_probability), 0) AS expected_matches "
-        f"FROM {predictions.table} WHERE match_probability < {floor}",
+        f"SELECT count(*) FILTER (WHERE {below}) AS pairs, "
+        f"coalesce(sum(match_probability) FILTER (WHERE {below}), 0) AS expected_matches, "
+        "count(*) AS scored_pairs, "
+        "coalesce(sum(match_probability), 0) AS expected_matches_scored "
+        f"FROM {predictions.table}",
     )
     engine.create_table(
         Tables.PAIRWISE_PREDICTIONS,
         f"SELECT * FROM {predictions.table} WHERE match_probability >= {floor}",
     )
-    below_pairs, below_expected = engine.fetch(f"SELECT * FROM {Tables.PAIRS_BELOW_FLOOR}")[0]
-    reached = float(
-        engine.fetch(f"SELECT coalesce(sum(match_probability), 0) FROM {predictions.table}")[0][0]
-    )
+    below_pairs, below_expected, scored, reached = engine.fetch(
+        f"SELECT * FROM {Tables.PAIRS_BELOW_FLOOR}"
+    )[0]
     removed = apply_pair_rules(
         engine, project.spec, Tables.PAIRWISE_PREDICTIONS, Tables.PAIRS_FOR_CLUSTERING
     )
     return {
-        "scored": scored,
+        "scored": int(scored),
         "kept_above_floor": engine.count(Tables.PAIRWISE_PREDICTIONS),
         "prediction_floor": floor,
         "below_floor": {
             "pairs": int(below_pairs),
             "expected_matches": round(float(below_expected), 1),
         },
-        "blocking_check": blocking_check(engine, project, model_path, input_tables, reached),
+        "blocking_check": blocking_check(engine, project, model_path, input_tables, float(reached)),
         "removed_by_probable_twins_rule": removed,
         "probable_twins_rule_cost": pair_rule_cost(
             engine, project.spec, Tables.PAIRWISE_PREDICTIONS

@@ -283,12 +283,12 @@ def other_identifier_columns(name: str, identifier: OtherIdentifier) -> list[str
             f"nullif(trim(regexp_replace(regexp_replace(c.{name}, '\\S*[0-9]\\S*', '', 'g'), "
             "'\\s+', ' ', 'g')), '')"
         )
+        number = f"regexp_extract(c.{name}, '([0-9]+[A-Z]?)', 1)"  # the first house/flat no.
         items += [
             f"CASE WHEN {street} IS NOT NULL THEN string_split({street}, ' ') END AS {name}_tokens",
-            f"nullif(regexp_extract(c.{name}, '([0-9]+[A-Z]?)', 1), '') AS {name}_number",
+            f"nullif({number}, '') AS {name}_number",
             f"{street} AS {name}_street",
-            f"nullif(concat_ws(' ', regexp_extract(c.{name}, '([0-9]+[A-Z]?)', 1), {street}), '')"
-            f" AS {name}_house",
+            f"nullif(concat_ws(' ', {number}, {street}), '') AS {name}_house",
         ]
     items.append(f"(c.{name}_raw IS NOT NULL AND c.{name} IS NULL) AS {name}_set_missing")
     return items
