@@ -9,6 +9,10 @@ The choices, and why:
 - compare every identifier some source maps (for link_only: at least two sources);
   term-frequency adjustments on given name, family name, postcode and address, where
   common values are weak evidence;
+- compare the family name and where a person lives (the addresses, or the postcode where
+  no address is mapped) as one comparison, `household`: people of one household agree on
+  both together, and separate comparisons would add those agreements up as if they were
+  independent (beside an address the postcode stays a comparison of its own);
 - block on each person identifier alone, on the full name, on date of birth with each
   name's sound, on postcode (or address) with each name, and on the swapped names;
 - estimate the prior from rules that admit almost no false links (a person identifier
@@ -19,6 +23,12 @@ The choices, and why:
 from __future__ import annotations
 
 from typing import Any
+
+# The comparison of family name and where a person lives together. Fellegi-Sunter treats
+# comparisons as independent given match status; among members of one household the family
+# name and the address (or postcode) agree together, so as separate comparisons their
+# weights add up to a link between two different people of one household.
+HOUSEHOLD = "household"
 
 TERM_FREQUENCY_PRIMITIVES = ("given_name", "family_name", "postcode")
 PRIMITIVE_ORDER = ("given_name", "middle_names", "family_name", "date_of_birth", "sex", "postcode")
@@ -37,17 +47,22 @@ def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str)
 
     person_ids = [n for n, t in others.items() if t == "person_id" and has(n)]
     addresses = [n for n, t in others.items() if t == "address" and has(n)]
+    household = has("family_name") and (has("postcode") or bool(addresses))
+    # Beside an address, the postcode is compared on its own (settings.household_columns).
+    in_household = {"family_name", *(addresses or ["postcode"])} if household else set()
     full_dob = has("date_of_birth")
     birth = "date_of_birth" if full_dob else "dob_year"
 
     comparisons: dict[str, Any] = {}
     for primitive in PRIMITIVE_ORDER:
         key = "dob_year" if primitive == "date_of_birth" else primitive
-        if has(key):
+        if primitive == "family_name" and household:
+            comparisons[HOUSEHOLD] = {}
+        elif has(key) and primitive not in in_household:
             tf = primitive in TERM_FREQUENCY_PRIMITIVES
             comparisons[primitive] = {"term_frequency_adjustments": True} if tf else {}
     for name, kind in others.items():
-        if has(name):
+        if has(name) and name not in in_household:
             comparisons[name] = {"term_frequency_adjustments": kind == "address"}
 
     blocking: list[Any] = [[p] for p in person_ids]
@@ -82,7 +97,9 @@ def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str)
         if names:
             deterministic.append(["given_name", "family_name", address])
 
-    sessions = _em_sessions(has, birth, full_dob, person_ids, addresses, list(comparisons))
+    columns = {name: [name] for name in comparisons}
+    columns[HOUSEHOLD] = sorted(in_household)
+    sessions = _em_sessions(has, birth, full_dob, person_ids, addresses, columns, household)
     if not blocking:
         blocking = list(sessions)
     if not deterministic:
@@ -94,10 +111,11 @@ def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str)
     }
 
 
-def _blocks(rule: list[str], comparison: str) -> bool:
-    """Whether an EM blocking rule fixes a comparison (so EM cannot train it there)."""
-    prefix = "dob_" if comparison == "date_of_birth" else comparison
-    return any(c == comparison or c.startswith(prefix) for c in rule)
+def _blocks(rule: list[str], compared: list[str]) -> bool:
+    """Whether an EM blocking rule fixes a comparison of these identifiers (so EM cannot
+    train it there)."""
+    prefixes = ["dob_" if c == "date_of_birth" else c for c in compared]
+    return any(c.startswith(p) for c in rule for p in prefixes)
 
 
 def _em_sessions(
@@ -106,10 +124,22 @@ def _em_sessions(
     full_dob: bool,
     person_ids: list[str],
     addresses: list[str],
-    comparisons: list[str],
+    comparisons: dict[str, list[str]],
+    household: bool,
 ) -> list[list[str]]:
-    """At least two EM blocking rules, each comparison free in at least one of them."""
+    """At least two EM blocking rules, each comparison free in at least one of them.
+
+    With a household comparison, the first sessions block on identifiers that admit few
+    non-matches and leave family name and place free (each person identifier, then given
+    name with date of birth), so that EM learns how family name and place agree among true
+    matches; blocking on the given name alone lets EM settle on "same given name in the
+    same area" as its match class."""
     candidates: list[list[str]] = []
+    if household:
+        candidates += [[p] for p in person_ids]
+        if has("given_name", "dob_year"):
+            candidates.append(["given_name", birth])
+        candidates.append(["family_name", birth] if has("dob_year") else ["family_name"])
     if has("dob_year"):
         candidates.append([birth] if full_dob else [birth, "family_name"])
     if has("given_name", "family_name"):
@@ -121,7 +151,9 @@ def _em_sessions(
     candidates += [[k] for k in ("family_name", "given_name") if has(k)]
     sessions: list[list[str]] = []
     for rule in candidates:
-        untrained = [c for c in comparisons if all(_blocks(s, c) for s in sessions)]
+        untrained = [
+            c for c, compared in comparisons.items() if all(_blocks(s, compared) for s in sessions)
+        ]
         if len(sessions) >= 2 and not untrained:
             break
         if rule not in sessions:

@@ -19,6 +19,7 @@ from splink.internals.comparison_level_creator import ComparisonLevelCreator
 from splink.internals.dialects import SplinkDialect
 
 from linkage_models.project import (
+    HOUSEHOLD,
     BlockingRule,
     ComparisonSpec,
     LinkageProject,
@@ -45,6 +46,108 @@ class NamesSwappedLevel(ComparisonLevelCreator):
 
     def create_label_for_charts(self) -> str:
         return "Given and family names swapped"
+
+
+class HouseholdLevel(ComparisonLevelCreator):
+    """One cell of family name x place: `family` is "same", "similar" or None (differs or
+    missing); `place` is a key of `places` (SQL per tier), "unknown" (no place on both
+    records) or None (on both, and different). Written per dialect for the Jaro-Winkler
+    function's name."""
+
+    FAMILY_LABELS = {
+        "same": "Same family name",
+        "similar": "Similar family name",
+        None: "Family name differs or missing",
+    }
+    PLACE_LABELS = {
+        "address": "same address",
+        "similar": "similar address",
+        "postcode": "same postcode",
+        "area": "same postcode district",
+        "unknown": "place not known",
+        None: "different place",
+    }
+
+    def __init__(self, family: str | None, place: str | None, places: dict[str, str]):
+        self.family, self.place, self.places = family, place, places
+
+    def create_sql(self, sql_dialect: SplinkDialect) -> str:
+        jw = sql_dialect.jaro_winkler_function_name
+        family = {
+            "same": "family_name_l = family_name_r",
+            "similar": (
+                f"{jw}(family_name_l, family_name_r) >= 0.88 "
+                "OR family_name_soundex_l = family_name_soundex_r"
+            ),
+        }
+        parts = []
+        if self.family:
+            parts.append(f"({family[self.family]})")
+        if self.place:
+            parts.append(f"({self.places[self.place].format(jw=jw)})")
+        return " AND ".join(parts)
+
+    def create_label_for_charts(self) -> str:
+        return f"{self.FAMILY_LABELS[self.family]}, {self.PLACE_LABELS[self.place]}"
+
+
+def household_places(project: LinkageProject) -> dict[str, str]:
+    """SQL (over _l/_r columns; `{jw}` stands for the Jaro-Winkler function) for each tier
+    of the household's place, best first, and for "unknown": the addresses (same, then
+    similar text) or, where no address is mapped, the postcode (same, then its district)."""
+    addresses = project.household_addresses()
+    if addresses:
+        tiers = {
+            "address": [f"{a}_l = {a}_r OR {a}_house_l = {a}_house_r" for a in addresses],
+            "similar": [f"{{jw}}({a}_l, {a}_r) >= 0.9" for a in addresses],
+        }
+    else:
+        tiers = {
+            "postcode": ["postcode_l = postcode_r"],
+            "area": ["postcode_district_l = postcode_district_r"],
+        }
+    places = {k: " OR ".join(v) for k, v in tiers.items()}
+    recorded = " OR ".join(
+        f"({c}_l IS NOT NULL AND {c}_r IS NOT NULL)" for c in household_columns(project)[1:]
+    )
+    places["unknown"] = f"NOT ({recorded})"
+    return places
+
+
+def household_columns(project: LinkageProject) -> list[str]:
+    """The family name, then the household's place: its addresses, or else the postcode."""
+    return ["family_name", *(project.household_addresses() or ["postcode"])]
+
+
+def household_comparison(project: LinkageProject) -> ComparisonCreator:
+    """Family name and where a person lives as one comparison, so that the agreements
+    members of one household share are weighed together (their u-probability is how often
+    two different people share both), not added up as if independent. Levels run from
+    same name at the same address down to the place alone; EM learns each weight.
+
+    Beside an address the postcode is compared on its own: its errors are mostly its own
+    (a typo in one is not a typo in the other), and merged into one comparison that
+    independent evidence would be lost."""
+    places = household_places(project)
+    null = " AND ".join(f"({c}_l IS NULL OR {c}_r IS NULL)" for c in household_columns(project))
+    tiers = [p for p in places if p != "unknown"]
+    levels: list[Any] = [
+        cll.CustomLevel(null, label_for_charts="Family name and place missing").configure(
+            is_null_level=True
+        ),
+        *(HouseholdLevel(f, p, places) for f in ("same", "similar") for p in tiers),
+        HouseholdLevel("same", "unknown", places),
+        HouseholdLevel("similar", "unknown", places),
+        HouseholdLevel("same", None, places),
+        HouseholdLevel("similar", None, places),
+        *(HouseholdLevel(None, p, places) for p in tiers),
+        cll.ElseLevel(),
+    ]
+    return cl.CustomComparison(
+        output_column_name=HOUSEHOLD,
+        comparison_description="Family name and where the person lives, together",
+        comparison_levels=levels,
+    )
 
 
 def _jaro_winkler_levels(column: str, thresholds: list[float]) -> list[Any]:
@@ -334,6 +437,8 @@ def blocking_rule(rule: BlockingRule) -> BlockingRuleCreator | str:
 
 def comparison(project: LinkageProject, name: str, spec: ComparisonSpec) -> ComparisonCreator:
     """The standard comparison for one identifier of the project."""
+    if name == HOUSEHOLD:
+        return household_comparison(project)
     if name == "postcode":
         return postcode_comparison(spec, project.postcode_mapping())
     if name == "date_of_birth":

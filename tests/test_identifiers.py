@@ -13,7 +13,8 @@ import pytest
 
 from linkage_models.blocking import choose_blocking_rules
 from linkage_models.linkage import make_linker
-from linkage_models.project import ConfigError, LinkageProject, parse_project
+from linkage_models.project import ComparisonSpec, ConfigError, LinkageProject, parse_project
+from linkage_models.settings import comparison
 from pipelines.engines import DuckDBEngine, Engine
 from pipelines.standardise import linkage_input_sql, load_reference_tables, standardise_sql
 from quality.quarantine import quarantine_reason_sql
@@ -222,14 +223,25 @@ def test_each_new_comparison_scores_alike_on_both_engines(any_engine: Engine) ->
     # ni number: levels are null(-1), else(0), one transposition(1), exact(2).
     assert (same["ni_number"], different["ni_number"]) == (1, -1)
     assert pairs[("b1", "c2")]["ni_number"] == 0  # both present and different
-    # address: exact is the top level; the other pair has no address on one side.
-    assert same["address"] == 5
-    assert different["address"] == -1
+    # Family name and address together (the household comparison): same name at the same
+    # address is the top level; the other pair has an address on one side only, so its
+    # place is not known; different names at different addresses are the else level.
+    levels = _household_labels(project)
+    assert levels[same["household"]] == "Same family name, same address"
+    assert levels[different["household"]] == "Same family name, place not known"
+    assert pairs[("b1", "c2")]["household"] == 0
     # Birth years one apart (an age on a date) has its own level, below "same year".
     assert same["date_of_birth"] == 1
     assert same["postcode"] == 3  # exact
     assert pairs[("b1", "c2")]["postcode"] == 1  # same first two characters
     assert same["state"] == 1
+
+
+def _household_labels(project: LinkageProject) -> dict[int, str]:
+    """gamma value -> label of the household comparison's levels."""
+    levels = comparison(project, "household", ComparisonSpec()).create_comparison_levels()
+    labels = [level.create_label_for_charts() for level in levels]
+    return {len(labels) - 2 - i: label for i, label in enumerate(labels[1:])}
 
 
 def test_a_project_without_a_model_gets_one_from_what_it_maps() -> None:
@@ -238,14 +250,15 @@ def test_a_project_without_a_model_gets_one_from_what_it_maps() -> None:
     assert model.derived == ["comparisons", "blocking_rules", "training"]
     # Every identifier mapped is compared; height only by one source, still compared when
     # records link within and across sources.
+    # Family name and address are one comparison (household); beside an address the
+    # postcode is compared on its own.
     assert set(model.comparisons) == {
         "given_name",
         "middle_names",
-        "family_name",
+        "household",
         "date_of_birth",
         "postcode",
         "ni_number",
-        "address",
         "state",
         "height",
     }
@@ -255,9 +268,20 @@ def test_a_project_without_a_model_gets_one_from_what_it_maps() -> None:
     assert ["date_of_birth", "family_name_soundex"] in model.blocking_rules
     sessions = model.training.em_blocking_rules
     assert len(sessions) >= 2
+    compared = {"date_of_birth": ["dob_"], "household": ["family_name", "address"]}
     for name in model.comparisons:  # each comparison free in at least one EM session
-        column = "dob_" if name == "date_of_birth" else name
-        assert any(not any(c.startswith(column) for c in s) for s in sessions), name
+        columns = compared.get(name, [name])
+        assert any(not any(c.startswith(p) for c in s for p in columns) for s in sessions), name
+
+
+def test_the_household_is_family_name_with_the_postcode_where_no_address_is_mapped() -> None:
+    raw = _project().model_dump(mode="json", exclude={"model"})
+    for source in raw["sources"]:
+        del source["identifiers"]["other"]["address"]
+    project = parse_project(raw, "test.yaml")
+    assert "household" in project.model.comparisons
+    assert not {"family_name", "postcode"} & set(project.model.comparisons)
+    assert "Same family name, same postcode" in _household_labels(project).values()
 
 
 def test_link_only_compares_only_what_two_sources_map() -> None:
