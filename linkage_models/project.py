@@ -339,7 +339,11 @@ class ValidationSpec(_Strict):
 
     max_missing_rate: dict[str, float] = Field(default_factory=dict)
     default_max_missing_rate: float = Field(default=0.5, ge=0, le=1)
-    max_unparseable_date_rate: float = Field(default=0.01, ge=0, le=1)
+    # Unreadable dates become missing and their rows still link: more than the warning
+    # rate is reported; more than the critical rate (most likely a wrongly declared
+    # format) rejects the delivery.
+    warn_unparseable_date_rate: float = Field(default=0.01, ge=0, le=1)
+    max_unparseable_date_rate: float = Field(default=0.2, ge=0, le=1)
     max_duplicate_id_rate: float = Field(default=0.01, ge=0, le=1)
     max_unknown_sex_code_rate: float = Field(default=0.01, ge=0, le=1)
     max_malformed_postcode_rate: float = Field(default=0.1, ge=0, le=1)

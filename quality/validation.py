@@ -213,21 +213,21 @@ def build_expectations(source: SourceSpec, today: date | None = None) -> list[Ex
         )
     for key, mapping in _dates(source).items():
         label = key.replace("_", " ")
-        specs.append(
-            ExpectationSpec(
-                f"{key}_parseable",
-                f"Dates in {mapping.column} read as "
-                f"{' or '.join(readable_date_format(f) for f in mapping.formats)} "
-                f"(at most {v.max_unparseable_date_rate:.0%} unreadable)",
-                "critical",
-                "expect_column_values_to_be_in_set",
-                {
-                    "column": f"{key}_parseable",
-                    "value_set": [True],
-                    "mostly": 1 - v.max_unparseable_date_rate,
-                },
+        formats = " or ".join(readable_date_format(f) for f in mapping.formats)
+        for suffix, severity, rate in (
+            ("parseable", "critical", v.max_unparseable_date_rate),
+            ("mostly_readable", "warning", v.warn_unparseable_date_rate),
+        ):
+            specs.append(
+                ExpectationSpec(
+                    f"{key}_{suffix}",
+                    f"Dates in {mapping.column} read as {formats} "
+                    f"(at most {rate:.0%} unreadable)",
+                    severity,
+                    "expect_column_values_to_be_in_set",
+                    {"column": f"{key}_parseable", "value_set": [True], "mostly": 1 - rate},
+                )
             )
-        )
         specs.append(
             ExpectationSpec(
                 f"{key}_plausible",

@@ -32,14 +32,19 @@ def test_suite_is_built_from_the_source_contract() -> None:
         "sex_completeness",
         "postcode_completeness",
         "date_of_birth_parseable",
+        "date_of_birth_mostly_readable",
         "date_of_birth_plausible",
         "event_date_parseable",
+        "event_date_mostly_readable",
         "event_date_plausible",
         "sex_codes_declared",
         "postcode_well_formed",
         "row_count",
     }
+    # Unreadable dates become missing: a few are reported, most (a wrong format) block.
     assert specs["date_of_birth_parseable"].severity == "critical"
+    assert specs["date_of_birth_parseable"].kwargs["mostly"] == 0.8
+    assert specs["date_of_birth_mostly_readable"].severity == "warning"
     assert specs["postcode_well_formed"].severity == "warning"
     assert specs["date_of_birth_plausible"].kwargs["max_value"] == 20260102
     # In the data owner's terms, not strptime's or Python's.
