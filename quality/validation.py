@@ -221,8 +221,7 @@ def build_expectations(source: SourceSpec, today: date | None = None) -> list[Ex
             specs.append(
                 ExpectationSpec(
                     f"{key}_{suffix}",
-                    f"Dates in {mapping.column} read as {formats} "
-                    f"(at most {rate:.0%} unreadable)",
+                    f"Dates in {mapping.column} read as {formats} (at most {rate:.0%} unreadable)",
                     severity,
                     "expect_column_values_to_be_in_set",
                     {"column": f"{key}_parseable", "value_set": [True], "mostly": 1 - rate},
