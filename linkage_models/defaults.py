@@ -35,6 +35,18 @@ PRIMITIVE_ORDER = ("given_name", "middle_names", "family_name", "date_of_birth",
 SWAPPED_NAMES = "l.given_name = r.family_name AND l.family_name = r.given_name"
 
 
+def household_place(mapped: dict[str, int], others: dict[str, str], link_type: str) -> list[str]:
+    """What the household comparison compares with the family name: the addresses, or the
+    postcode where no address is mapped; [] when there is no household to compare (for
+    link_only, only identifiers two or more sources map count). Beside an address the
+    postcode is compared on its own."""
+    need = 2 if link_type == "link_only" else 1
+    if mapped.get("family_name", 0) < need:
+        return []
+    addresses = [n for n, t in others.items() if t == "address" and mapped.get(n, 0) >= need]
+    return addresses or (["postcode"] if mapped.get("postcode", 0) >= need else [])
+
+
 def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str) -> dict[str, Any]:
     """comparisons, blocking_rules and training for the identifiers mapped.
 
@@ -47,9 +59,9 @@ def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str)
 
     person_ids = [n for n, t in others.items() if t == "person_id" and has(n)]
     addresses = [n for n, t in others.items() if t == "address" and has(n)]
-    household = has("family_name") and (has("postcode") or bool(addresses))
-    # Beside an address, the postcode is compared on its own (settings.household_columns).
-    in_household = {"family_name", *(addresses or ["postcode"])} if household else set()
+    place = household_place(mapped, others, link_type)
+    household = bool(place)
+    in_household = {"family_name", *place} if household else set()
     full_dob = has("date_of_birth")
     birth = "date_of_birth" if full_dob else "dob_year"
 

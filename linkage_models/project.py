@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from linkage_models.defaults import HOUSEHOLD, derive_model
+from linkage_models.defaults import HOUSEHOLD, derive_model, household_place
 
 PRIMITIVES = ("given_name", "middle_names", "family_name", "date_of_birth", "sex", "postcode")
 
@@ -553,7 +553,7 @@ class LinkageProject(_Strict):
                 "same country and prefix_lengths)"
             )
         comparable = {*PRIMITIVES, *self.other_identifiers()}
-        if self.has_household():
+        if self.household_place():
             comparable.add(HOUSEHOLD)
         unknown = sorted(set(self.model.comparisons) - comparable)
         if unknown:
@@ -595,22 +595,11 @@ class LinkageProject(_Strict):
         """The columns Splink sees, identical across sources."""
         return ("record_id", "source_dataset", *self.standard_columns())
 
-    def household_addresses(self) -> list[str]:
-        """The address identifiers the household comparison compares with the family name
-        (for link_only, those two or more sources map, as the derived model does)."""
-        need = 2 if self.model.link_type == "link_only" else 1
-        mapped = mapped_identifiers(self.sources)
-        return [
-            n
-            for n, o in self.other_identifiers().items()
-            if o.type == "address" and mapped.get(n, 0) >= need
-        ]
-
-    def has_household(self) -> bool:
-        """Whether a family name and an address or postcode are mapped (by any source)."""
-        mapped = mapped_identifiers(self.sources)
-        return "family_name" in mapped and (
-            "postcode" in mapped or bool(self.household_addresses())
+    def household_place(self) -> list[str]:
+        """The addresses the household comparison compares with the family name, or
+        ["postcode"]; [] when there is no household to compare (defaults.household_place)."""
+        return household_place(
+            mapped_identifiers(self.sources), other_types(self.sources), self.model.link_type
         )
 
     def postcode_mapping(self) -> PostcodeMapping | None:

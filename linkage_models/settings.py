@@ -95,16 +95,16 @@ def household_places(project: LinkageProject) -> dict[str, str]:
     """SQL (over _l/_r columns; `{jw}` stands for the Jaro-Winkler function) for each tier
     of the household's place, best first, and for "unknown": the addresses (same, then
     similar text) or, where no address is mapped, the postcode (same, then its district)."""
-    addresses = project.household_addresses()
-    if addresses:
-        tiers = {
-            "address": [f"{a}_l = {a}_r OR {a}_house_l = {a}_house_r" for a in addresses],
-            "similar": [f"{{jw}}({a}_l, {a}_r) >= 0.9" for a in addresses],
-        }
-    else:
+    place = project.household_place()
+    if place == ["postcode"]:
         tiers = {
             "postcode": ["postcode_l = postcode_r"],
             "area": ["postcode_district_l = postcode_district_r"],
+        }
+    else:
+        tiers = {
+            "address": [f"{a}_l = {a}_r OR {a}_house_l = {a}_house_r" for a in place],
+            "similar": [f"{{jw}}({a}_l, {a}_r) >= 0.9" for a in place],
         }
     places = {k: " OR ".join(v) for k, v in tiers.items()}
     recorded = " OR ".join(
@@ -116,7 +116,7 @@ def household_places(project: LinkageProject) -> dict[str, str]:
 
 def household_columns(project: LinkageProject) -> list[str]:
     """The family name, then the household's place: its addresses, or else the postcode."""
-    return ["family_name", *(project.household_addresses() or ["postcode"])]
+    return ["family_name", *project.household_place()]
 
 
 def household_comparison(project: LinkageProject) -> ComparisonCreator:
