@@ -21,7 +21,7 @@ from pipelines.ground_truth import GroundTruth, check_ground_truth, register_gro
 from pipelines.manifest import build_manifest, write_manifest
 from pipelines.publish import publish_linked_dataset
 from quality.accuracy import pairwise_cluster_metrics
-from quality.disclosure_checks import identifier_echo_rates
+from quality.disclosure_checks import identifier_echo_rates, identifying_names
 from quality.error_rates import estimate_error_rates
 
 PERSON_LOOKUP = dg.AssetKey(["published", "person_lookup"])
@@ -254,7 +254,8 @@ def estimated_error_rates(project: LinkageProjectResource) -> dg.AssetCheckResul
     asset=EVENTS,
     name="identifier_echoes",
     description="No published attribute repeats the record's own name, date of birth or "
-    "postcode (or its district or area) in more than checks.max_identifier_echo_rate of rows.",
+    "postcode (or its district or area) in more than checks.max_identifier_echo_rate of rows, "
+    "nor has a name that looks identifying.",
 )
 def identifier_echoes(
     project: LinkageProjectResource, engine: EngineResource
@@ -269,14 +270,18 @@ def identifier_echoes(
         rates = identifier_echo_rates(e, p.spec, accepted)
     limit = p.spec.checks.max_identifier_echo_rate
     flagged = {column: rate for column, rate in rates.items() if rate > limit}
-    return dg.AssetCheckResult(
-        passed=not flagged,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=(
+    named = identifying_names(p.spec)
+    problems = []
+    if flagged:
+        problems.append(
             "attributes that repeat identifiers: "
             + ", ".join(f"{c} ({r:.0%} of rows)" for c, r in flagged.items())
-            if flagged
-            else "no published attribute repeats an identifier"
-        ),
+        )
+    if named:
+        problems.append("attributes whose name looks identifying: " + ", ".join(named))
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(problems) or "no published attribute repeats an identifier",
         metadata={column: rate for column, rate in rates.items()},
     )

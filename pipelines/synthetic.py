@@ -415,7 +415,11 @@ def _format_department(dept: Department, rec: _Records, rng: np.random.Generator
     sex = pd.Series(rec.sex, dtype=object)
     postcode = pd.Series(rec.postcode, dtype=object)
     ids = _record_ids(dept.id_prefix, n, rng)
-    region = postcode.str.extract(r"^([A-Z]{1,2})")[0].fillna("")
+    # The court's region: one of the ten English regions and Wales, where the hearing was
+    # (usually the defendant's home region). Coarse by design: a postcode area would be a
+    # quasi-identifier.
+    areas = _reference_csv("postcode_areas.csv").set_index("area")["region"]
+    region = postcode.str.extract(r"^([A-Z]{1,2})")[0].map(areas).fillna("Unknown")
 
     if dept.name == "magistrates_courts":
         forenames = (given + " " + middle).str.strip()

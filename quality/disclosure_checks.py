@@ -9,10 +9,27 @@ character are not counted).
 
 from __future__ import annotations
 
+import re
+
 from linkage_models.project import LinkageProject
 from pipelines.contract import Tables
 from pipelines.engines import Engine
 from pipelines.sql import ident
+
+# Attribute names that look like identifiers (whatever their content shows).
+IDENTIFYING_NAME = re.compile(
+    r"name|birth|dob|postcode|post_code|zip|address|street|phone|email|nhs|ni_?num|ssn|"
+    r"national_?insurance|passport|licen[cs]e",
+    re.IGNORECASE,
+)
+
+
+def identifying_names(project: LinkageProject) -> list[str]:
+    """Published attributes (as `source.column`) whose name looks identifying."""
+    return [
+        f"{s.name}.{a}" for s in project.sources for a in s.attributes if IDENTIFYING_NAME.search(a)
+    ]
+
 
 # What an attribute's value is compared with: the record's own standardised identifiers.
 _ECHOES = (

@@ -106,3 +106,16 @@ def test_invalid_config_names_file_key_and_expectation(tmp_path: Path, mutate, e
     with pytest.raises(ConfigError, match=expected) as info:
         load_project(path)
     assert str(path) in str(info.value)
+
+
+def test_an_identifier_column_cannot_be_published_as_an_attribute(tmp_path: Path) -> None:
+    """Listing the home postcode under attributes would publish it in events.parquet."""
+
+    def publish_postcode(raw: dict) -> None:
+        raw["sources"][0]["attributes"] = ["offence_group", "home_postcode"]
+
+    with pytest.raises(ConfigError) as refused:
+        load_project(_write_variant(tmp_path, publish_postcode))
+    message = str(refused.value)
+    assert "project.yaml" in message and "attributes" in message
+    assert "'magistrates_courts'" in message and "['home_postcode']" in message
