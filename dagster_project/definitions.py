@@ -24,6 +24,7 @@ from dagster_project.deliveries import (
     source_assets,
 )
 from dagster_project.linkage import linkage_assets
+from dagster_project.publication import publication_assets
 from dagster_project.published import (
     estimated_error_rates,
     identifier_echoes,
@@ -62,11 +63,13 @@ def build_definitions(project: LoadedProject, engine: str = "duckdb") -> dg.Defi
         *linkage_assets(upstream, engine),
         *published_assets(),
         *quality_assets(),
+        *publication_assets(),
     ]
     relink = dg.define_asset_job(
         RELINK_JOB,
         selection=dg.AssetSelection.assets(*linked),
-        description="Combine all accepted deliveries, relink everything and publish.",
+        description="Combine all accepted deliveries, relink everything, audit and publish "
+        "a new snapshot.",
     )
     ingest_jobs = [ingest_job(s) for s in sources]
     return dg.Definitions(

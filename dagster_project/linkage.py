@@ -16,6 +16,7 @@ from dagster_project.steps import step
 from pipelines import linking
 from pipelines.contract import OutputLayout, forget_record, load_record
 from pipelines.deliveries import deliveries_for_linkage
+from pipelines.publication import begin_staging
 from pipelines.standardise import build_linkage_input
 from quality.quarantine import combine_and_quarantine
 
@@ -51,8 +52,10 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
         "deliveries quarantined with reasons; Splink input tables.",
     )
     def linkage_inputs(
-        project: LinkageProjectResource, engine: EngineResource
+        context: dg.AssetExecutionContext, project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
+        # A new build: what this run writes goes to staging until it is audited and published.
+        begin_staging(project.layout, context.run_id)
         with step(project, engine, "linkage_inputs") as s:
             # A new linkage starts: an evaluation of the previous one no longer applies.
             forget_record(s.layout, "evaluate")

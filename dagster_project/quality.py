@@ -58,8 +58,9 @@ def quality_assets() -> list[dg.AssetsDefinition]:
         deps=[PERSON_CLUSTERS],
         group_name="quality",
         kinds={"splink", "html"},
-        description="Splink's match-weight charts, waterfalls, comparison viewer and cluster "
-        "studio, as offline HTML (those showing identifiers: secure setting only).",
+        description="Splink's match-weight charts (beside the linkage report), waterfalls, "
+        "comparison viewer and cluster studio (they show identifiers: secure zone only), as "
+        "offline HTML.",
     )
     def diagnostics(
         project: LinkageProjectResource, engine: EngineResource
@@ -72,13 +73,15 @@ def quality_assets() -> list[dg.AssetsDefinition]:
                 input_tables(s.layout),
                 Tables.PAIRS_FOR_CLUSTERING,
                 Tables.clusters("balanced"),
+                s.layout.charts_dir,
                 s.layout.diagnostics_dir,
             )
             s.record["written"] = written
         return dg.MaterializeResult(
             metadata={
                 "charts": len(written),
-                "folder": dg.MetadataValue.path(str(s.layout.diagnostics_dir)),
+                "shareable_charts": dg.MetadataValue.path(str(s.layout.charts_dir)),
+                "identifying_diagnostics": dg.MetadataValue.path(str(s.layout.diagnostics_dir)),
             }
         )
 
@@ -103,7 +106,7 @@ def quality_assets() -> list[dg.AssetsDefinition]:
                     json.loads(Path(model_path(s.layout)).read_text()),
                     input_tables(s.layout),
                     pd.read_parquet(s.layout.review_labels),
-                    s.layout.diagnostics_dir,
+                    s.layout.charts_dir,
                 )
                 written = [*written, *charts]
             html, data = write_linkage_report(s.engine, s.project, written, truth_space)

@@ -14,6 +14,7 @@ from linkage_models.project import LoadedProject, load_project
 from pipelines.contract import OutputLayout
 from pipelines.engines import Engine, open_engine
 from pipelines.engines.spark_engine import SparkSettings
+from pipelines.publication import run_lock
 
 
 class LinkageProjectResource(dg.ConfigurableResource):
@@ -41,6 +42,17 @@ class LinkageProjectResource(dg.ConfigurableResource):
             self._loaded = load_project(
                 self.config_path, data_dir=self.data_dir, output_dir=self.output_dir
             )
+
+    @contextmanager
+    def yield_for_execution(
+        self, context: dg.InitResourceContext
+    ) -> Iterator["LinkageProjectResource"]:
+        """Every run holds its output folder for as long as it runs: two runs never write
+        into one folder at once (the second waits output.wait_for_running_seconds, then
+        fails with a message naming the folder)."""
+        self.setup_for_execution(context)
+        with run_lock(self.layout, self.project.spec.output.wait_for_running_seconds):
+            yield self
 
     @property
     def project(self) -> LoadedProject:
@@ -79,7 +91,7 @@ class SparkSessionResource(dg.ConfigurableResource):
 
 
 class EngineResource(dg.ConfigurableResource):
-    """Where the SQL runs: `duckdb` keeps a database file under OUT/work/; `spark` uses the
+    """Where the SQL runs: `duckdb` keeps a database file under OUT/secure/work/; `spark` uses the
     Spark session resource."""
 
     engine: str = "duckdb"

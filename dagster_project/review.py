@@ -3,7 +3,7 @@ with identifiers for reviewers, and import their decisions as labels (stored wit
 identifiers), after which the linkage report shows reviewed error rates.
 
     review/clerical_sample   (job review_sample)
-    review/clerical_labels -> quality/linkage_report   (job review_import)
+    review/clerical_labels -> quality/linkage_report -> published/snapshot   (job review_import)
 """
 
 from pathlib import Path
@@ -12,9 +12,11 @@ from typing import Any
 import dagster as dg
 
 from dagster_project.linkage import PAIRWISE_PREDICTIONS
+from dagster_project.publication import SNAPSHOT
 from dagster_project.quality import CLERICAL_LABELS, LINKAGE_REPORT
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from pipelines.contract import REVIEW_IMPORT_JOB, REVIEW_SAMPLE_JOB
+from pipelines.publication import PublicationError, stage_from_current
 from quality.clerical_review import read_decisions, sample_pairs, store_labels
 
 CLERICAL_SAMPLE = dg.AssetKey(["review", "clerical_sample"])
@@ -22,7 +24,7 @@ CLERICAL_SAMPLE = dg.AssetKey(["review", "clerical_sample"])
 
 class SampleConfig(dg.Config):
     """About `n` pairs, equally allocated across match-weight strata, written to `path`
-    (default OUT/review/sample_seed<seed>.csv)."""
+    (default OUT/secure/review/sample_seed<seed>.csv)."""
 
     n: int = 300
     seed: int = 42
@@ -69,8 +71,14 @@ def review_assets() -> list[dg.AssetsDefinition]:
         "decision on a pair replaces an earlier one.",
     )
     def clerical_labels(
-        config: DecisionsConfig, project: LinkageProjectResource
+        context: dg.AssetExecutionContext, config: DecisionsConfig, project: LinkageProjectResource
     ) -> dg.MaterializeResult:
+        # The report is revised in a new build that starts as a copy of the current
+        # publication, and is published as a new snapshot once audited.
+        try:
+            stage_from_current(project.layout, context.run_id)
+        except PublicationError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
         stored = store_labels(read_decisions(Path(config.path)), project.layout)
         return dg.MaterializeResult(
             metadata={
@@ -91,7 +99,7 @@ def review_jobs() -> list[Any]:
         ),
         dg.define_asset_job(
             REVIEW_IMPORT_JOB,
-            selection=dg.AssetSelection.assets(CLERICAL_LABELS, LINKAGE_REPORT),
-            description="Store reviewers' decisions and refresh the linkage report.",
+            selection=dg.AssetSelection.assets(CLERICAL_LABELS, LINKAGE_REPORT, SNAPSHOT),
+            description="Store reviewers' decisions and publish the linkage report with them.",
         ),
     ]

@@ -18,9 +18,11 @@ from linkage_models.project import ConfigError, LoadedProject
 from pipelines.contract import OutputLayout, ReconciliationError, measured, save_record
 from pipelines.deliveries import SourceError
 from pipelines.engines import Engine
+from pipelines.publication import PublicationError
+from quality.publication_audit import AuditFailure
 
 log = logging.getLogger("joinedup.steps")
-EXPECTED_FAILURES = (SourceError, ConfigError, ReconciliationError)
+EXPECTED_FAILURES = (SourceError, ConfigError, ReconciliationError, AuditFailure, PublicationError)
 
 
 @dataclass

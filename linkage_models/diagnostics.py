@@ -2,8 +2,8 @@
 self-contained HTML (JavaScript inlined, works offline).
 
 Charts of the model and of counts carry no identifiers; the waterfall charts, comparison
-viewer and cluster studio show record values and are for the secure setting only — the
-linkage report links to them and marks them so.
+viewer and cluster studio show record values and are written to the secure zone only — the
+linkage report names where they are and does not link to them.
 
 Everything runs through Splink's database API on whichever engine holds the tables; the
 few helper queries here are plain SQL that every engine reads alike.
@@ -43,18 +43,32 @@ def write_diagnostics(
     input_tables: dict[str, str],
     pairs_table: str,
     balanced_clusters_table: str,
-    out: Path,
+    charts_dir: Path,
+    secure_dir: Path,
 ) -> list[dict[str, Any]]:
-    """Write every diagnostic into `out`; returns [{title, href, identifying}] with hrefs
-    relative to the folder above `out` (where the linkage report sits)."""
+    """Write every diagnostic: charts of the model and of counts into `charts_dir` (beside
+    the linkage report, shareable), those that show identifiers into `secure_dir`.
+    Returns [{title, href, where, identifying}]: `href` relative to the report's folder for
+    charts; for the others only `where` (their path in the secure zone), so nothing that
+    may leave links to them."""
     # Waterfall charts need Splink's intermediate columns, which production scoring skips.
     model = {**trained_model, "retain_intermediate_calculation_columns": True}
     linker = make_linker(db_api, input_tables, project, model)
-    out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
+    for folder in (charts_dir, secure_dir):
+        folder.mkdir(parents=True, exist_ok=True)
 
-    def record(title: str, name: str, identifying: bool = False) -> None:
-        written.append({"title": title, "href": f"{out.name}/{name}", "identifying": identifying})
+    def place(title: str, name: str, identifying: bool = False) -> Path:
+        folder = secure_dir if identifying else charts_dir
+        written.append(
+            {
+                "title": title,
+                "href": None if identifying else f"{charts_dir.name}/{name}",
+                "where": f"secure/{secure_dir.name}/{name}" if identifying else None,
+                "identifying": identifying,
+            }
+        )
+        return folder / name
 
     # Scored again with the intermediate columns the comparison viewer needs (diagnostics
     # only; the published clusters come from the production predictions).
@@ -62,17 +76,22 @@ def write_diagnostics(
     frames = [db_api.table_to_splink_dataframe(f"__diag_{s}", t) for s, t in input_tables.items()]
     records = sum(_count(db_api, t) for t in input_tables.values())
 
-    _save(linker.visualisations.match_weights_chart(), out / "match_weights.html")
-    record("Match weights of every comparison level", "match_weights.html")
-    _save(linker.visualisations.m_u_parameters_chart(), out / "m_u_parameters.html")
-    record("m and u probabilities", "m_u_parameters.html")
+    _save(
+        linker.visualisations.match_weights_chart(),
+        place("Match weights of every comparison level", "match_weights.html"),
+    )
+    _save(
+        linker.visualisations.m_u_parameters_chart(),
+        place("m and u probabilities", "m_u_parameters.html"),
+    )
     _save(
         linker.visualisations.match_weights_histogram(predictions),
-        out / "match_weight_histogram.html",
+        place("Histogram of match weights of scored pairs", "match_weight_histogram.html"),
     )
-    record("Histogram of match weights of scored pairs", "match_weight_histogram.html")
-    _save(linker.evaluation.unlinkables_chart(), out / "unlinkables.html")
-    record("Unlinkable records (too little information to link)", "unlinkables.html")
+    _save(
+        linker.evaluation.unlinkables_chart(),
+        place("Unlinkable records (too little information to link)", "unlinkables.html"),
+    )
     # Splink labels each table with its own source_dataset column: the inputs' column of that
     # name is left out (Spark rejects the ambiguity that DuckDB lets pass).
     compared = ", ".join(c for c in project.linkage_columns() if c != "source_dataset")
@@ -81,11 +100,10 @@ def write_diagnostics(
     ]
     _save(
         exploratory.completeness_chart(completeness, table_names_for_chart=list(input_tables)),
-        out / "completeness.html",
+        place("Completeness of linkage columns by source", "completeness.html"),
     )
     for frame in completeness:
         frame.drop_table_from_database_and_remove_from_cache()
-    record("Completeness of linkage columns by source", "completeness.html")
     _save(
         chart_comparisons_from_blocking_rules(
             frames,
@@ -98,9 +116,8 @@ def write_diagnostics(
             # About 100k records sampled: exact for small data, stable and quick for large.
             record_sample_proportion=min(1.0, BLOCKING_SAMPLE_RECORDS / max(records, 1)),
         ),
-        out / "blocking_rule_comparisons.html",
+        place("Comparisons generated per blocking rule", "blocking_rule_comparisons.html"),
     )
-    record("Comparisons generated per blocking rule", "blocking_rule_comparisons.html")
 
     for name, probability in project.model.thresholds.as_dict().items():
         weight = math.log2(probability / (1 - probability))
@@ -118,35 +135,37 @@ def write_diagnostics(
         )
         nearest.drop_table_from_database_and_remove_from_cache()
         if scored:
-            _save(linker.visualisations.waterfall_chart(scored), out / f"waterfall_{name}.html")
-            record(
-                f"Waterfall charts of pairs near the {name} threshold",
-                f"waterfall_{name}.html",
-                identifying=True,
+            _save(
+                linker.visualisations.waterfall_chart(scored),
+                place(
+                    f"Waterfall charts of pairs near the {name} threshold",
+                    f"waterfall_{name}.html",
+                    identifying=True,
+                ),
             )
 
+    viewer = place("Comparison viewer dashboard", "comparison_viewer.html", identifying=True)
     linker.visualisations.comparison_viewer_dashboard(
-        predictions, str(out / "comparison_viewer.html"), overwrite=True, num_example_rows=2
+        predictions, str(viewer), overwrite=True, num_example_rows=2
     )
-    record("Comparison viewer dashboard", "comparison_viewer.html", identifying=True)
 
     union = " UNION ALL ".join(f"SELECT * FROM {t}" for t in input_tables.values())
     clusters = db_api.query_sql(
         f"SELECT c.cluster_id, i.* FROM {balanced_clusters_table} c JOIN ({union}) i "
         "USING (source_dataset, record_id)"
     )
-    linker.visualisations.cluster_studio_dashboard(
-        predictions,
-        clusters,
-        str(out / "cluster_studio.html"),
-        sampling_method="by_cluster_size",
-        sample_size=DASHBOARD_CLUSTERS,
-        overwrite=True,
-    )
-    record(
+    studio = place(
         "Cluster studio dashboard (sample of clusters by size)",
         "cluster_studio.html",
         identifying=True,
+    )
+    linker.visualisations.cluster_studio_dashboard(
+        predictions,
+        clusters,
+        str(studio),
+        sampling_method="by_cluster_size",
+        sample_size=DASHBOARD_CLUSTERS,
+        overwrite=True,
     )
     return written
 
@@ -206,6 +225,7 @@ def write_label_accuracy(
     entry = {
         "title": "Precision-recall curve from the clerically reviewed pairs",
         "href": f"{out.name}/precision_recall.html",
+        "where": None,
         "identifying": False,
     }
     return [entry], rows

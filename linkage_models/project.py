@@ -387,6 +387,20 @@ class SourceSpec(_Strict):
             )
         return name
 
+    @model_validator(mode="after")
+    def _attributes_are_not_identifiers(self) -> SourceSpec:
+        """An attribute is published as it is: a column mapped as an identifier cannot be
+        one (nor the record id, which is published pseudonymised as source_record_id)."""
+        identifying = {c.lower() for c in self.identifiers.source_columns()}
+        identifying.add(self.record_id.lower())
+        clash = [a for a in self.attributes if a.lower() in identifying]
+        if clash:
+            raise ValueError(
+                f"attributes of source {self.name!r}: {clash} mapped as identifier(s) or "
+                "record id; attributes are published, so they must be non-identifying"
+            )
+        return self
+
     def mapped_columns(self) -> list[str]:
         """Every source column the project reads, in a stable order."""
         cols = [self.record_id, *self.identifiers.source_columns()]
@@ -471,6 +485,9 @@ class ModelSpec(_Strict):
 class OutputSpec(_Strict):
     path: str = "out"
     duckdb_memory_limit: str = "8GB"
+    # One run writes into an output folder at a time. A second run waits this long for
+    # the first to finish, then stops with a message (0: stops at once).
+    wait_for_running_seconds: float = Field(default=0, ge=0)
 
 
 class ChecksSpec(_Strict):

@@ -90,7 +90,7 @@ def _run_with_progress(
 ) -> RunResult:
     logging.getLogger("splink").setLevel(logging.WARNING)
     project = load_project(config, data_dir=data_dir, output_dir=output_dir)
-    previous = OutputLayout(project.output_dir).manifest
+    previous = OutputLayout(project.output_dir).published.manifest
     last_run = last_run_seconds(json.loads(previous.read_text()) if previous.exists() else None)
     with step_progress(console, last_run) as progress:
 
@@ -137,14 +137,17 @@ def _print_summary(result: RunResult) -> None:
         + ("; measured: against ground truth" if measured else ""),
         style="dim",
     )
-    out = OutputLayout(result.output_dir)
+    out = OutputLayout(result.output_dir).published
+    console.print(f"published     : {out.shareable_dir} (shareable; snapshot {result.snapshot})")
     console.print(f"person lookup : {out.person_lookup}")
     console.print(f"events        : {out.events}")
-    console.print(f"quarantine    : {out.quarantine_dir}")
-    console.print(f"model         : {out.root / m['model']['path']} (card: {out.model_card})")
     console.print(f"manifest      : {out.manifest}")
     console.print(f"linkage report: {out.linkage_report}")
     console.print(f"quality       : {out.data_owner_index} (data owners)")
+    console.print(f"secure zone   : {out.secure_dir} (never leaves the secure setting)")
+    console.print(f"quarantine    : {out.quarantine_dir}")
+    console.print(f"diagnostics   : {out.diagnostics_dir} (show identifiers)")
+    console.print(f"model         : {out.root / m['model']['path']} (card: {out.model_card})")
     console.print(f"data docs     : {out.data_docs_index} (Great Expectations)")
     total = sum(s["seconds"] for s in m["stages"].values())
     console.print(f"finished in {total:.1f}s on {m['engine']}")

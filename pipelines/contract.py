@@ -7,6 +7,7 @@ Every reader and writer takes these names from here, so the layout is spelt out 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from collections.abc import Iterator
@@ -98,20 +99,88 @@ class DeliveryTables:
     rejection: str = ""
 
 
+STAGING = "staging"
+CURRENT = "current"
+
+
 @dataclass(frozen=True)
 class OutputLayout:
-    """Every path under a project's output folder."""
+    """Every path under a project's output folder, in two zones.
+
+    The shareable zone (`shareable/`) is what may leave the secure setting: the linked
+    dataset, the manifest and the reports. The secure zone (`secure/`) is what must not:
+    the working database, the model registry, clerical review, validation results with Data
+    Docs, quarantine and the diagnostics that show identifiers.
+
+    A run writes its outputs into `staging/` (write), is audited there (audit) and is then
+    published as an immutable snapshot of each zone, `<zone>/snapshots/<id>/`, with
+    `<zone>/current` pointing at the latest (publish; see pipelines.publication). `build`
+    says which of those this layout reads and writes: "staging" (a run being built, the
+    default), "current" (the latest publication) or a snapshot id. State kept across runs
+    (work, model, review, validation) is the same whatever the build.
+    """
 
     root: Path
+    build: str = STAGING
+
+    def at(self, build: str) -> OutputLayout:
+        """The same output folder seen at another build (CURRENT, STAGING or a snapshot)."""
+        return OutputLayout(self.root, build)
+
+    @property
+    def published(self) -> OutputLayout:
+        return self.at(CURRENT)
+
+    def zone_dir(self, zone: str) -> Path:
+        """The folder of one zone ("shareable" or "secure") of this build."""
+        if self.build == STAGING:
+            return self.root / STAGING / zone
+        if self.build == CURRENT:
+            return self.root / zone / CURRENT
+        return self.root / zone / "snapshots" / self.build
+
+    @property
+    def shareable_dir(self) -> Path:
+        return self.zone_dir("shareable")
+
+    @property
+    def secure_dir(self) -> Path:
+        """The secure zone's state kept across runs."""
+        return self.root / "secure"
+
+    @property
+    def staging_marker(self) -> Path:
+        """Which run owns staging, and the snapshot id its build will be published as."""
+        return self.root / STAGING / "run.json"
+
+    @property
+    def snapshot(self) -> str:
+        """The snapshot id of this build (for staging: the one it will be published as)."""
+        if self.build == STAGING:
+            return json.loads(self.staging_marker.read_text())["snapshot"]
+        if self.build == CURRENT:
+            return Path(os.readlink(self.root / "shareable" / CURRENT)).name
+        return self.build
 
     def relative(self, path: str | Path) -> str:
-        """A path under the output folder as written in the manifest (relative to it)."""
-        return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        """A path as the manifest writes it: what is published, relative to the manifest's
+        folder (the publication can move); what stays in the secure zone, relative to the
+        output folder ("secure/...", as published: its snapshot, not staging)."""
+        resolved = Path(path).resolve()
+        if resolved.is_relative_to(self.shareable_dir.resolve()):
+            return resolved.relative_to(self.shareable_dir.resolve()).as_posix()
+        secure_build = self.zone_dir("secure").resolve()
+        if resolved.is_relative_to(secure_build):
+            inside = resolved.relative_to(secure_build).as_posix()
+            return f"secure/snapshots/{self.snapshot}/{inside}"
+        if resolved.is_relative_to(self.secure_dir.resolve()):
+            return resolved.relative_to(self.root.resolve()).as_posix()
+        raise ValueError(f"{path} is not under the output folder {self.root}")
 
-    # --- published -----------------------------------------------------------------------
+    # --- shareable: published ------------------------------------------------------------
     @property
     def linked_dir(self) -> Path:
-        return self.root / "linked"
+        return self.shareable_dir / "linked"
 
     @property
     def person_lookup(self) -> Path:
@@ -123,54 +192,11 @@ class OutputLayout:
 
     @property
     def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    # --- quarantine, model, review -------------------------------------------------------
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.root / "quarantine"
-
-    def quarantine_file(self, source: str) -> Path:
-        return self.quarantine_dir / f"{source}.parquet"
-
-    @property
-    def model_dir(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def model_card(self) -> Path:
-        return self.model_dir / "model_card.md"
-
-    @property
-    def review_dir(self) -> Path:
-        return self.root / "review"
-
-    def review_sample(self, seed: int) -> Path:
-        """Where a clerical review sample goes by default (it holds identifiers)."""
-        return self.review_dir / f"sample_seed{seed}.csv"
-
-    @property
-    def review_labels(self) -> Path:
-        return self.review_dir / "labels.parquet"
-
-    # --- validation and reports ----------------------------------------------------------
-    @property
-    def validation_dir(self) -> Path:
-        """Validation results per delivery, and the Great Expectations project (gx/)."""
-        return self.root / "quality"
-
-    def validation_result(self, source: str, delivery: str) -> Path:
-        return self.validation_dir / source / f"{delivery}.validation.json"
-
-    @property
-    def data_docs_index(self) -> Path:
-        return (
-            self.validation_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
-        )
+        return self.shareable_dir / "manifest.json"
 
     @property
     def reports_dir(self) -> Path:
-        return self.root / "reports"
+        return self.shareable_dir / "reports"
 
     @property
     def linkage_report(self) -> Path:
@@ -179,6 +205,11 @@ class OutputLayout:
     @property
     def linkage_quality(self) -> Path:
         return self.reports_dir / "linkage_quality.json"
+
+    @property
+    def charts_dir(self) -> Path:
+        """Charts of the model and of counts, linked from the linkage report."""
+        return self.reports_dir / "charts"
 
     @property
     def data_owner_dir(self) -> Path:
@@ -191,14 +222,58 @@ class OutputLayout:
     def data_owner_page(self, source: str, delivery: str) -> Path:
         return self.data_owner_dir / source / f"{delivery}.html"
 
+    # --- secure: per publication ---------------------------------------------------------
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.zone_dir("secure") / "quarantine"
+
+    def quarantine_file(self, source: str) -> Path:
+        return self.quarantine_dir / f"{source}.parquet"
+
     @property
     def diagnostics_dir(self) -> Path:
-        return self.reports_dir / "diagnostics"
+        """Diagnostics that show identifiers: waterfalls, comparison viewer, cluster studio."""
+        return self.zone_dir("secure") / "diagnostics"
 
-    # --- working state -------------------------------------------------------------------
+    # --- secure: kept across runs --------------------------------------------------------
+    @property
+    def model_dir(self) -> Path:
+        return self.secure_dir / "model"
+
+    @property
+    def model_card(self) -> Path:
+        return self.model_dir / "model_card.md"
+
+    @property
+    def review_dir(self) -> Path:
+        return self.secure_dir / "review"
+
+    def review_sample(self, seed: int) -> Path:
+        """Where a clerical review sample goes by default (it holds identifiers)."""
+        return self.review_dir / f"sample_seed{seed}.csv"
+
+    @property
+    def review_labels(self) -> Path:
+        return self.review_dir / "labels.parquet"
+
+    @property
+    def validation_dir(self) -> Path:
+        """Validation results per delivery, and the Great Expectations project (gx/) whose
+        Data Docs show sample values: secure."""
+        return self.secure_dir / "validation"
+
+    def validation_result(self, source: str, delivery: str) -> Path:
+        return self.validation_dir / source / f"{delivery}.validation.json"
+
+    @property
+    def data_docs_index(self) -> Path:
+        return (
+            self.validation_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+        )
+
     @property
     def work_dir(self) -> Path:
-        return self.root / "work"
+        return self.secure_dir / "work"
 
     @property
     def stage_dir(self) -> Path:
@@ -206,6 +281,16 @@ class OutputLayout:
 
     def stage_record(self, name: str) -> Path:
         return self.stage_dir / f"{name}.json"
+
+    @property
+    def person_id_key_file(self) -> Path:
+        """The secret person ids are keyed with, when the environment gives none."""
+        return self.secure_dir / "person_id.key"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held by the run writing into this output folder (one at a time)."""
+        return self.secure_dir / "run.lock"
 
 
 # --- the graph's public names ----------------------------------------------------------

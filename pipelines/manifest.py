@@ -1,4 +1,4 @@
-"""The manifest: linkage metadata of the last linkage (inputs with hashes, reconciliation,
+"""The manifest: linkage metadata of one linkage (inputs with hashes, reconciliation,
 model, thresholds, pairs, links, error rates, timings), built from the records the steps
 left, so it says exactly what was done."""
 
@@ -58,11 +58,15 @@ def build_manifest(
             entry["peak_rss_mb"] = max(entry["peak_rss_mb"], rec.get("peak_rss_mb", 0.0))
     document = {
         "run_id": run_id or str(uuid.uuid4()),
+        # The publication this manifest belongs to: <zone>/snapshots/<snapshot>.
+        "snapshot": layout.snapshot,
         "project": spec.project,
         "config_path": str(project.config_path),
         "config_hash": project.config_hash,
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "linking_snapshot_date": published["snapshot_date"],
+        # Where the secret that keys the person ids is kept (never the secret).
+        "person_id_key": published.get("person_id_key"),
         "engine": engine.name,
         "versions": {
             "python": platform.python_version(),

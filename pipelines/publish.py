@@ -3,12 +3,16 @@
 Published columns are pseudonymous ids, event dates, event types and each source's declared
 non-identifying attributes: names, dates of birth and postcodes never reach `linked/`.
 Person ids are keyed hashes of the cluster, so nothing about the person can be derived
-from them; set JOINEDUP_PERSON_ID_KEY to a secret to stop anyone recomputing them.
+from them, and nobody without the key can recompute them from record ids. The key is
+JOINEDUP_PERSON_ID_KEY when set (a platform's secret store); otherwise a random secret
+created on the first run in the secure zone (secure/person_id.key, readable by its owner
+only) and kept there, so the same output folder keys ids the same way every run.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from datetime import date
 from typing import Any
 
@@ -25,8 +29,22 @@ from pipelines.engines import Engine
 from pipelines.sql import ident, lit
 
 
-def person_id_key(project: str) -> str:
-    return os.environ.get("JOINEDUP_PERSON_ID_KEY", f"joinedup:{project}")
+def person_id_key(layout: OutputLayout) -> tuple[str, str]:
+    """The secret person ids are keyed with, and where it is kept (never the key itself)."""
+    secret = os.environ.get("JOINEDUP_PERSON_ID_KEY")
+    if secret:
+        return secret, "environment variable JOINEDUP_PERSON_ID_KEY"
+    path = layout.person_id_key_file
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # created meanwhile: read that one
+        else:
+            with os.fdopen(handle, "w") as file:
+                file.write(secrets.token_hex(32))
+    return path.read_text().strip(), layout.relative(path)
 
 
 def _person_id_sql(cluster_column: str, key: str) -> str:
@@ -93,7 +111,7 @@ def publish_linked_dataset(
     """Write the person lookup and the event timeline from the clusters at each threshold;
     refuses to publish a lookup that does not hold exactly the accepted records."""
     clusters = {t: Tables.clusters(t) for t in THRESHOLDS}
-    key = person_id_key(project.project)
+    key, kept_in = person_id_key(layout)
     engine.create_table(Tables.PERSON_LOOKUP, person_lookup_sql(clusters, key, snapshot))
     rows = engine.count(Tables.PERSON_LOOKUP)
     if rows != rows_accepted:
@@ -113,5 +131,6 @@ def publish_linked_dataset(
         "persons": int(persons),
         "share_linked_across_sources": round(float(linked_share or 0), 4),
         "snapshot_date": snapshot.isoformat(),
+        "person_id_key": kept_in,
         "outputs": {"person_lookup": str(layout.person_lookup), "events": str(layout.events)},
     }

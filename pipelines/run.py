@@ -35,6 +35,7 @@ from pipelines.contract import (
 from pipelines.deliveries import delivery_statuses, require_deliveries
 from pipelines.engines import check_engine_name, open_engine
 from pipelines.ground_truth import GroundTruth, check_ground_truth
+from pipelines.publication import OutputFolderBusy, current_snapshot, run_lock
 
 CODE_LOCATION_ENTRY_POINTS = "joinedup.code_location"
 StageCallback = Callable[[str], None]
@@ -51,6 +52,12 @@ class RunResult:
     output_dir: Path
     manifest_path: Path
     manifest: dict[str, Any]
+    snapshot: str | None = None  # the publication this run made
+
+    @property
+    def published(self) -> OutputLayout:
+        """The layout of what this run published (the latest publication)."""
+        return OutputLayout(self.output_dir).published
 
 
 def code_location() -> Callable[..., Any]:
@@ -65,17 +72,21 @@ def code_location() -> Callable[..., Any]:
 
 
 def _prepare_output(layout: OutputLayout) -> None:
-    """A full run starts clean; the model registry keeps its versions across runs."""
-    for folder in (
-        layout.linked_dir,
-        layout.quarantine_dir,
-        layout.work_dir,
-        layout.validation_dir,
-        layout.reports_dir,
-    ):
+    """A full run starts from a clean working state: the working database and validation
+    results are rebuilt from the deliveries. The model registry, clerical labels and every
+    publication are kept; the run's outputs are built in staging."""
+    for folder in (layout.work_dir, layout.validation_dir):
         shutil.rmtree(folder, ignore_errors=True)
-    for folder in (layout.linked_dir, layout.quarantine_dir, layout.work_dir, layout.model_dir):
+    for folder in (layout.work_dir, layout.model_dir):
         folder.mkdir(parents=True, exist_ok=True)
+
+
+def still_published(layout: OutputLayout) -> str:
+    """What a failed run left published: the previous snapshot, untouched."""
+    snapshot = current_snapshot(layout)
+    if snapshot is None:
+        return f"Nothing was published; {layout.root} has no publication yet."
+    return f"Nothing was published; the previous publication ({snapshot}) stands unchanged."
 
 
 def _innermost_message(error: Any) -> str:
@@ -181,25 +192,37 @@ def run_project(
         raise RunError(str(exc)) from None
     deliveries = {s.name: require_deliveries(project, s) for s in project.spec.sources}
     layout = OutputLayout(project.output_dir)
-    _prepare_output(layout)
-    graph = ProjectGraph(project, engine_name, instance)
     notify = on_stage or (lambda _: None)
-    for source, found in deliveries.items():
-        for delivery in found:
-            notify(f"{source}: {delivery.key}")
-            graph.ingest(source, delivery.key)
-    notify("linkage")
-    graph.run_or_raise(
-        RELINK_JOB,
-        {
-            MODEL_STEP: {"model_version": model_version},
-            EVALUATION_STEP: {
-                "ground_truth": str(truth.path) if truth else None,
-                "columns": truth.columns if truth else {},
-            },
-        },
+    try:
+        with run_lock(layout, project.spec.output.wait_for_running_seconds):
+            _prepare_output(layout)
+            graph = ProjectGraph(project, engine_name, instance)
+            for source, found in deliveries.items():
+                for delivery in found:
+                    notify(f"{source}: {delivery.key}")
+                    graph.ingest(source, delivery.key)
+            notify("linkage")
+            graph.run_or_raise(
+                RELINK_JOB,
+                {
+                    MODEL_STEP: {"model_version": model_version},
+                    EVALUATION_STEP: {
+                        "ground_truth": str(truth.path) if truth else None,
+                        "columns": truth.columns if truth else {},
+                    },
+                },
+            )
+    except OutputFolderBusy as exc:
+        raise RunError(str(exc)) from None
+    except RunError as exc:
+        raise RunError(f"{exc}\n{still_published(layout)}") from None
+    published = layout.published
+    return RunResult(
+        layout.root,
+        published.manifest,
+        json.loads(published.manifest.read_text()),
+        current_snapshot(layout),
     )
-    return RunResult(layout.root, layout.manifest, json.loads(layout.manifest.read_text()))
 
 
 @dataclass(frozen=True)
@@ -243,7 +266,7 @@ def validate_deliveries(
 
 def last_engine(project: LoadedProject) -> str:
     """The engine the project's last linkage ran on (from its manifest)."""
-    manifest = OutputLayout(project.output_dir).manifest
+    manifest = OutputLayout(project.output_dir).published.manifest
     if not manifest.exists():
         raise FileNotFoundError(
             f"{manifest}: no linkage has run for this project yet (run `joinedup run` first)"

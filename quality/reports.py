@@ -8,7 +8,6 @@ bound instead).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +147,7 @@ def write_quality_reports(
             accepted=suppress_count(stats["rows_accepted"]),
             quarantined=suppress_count(stats["rows_quarantined"]),
             expectations=expectations,
-            data_docs=os.path.relpath(layout.data_docs_index, page_path.parent)
-            if outcome.data_docs_index
-            else None,
+            data_docs=layout.relative(layout.data_docs_index) if outcome.data_docs_index else None,
             completeness=completeness,
             set_missing=[
                 (k, suppress_count(v))

@@ -15,7 +15,15 @@ import pandas as pd
 import pytest
 
 from linkage_models.project import DEFAULT_PLACEHOLDER_DATES, DEFAULT_PLACEHOLDERS
+from pipelines.contract import OutputLayout
 from pipelines.synthetic import GeneratedData
+from quality.publication_audit import without_library_code
+
+
+def published(output_dir: Path) -> OutputLayout:
+    """The latest publication in an output folder (what a researcher would read)."""
+    return OutputLayout(output_dir).published
+
 
 # Where each synthetic extract keeps its names, dates of birth and postcodes.
 NAME_COLUMNS = {
@@ -63,7 +71,9 @@ class Identifiers:
     dates_of_birth: frozenset[str]
 
     def found_in(self, text: str) -> list[str]:
-        """The identifiers that occur in `text` (names as whole words, any case)."""
+        """The identifiers that occur in `text` (names as whole words, any case), outside
+        the chart libraries inlined for offline use."""
+        text = without_library_code(text)
         words = set(re.findall(r"[a-z][a-z'-]+", text.lower()))
         tokens = set(re.findall(r"[0-9A-Za-z/-]+", text))
         found = sorted(self.name_words & words)

@@ -16,6 +16,8 @@ from pipelines.run import RunResult
 from pipelines.synthetic import GeneratedData, label_from_ground_truth
 from quality.clerical_review import clerical_estimates
 
+from .helpers import published
+
 pytestmark = pytest.mark.slow
 runner = CliRunner()
 
@@ -25,14 +27,14 @@ def run_out(small_run: RunResult, tmp_path: Path) -> Path:
     """A copy of the shared run's outputs: review writes labels and a new report, which
     must not change what other tests read."""
     copy = tmp_path / "run"
-    shutil.copytree(small_run.output_dir, copy)
+    shutil.copytree(small_run.output_dir, copy, symlinks=True)  # keep `current` a link
     return copy
 
 
 def _population_rates(out: Path, truth: Path, threshold: float) -> tuple[float, float]:
     """Pairwise precision and recall over every scored pair, from ground truth: what the
     weighted review estimates."""
-    with DuckDBEngine(out / "work" / "joinedup.duckdb") as engine:
+    with DuckDBEngine(published(out).work_dir / "joinedup.duckdb") as engine:
         engine.register_file("__truth", str(truth), "parquet")
         linked, true_linked, true_all = engine.fetch(f"""
             WITH pairs AS (
@@ -68,11 +70,11 @@ def test_sample_review_import_and_report(
 
     done = runner.invoke(app, ["review", "import", config, str(sample_csv), *args])
     assert done.exit_code == 0, done.output
-    labels = pd.read_parquet(run_out / "review" / "labels.parquet")
+    labels = pd.read_parquet(published(run_out).review_labels)
     assert len(labels) == len(sample) - 3
     assert "given_name_l" not in labels.columns  # decisions stored without identifiers
 
-    quality = json.loads((run_out / "reports" / "linkage_quality.json").read_text())
+    quality = json.loads((published(run_out).linkage_quality).read_text())
     review = quality["clerical_review"]
     assert review["labelled_pairs"] == len(labels)
     assert review["labelled_matches"] == int(labels.clerical_match.sum())
@@ -89,7 +91,7 @@ def test_sample_review_import_and_report(
     for row in truth_space:
         assert row["tp"] + row["fp"] + row["tn"] + row["fn"] == len(labels)
         assert row["tp"] + row["fn"] == int(labels.clerical_match.sum())
-    html = (run_out / "reports" / "linkage_report.html").read_text()
+    html = (published(run_out).linkage_report).read_text()
     balanced = review["thresholds"]["balanced"]
     assert f"{len(labels)} scored pairs were reviewed" in html
     assert f"{balanced['recall']:.4f}" in html

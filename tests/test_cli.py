@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 
 from .conftest import DEMO_CONFIG
+from .helpers import published
 
 runner = CliRunner()
 
@@ -83,7 +84,7 @@ def test_run_then_rerun_with_the_latest_model(small_data, tmp_path: Path) -> Non
     assert done.exit_code == 0, done.output
     for step in ("linkage_inputs", "train", "predict", "cluster", "publish", "linkage_report"):
         assert f"linkage · {step}" in done.output  # each step shown as it ran
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((published(out).manifest).read_text())
     rec = manifest["reconciliation"]
     assert rec["rows_in"] == sum(small_data.records.values())
     assert _figure(done.output, "all", "Reconciliation")[1:] == [
@@ -99,23 +100,22 @@ def test_run_then_rerun_with_the_latest_model(small_data, tmp_path: Path) -> Non
         f"{measured['precision']:.4f}",
         f"{measured['recall']:.4f}",
     ]
-    lookup = pd.read_parquet(out / "linked" / "person_lookup.parquet")
+    lookup = pd.read_parquet(published(out).person_lookup)
     assert len(lookup) == rec["rows_linked"]
     assert manifest["model"]["trained_in_this_run"] and manifest["model"]["version"] == 1
 
     again = runner.invoke(app, [*args, "--model-version", "latest"])
     assert again.exit_code == 0, again.output
-    reused = json.loads((out / "manifest.json").read_text())
+    reused = json.loads((published(out).manifest).read_text())
     assert not reused["model"]["trained_in_this_run"] and reused["model"]["version"] == 1
     assert reused["measured_accuracy"] is None  # no ground truth given this time
     assert "meas." not in again.output
-    assert sorted(p.name for p in (out / "model").glob("model_v*.json")) == ["model_v0001.json"]
+    models = published(out).model_dir.glob("model_v*.json")
+    assert sorted(p.name for p in models) == ["model_v0001.json"]
     keys = ["source_dataset", "source_record_id"]
     pd.testing.assert_frame_equal(
         lookup.sort_values(keys).reset_index(drop=True),
-        pd.read_parquet(out / "linked" / "person_lookup.parquet")
-        .sort_values(keys)
-        .reset_index(drop=True),
+        pd.read_parquet(published(out).person_lookup).sort_values(keys).reset_index(drop=True),
     )
 
 
@@ -124,7 +124,7 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = runner.invoke(app, ["demo", "--people", "400", "--out", str(out), "--seed", "3"])
     assert done.exit_code == 0, done.output
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((published(out).manifest).read_text())
     assert manifest["reconciliation"]["reconciles"]
     assert manifest["reconciliation"]["rows_in"] == sum(
         len(pd.read_parquet(p)) if p.suffix == ".parquet" else len(p.read_text().splitlines()) - 1
@@ -133,12 +133,12 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
     )
     assert manifest["measured_accuracy"]["balanced"]["recall"] > 0.9
     # The simulated clerical review has been imported and reported.
-    quality = json.loads((out / "reports" / "linkage_quality.json").read_text())
+    quality = json.loads((published(out).linkage_quality).read_text())
     assert quality["clerical_review"]["labelled_pairs"] == len(
-        pd.read_parquet(out / "review" / "labels.parquet")
+        pd.read_parquet(published(out).review_labels)
     )
-    assert (out / "reports" / "quality" / "index.html").exists()
-    assert (out / "reports" / "linkage_report.html").exists()
+    assert (published(out).data_owner_dir / "index.html").exists()
+    assert (published(out).linkage_report).exists()
 
 
 def test_malformed_delivery_fails_its_ingest_with_the_file_named(
@@ -171,8 +171,8 @@ def test_unknown_engine_is_refused_before_outputs_are_touched(tmp_path: Path) ->
     from .conftest import DEMO_CONFIG
 
     out = tmp_path / "out"
-    (out / "linked").mkdir(parents=True)
-    marker = out / "linked" / "person_lookup.parquet"
+    (published(out).linked_dir).mkdir(parents=True)
+    marker = published(out).person_lookup
     marker.write_text("previous run")
     result = runner.invoke(app, ["run", str(DEMO_CONFIG), "--engine", "oracle", "--out", str(out)])
     assert result.exit_code == 2

@@ -12,7 +12,7 @@ import pytest
 from pipelines.run import RunResult
 from pipelines.synthetic import GeneratedData
 
-from .helpers import html_tables, render_offline, small_counts_shown
+from .helpers import html_tables, published, render_offline, small_counts_shown
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +20,9 @@ SECTIONS = ("summary", "data-provided", "method", "quality", "bias", "diagnostic
 
 
 def _report(run: RunResult) -> tuple[str, dict]:
-    html = (run.output_dir / run.manifest["outputs"]["linkage_report"]).read_text()
-    data = json.loads((run.output_dir / run.manifest["outputs"]["linkage_quality"]).read_text())
+    folder = run.manifest_path.parent  # outputs are relative to the manifest's folder
+    html = (folder / run.manifest["outputs"]["linkage_report"]).read_text()
+    data = json.loads((folder / run.manifest["outputs"]["linkage_quality"]).read_text())
     return html, data
 
 
@@ -100,7 +101,7 @@ def test_report_renders_in_a_headless_browser_without_network(
     """Chromium opens the report with the network cut off; the page shows the run's own
     figures, with small counts suppressed, and asks for nothing from outside."""
     page = render_offline(
-        small_run.output_dir / small_run.manifest["outputs"]["linkage_report"], tmp_path
+        small_run.manifest_path.parent / small_run.manifest["outputs"]["linkage_report"], tmp_path
     )
     _, data = _report(small_run)
     balanced = data["quality"]["estimated"]["balanced"]
@@ -133,29 +134,38 @@ def test_the_offline_check_sees_a_page_that_reaches_out(tmp_path: Path) -> None:
     ]
 
 
-def test_diagnostics_are_offline_html_linked_from_the_report(small_run: RunResult) -> None:
+def test_diagnostics_are_offline_html_and_identifying_ones_stay_secure(
+    small_run: RunResult,
+) -> None:
+    """Charts of the model and of counts sit beside the report and are linked from it; the
+    diagnostics that show record values are in the secure zone, named but not linked."""
     html, _ = _report(small_run)
-    folder = small_run.output_dir / "reports" / "diagnostics"
-    expected = {
+    zone = published(small_run.output_dir)
+    charts = {
         "match_weights.html",
         "m_u_parameters.html",
         "match_weight_histogram.html",
         "unlinkables.html",
         "completeness.html",
         "blocking_rule_comparisons.html",
+    }
+    identifying = {
         "waterfall_high_precision.html",
         "waterfall_balanced.html",
         "waterfall_high_recall.html",
         "comparison_viewer.html",
         "cluster_studio.html",
     }
-    # (precision_recall.html joins them once clerical labels exist)
-    assert expected <= {p.name for p in folder.glob("*.html")}
-    for name in expected:
-        assert f'href="diagnostics/{name}"' in html
-        assert not re.search(r"<script[^>]*\bsrc=", (folder / name).read_text())
-    # Those showing record values are marked as secure-setting only.
-    assert html.count("shows identifiers: secure setting only") == 5
+    # (precision_recall.html joins the charts once clerical labels exist)
+    assert charts <= {p.name for p in zone.charts_dir.glob("*.html")}
+    assert identifying == {p.name for p in zone.diagnostics_dir.glob("*.html")}
+    for name in charts:
+        assert f'href="charts/{name}"' in html
+        assert not re.search(r"<script[^>]*\bsrc=", (zone.charts_dir / name).read_text())
+    for name in identifying:
+        assert f'href="diagnostics/{name}"' not in html and f"secure/diagnostics/{name}" in html
+        assert not re.search(r"<script[^>]*\bsrc=", (zone.diagnostics_dir / name).read_text())
+    assert html.count("shows identifiers: kept in the secure zone") == 5
 
 
 def test_report_draws_its_figures_as_static_charts(small_run: RunResult) -> None:

@@ -4,12 +4,14 @@ ids that are keyed by JOINEDUP_PERSON_ID_KEY."""
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from linkage_models.project import load_project
 from linkage_models.settings import exact_match_gamma
+from pipelines.contract import OutputLayout
 from pipelines.engines import Engine
 from pipelines.linking import apply_pair_rules
 from pipelines.publish import person_id_key, person_lookup_sql
@@ -104,11 +106,22 @@ def test_person_ids_are_keyed_by_the_secret(any_engine: Engine) -> None:
     assert first.person_id_high_recall.nunique() == 1
 
 
-def test_person_id_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_person_id_key_is_a_secret_nobody_outside_the_secure_zone_has(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("JOINEDUP_PERSON_ID_KEY", "a secret")
-    assert person_id_key("bold") == "a secret"
+    layout = OutputLayout(tmp_path / "bold")
+    assert person_id_key(layout) == ("a secret", "environment variable JOINEDUP_PERSON_ID_KEY")
+    assert not layout.person_id_key_file.exists()
     monkeypatch.delenv("JOINEDUP_PERSON_ID_KEY")
-    assert person_id_key("bold") != "a secret"
+    # Without one, a random secret is created in the secure zone, for the owner only, and
+    # kept: the same folder keys ids the same way every run; another folder differently.
+    key, kept_in = person_id_key(layout)
+    assert kept_in == "secure/person_id.key" and len(key) == 64
+    assert layout.person_id_key_file.stat().st_mode & 0o777 == 0o600
+    assert person_id_key(layout)[0] == key
+    assert person_id_key(OutputLayout(tmp_path / "other"))[0] != key
+    assert "bold" not in key
 
 
 def test_attributes_that_repeat_identifiers_are_measured(any_engine: Engine) -> None:

@@ -19,6 +19,7 @@ from pipelines.deliveries import discover_deliveries
 from pipelines.synthetic import GeneratedData
 
 from .conftest import DEMO_CONFIG
+from .helpers import published
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -26,19 +27,28 @@ BIN = Path(sys.executable).parent
 # Provenance that differs by nature between two runs: the run's id, when it was written and
 # how long each stage took. Everything else must agree.
 RUN_PROVENANCE = ("run_id", "written_at", "stages")
+# The platform's secret that keys person ids, shared by both ways of running.
+SECRET = {"JOINEDUP_PERSON_ID_KEY": "one platform secret"}
 
 
-def _digests(root: Path, folders: tuple[str, ...]) -> dict[str, str]:
+def _digests(out: Path) -> dict[str, str]:
+    """The linked dataset, quarantine and data-owner reports of the latest publication."""
+    zone = published(out)
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for folder in folders
-        for p in sorted((root / folder).rglob("*"))
+        f"{folder.name}/{p.relative_to(folder)}": hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in (zone.linked_dir, zone.quarantine_dir, zone.data_owner_dir)
+        for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
 
 
 def _without_provenance(document: dict) -> dict:
-    return {k: v for k, v in document.items() if k not in RUN_PROVENANCE}
+    """The document without the run's provenance; its snapshot id (also inside secure-zone
+    paths) replaced by a placeholder."""
+    kept = {k: v for k, v in document.items() if k not in RUN_PROVENANCE}
+    snapshot = document.get("snapshot")
+    text = json.dumps(kept)
+    return json.loads(text.replace(snapshot, "SNAPSHOT") if snapshot else text)
 
 
 def _report_without_provenance(html: str, quality: dict) -> str:
@@ -63,6 +73,7 @@ def test_cli_and_dagster_runs_publish_identical_outputs(
         capture_output=True,
         text=True,
         timeout=900,
+        env={**os.environ, **SECRET},
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
@@ -82,6 +93,7 @@ def test_cli_and_dagster_runs_publish_identical_outputs(
         "JOINEDUP_PROJECT": str(DEMO_CONFIG),
         "JOINEDUP_DATA_DIR": str(small_data.out_dir),
         "JOINEDUP_OUTPUT_DIR": str(dagster_out),
+        **SECRET,
     }
     for source, found in deliveries.items():
         for d in found:
@@ -89,21 +101,21 @@ def test_cli_and_dagster_runs_publish_identical_outputs(
     _dg(["launch", "--job", "relink"], env)
 
     # The linked dataset, quarantine and data-owner reports: byte for byte.
-    published = ("linked", "quarantine", "reports/quality")
-    cli_files, dagster_files = _digests(cli_out, published), _digests(dagster_out, published)
+    cli_files, dagster_files = _digests(cli_out), _digests(dagster_out)
     assert cli_files and cli_files == dagster_files
     # The manifest and the linkage report: the same but for the run's own provenance.
-    cli_manifest = json.loads((cli_out / "manifest.json").read_text())
-    dagster_manifest = json.loads((dagster_out / "manifest.json").read_text())
+    cli_manifest = json.loads((published(cli_out).manifest).read_text())
+    dagster_manifest = json.loads((published(dagster_out).manifest).read_text())
     assert cli_manifest["run_id"] != dagster_manifest["run_id"]
+    assert cli_manifest["person_id_key"] == "environment variable JOINEDUP_PERSON_ID_KEY"
     assert _without_provenance(cli_manifest) == _without_provenance(dagster_manifest)
-    cli_quality = json.loads((cli_out / "reports" / "linkage_quality.json").read_text())
-    dagster_quality = json.loads((dagster_out / "reports" / "linkage_quality.json").read_text())
+    cli_quality = json.loads((published(cli_out).linkage_quality).read_text())
+    dagster_quality = json.loads((published(dagster_out).linkage_quality).read_text())
     assert _without_provenance(cli_quality) == _without_provenance(dagster_quality)
     assert _report_without_provenance(
-        (cli_out / "reports" / "linkage_report.html").read_text(), cli_quality
+        (published(cli_out).linkage_report).read_text(), cli_quality
     ) == _report_without_provenance(
-        (dagster_out / "reports" / "linkage_report.html").read_text(), dagster_quality
+        (published(dagster_out).linkage_report).read_text(), dagster_quality
     )
     # Dagster recorded its runs: one per delivery, and the relink.
     runs = instance.get_runs()

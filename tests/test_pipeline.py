@@ -17,12 +17,13 @@ from linkage_models.registry import ModelRegistry
 from pipelines.contract import Tables
 from pipelines.engines import DuckDBEngine
 from pipelines.ground_truth import GroundTruth, check_ground_truth, register_ground_truth
+from pipelines.publication import current_snapshot, snapshots
 from pipelines.run import RunError, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 from quality.accuracy import pairwise_cluster_metrics
 
 from .conftest import DEMO_CONFIG
-from .helpers import identifiers_of
+from .helpers import identifiers_of, published
 
 
 def small_run_project() -> LinkageProject:
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 def test_outputs_follow_the_contract(small_run: RunResult) -> None:
     out = small_run.output_dir
-    lookup = pd.read_parquet(out / "linked" / "person_lookup.parquet")
+    lookup = pd.read_parquet(published(out).person_lookup)
     assert list(lookup.columns) == [
         "source_dataset",
         "source_record_id",
@@ -44,7 +45,7 @@ def test_outputs_follow_the_contract(small_run: RunResult) -> None:
         "linking_snapshot_date",
     ]
     assert not lookup.duplicated(["source_dataset", "source_record_id"]).any()
-    events = pd.read_parquet(out / "linked" / "events.parquet")
+    events = pd.read_parquet(published(out).events)
     assert list(events.columns[:5]) == [
         "person_id",
         "source_dataset",
@@ -56,13 +57,13 @@ def test_outputs_follow_the_contract(small_run: RunResult) -> None:
     assert len(events) == len(lookup)
     assert events.event_date.notna().mean() > 0.99
     for name in ("magistrates_courts", "prisons", "probation", "pupils", "benefits"):
-        assert (out / "quarantine" / f"{name}.parquet").exists()
-    assert list((out / "model").glob("model_v*.json"))
-    assert "## Parameters" in (out / "model" / "model_card.md").read_text()
+        assert published(out).quarantine_file(name).exists()
+    assert list(published(out).model_dir.glob("model_v*.json"))
+    assert "## Parameters" in published(out).model_card.read_text()
 
 
 def test_person_ids_are_pseudonymous_and_nest_across_thresholds(small_run: RunResult) -> None:
-    lookup = pd.read_parquet(small_run.output_dir / "linked" / "person_lookup.parquet")
+    lookup = pd.read_parquet(published(small_run.output_dir).person_lookup)
     assert lookup.person_id.str.fullmatch(r"P[0-9a-f]{16}").all()
     ids = set(lookup.source_record_id)
     assert not any(pid[1:] in ids for pid in lookup.person_id)
@@ -102,13 +103,16 @@ def test_no_identifiers_in_published_outputs(
             identifiers |= {v for v in values if len(v) > 3}
             identifiers |= {w for v in values for w in v.replace(",", " ").split() if len(w) > 3}
     forbidden_columns = re.compile(r"name|birth|dob|postcode|sex|gender", re.IGNORECASE)
-    for path in (small_run.output_dir / "linked").glob("*.parquet"):
+    for path in (published(small_run.output_dir).linked_dir).glob("*.parquet"):
         table = pd.read_parquet(path)
         assert not [c for c in table.columns if forbidden_columns.search(c)], path
-        published = {str(v).lower() for col in table.columns for v in table[col].dropna()}
-        assert not (published & identifiers), f"names or postcodes leaked into {path.name}"
+        # Categories shared by many records (a court's region such as "Wales", which is also
+        # a surname) cannot single anyone out: only columns of many distinct values count.
+        distinctive = [c for c in table.columns if table[c].nunique() > 20]
+        values = {str(v).lower() for col in distinctive for v in table[col].dropna()}
+        assert not (values & identifiers), f"names or postcodes leaked into {path.name}"
     # No published date is a record's date of birth (event dates are genuine events).
-    events = pd.read_parquet(small_run.output_dir / "linked" / "events.parquet")
+    events = pd.read_parquet(published(small_run.output_dir).events)
     pupils = extracts["pupils"][["pupil_matching_ref", "date_of_birth"]]
     joined = events.merge(pupils, left_on="source_record_id", right_on="pupil_matching_ref")
     assert len(joined) > 0
@@ -118,23 +122,25 @@ def test_no_identifiers_in_published_outputs(
 def test_nothing_meant_to_leave_holds_an_identifier(
     small_run: RunResult, small_data: GeneratedData
 ) -> None:
-    """The manifest, the linkage report and its JSON, and every data-owner page."""
-    out = small_run.output_dir
-    shareable = [
-        out / "manifest.json",
-        out / "reports" / "linkage_report.html",
-        out / "reports" / "linkage_quality.json",
-        *(out / "reports" / "quality").rglob("*.html"),
-    ]
-    assert len(shareable) == 3 + 1 + 5  # the data-owner index and one page per delivery
+    """Every text file of the shareable zone: the manifest, the linkage report and its JSON,
+    the charts beside it and every data-owner page; the diagnostics that show identifiers
+    are in the secure zone only."""
+    zone = published(small_run.output_dir)
+    shareable = [p for p in zone.shareable_dir.rglob("*") if p.suffix in (".html", ".json")]
+    assert {zone.manifest, zone.linkage_report, zone.linkage_quality} <= set(shareable)
+    assert len(list(zone.data_owner_dir.rglob("*.html"))) == 1 + 5  # index, one per delivery
+    assert list(zone.charts_dir.glob("*.html"))
     identifiers = identifiers_of(small_data)
     for path in shareable:
         assert identifiers.found_in(path.read_text()) == [], path
+    for name in ("comparison_viewer.html", "cluster_studio.html", "waterfall_balanced.html"):
+        assert not list(zone.shareable_dir.rglob(name))
+        assert (zone.diagnostics_dir / name).exists()
 
 
 def test_probable_twins_rule_count_is_the_pairs_it_removed(small_run: RunResult) -> None:
     removed = small_run.manifest["pairs"]["removed_by_probable_twins_rule"]
-    with DuckDBEngine(small_run.output_dir / "work" / "joinedup.duckdb") as engine:
+    with DuckDBEngine(published(small_run.output_dir).work_dir / "joinedup.duckdb") as engine:
         kept = engine.count("pairs_for_clustering")
         scored = engine.count("pairwise_predictions")
         twins_left = engine.fetch(
@@ -151,7 +157,7 @@ def test_probable_twins_rule_count_is_the_pairs_it_removed(small_run: RunResult)
     cost = small_run.manifest["pairs"]["probable_twins_rule_cost"]
     assert cost["balanced"]["pairs_removed"] == removed_links > 0
     assert 0 < cost["balanced"]["expected_same_person"] <= removed_links
-    html = (small_run.output_dir / "reports" / "linkage_report.html").read_text()
+    html = (published(small_run.output_dir).linkage_report).read_text()
     assert "opted in to the probable-twins" in html
 
 
@@ -238,7 +244,7 @@ def _parameters(model_path: Path) -> list[float]:
 
 def _lookup(result: RunResult) -> pd.DataFrame:
     """The person lookup a run just published (read before the next run overwrites it)."""
-    frame = pd.read_parquet(result.output_dir / "linked" / "person_lookup.parquet")
+    frame = pd.read_parquet(published(result.output_dir).person_lookup)
     return frame.sort_values(["source_dataset", "source_record_id"]).reset_index(drop=True)
 
 
@@ -250,7 +256,14 @@ def test_registry_adds_a_version_per_training_and_can_reuse_one(
     first_lookup = _lookup(first)
     second = run_project(project)
     second_lookup = _lookup(second)
-    registry = ModelRegistry(tmp_path / "model")
+    # Each run published a snapshot of its own; the first stays readable as it was.
+    layout = published(tmp_path)
+    assert snapshots(layout) == sorted([first.snapshot, second.snapshot])
+    assert current_snapshot(layout) == second.snapshot != first.snapshot
+    earlier = layout.at(first.snapshot)
+    assert json.loads(earlier.manifest.read_text())["run_id"] == first.manifest["run_id"]
+    assert len(pd.read_parquet(earlier.person_lookup)) == len(first_lookup)
+    registry = ModelRegistry(layout.model_dir)
     versions = registry.versions()
     assert [v.version for v in versions] == [1, 2]
     # Each version records the configuration and the data it was trained on.
@@ -258,8 +271,8 @@ def test_registry_adds_a_version_per_training_and_can_reuse_one(
     assert first.manifest["model"]["config_hash_at_training"] == project.config_hash
     assert versions[0].training_data_fingerprint == versions[1].training_data_fingerprint
     # Training is seeded: the same data gives the same parameters.
-    assert _parameters(tmp_path / "model" / "model_v0001.json") == pytest.approx(
-        _parameters(tmp_path / "model" / "model_v0002.json"), rel=1e-6
+    assert _parameters(published(tmp_path).model_dir / "model_v0001.json") == pytest.approx(
+        _parameters(published(tmp_path).model_dir / "model_v0002.json"), rel=1e-6
     )
 
     reused = run_project(project, model_version="1")
@@ -320,14 +333,14 @@ def test_a_new_source_needs_only_yaml(small_data: GeneratedData, tmp_path: Path)
     config = tmp_path / "with_hospital.yaml"
     config.write_text(yaml.safe_dump(raw))
     result = run_project(load_project(config, output_dir=tmp_path / "out"))
-    lookup = pd.read_parquet(result.output_dir / "linked" / "person_lookup.parquet")
+    lookup = pd.read_parquet(published(result.output_dir).person_lookup)
     by_person = lookup.groupby("person_id").source_dataset.nunique()
     linked_hospital = lookup[lookup.source_dataset == "hospital_episodes"].person_id.isin(
         by_person[by_person > 1].index
     )
     # Each hospital row was copied from a court record, so nearly all should link to one.
     assert linked_hospital.mean() > 0.95
-    assert "SPECIALTY" in pd.read_parquet(result.output_dir / "linked" / "events.parquet").columns
+    assert "SPECIALTY" in pd.read_parquet(published(result.output_dir).events).columns
 
 
 def test_accuracy_is_measured_against_ground_truth_with_its_own_column_names(
@@ -343,7 +356,7 @@ def test_accuracy_is_measured_against_ground_truth_with_its_own_column_names(
         path, {"source_dataset": "src", "source_record_id": "id", "true_person_id": "who"}
     )
     assert check_ground_truth(mapped, ["magistrates_courts"]) == len(truth)
-    with DuckDBEngine(small_run.output_dir / "work" / "joinedup.duckdb") as engine:
+    with DuckDBEngine(published(small_run.output_dir).work_dir / "joinedup.duckdb") as engine:
         measured = pairwise_cluster_metrics(
             engine,
             Tables.PERSON_LOOKUP,
@@ -369,12 +382,12 @@ def test_dedupe_only_on_one_source_runs_end_to_end(
     result = run_project(project, ground_truth=small_data.ground_truth)
     rec = result.manifest["reconciliation"]
     assert rec["reconciles"] and list(rec["by_source"]) == ["probation"]
-    lookup = pd.read_parquet(result.output_dir / "linked" / "person_lookup.parquet")
+    lookup = pd.read_parquet(published(result.output_dir).person_lookup)
     assert set(lookup.source_dataset) == {"probation"}
     assert lookup.person_id.nunique() < len(lookup)  # repeated people were linked
     balanced = result.manifest["measured_accuracy"]["balanced"]
     assert balanced["precision"] > 0.95 and balanced["recall"] > 0.9
-    assert (result.output_dir / "reports" / "linkage_report.html").exists()
+    assert (published(result.output_dir).linkage_report).exists()
 
 
 @pytest.mark.slow
@@ -395,7 +408,7 @@ def test_link_only_with_a_derived_model_links_across_sources_and_needs_two(
     assert model["derived_from_identifiers"] == ["comparisons", "blocking_rules", "training"]
     assert [a["kept"] for a in model["blocking_analysis"]["analysis"]].count(True) >= 3
     assert result.manifest["links"]["balanced"]["links"] > 0
-    with DuckDBEngine(result.output_dir / "work" / "joinedup.duckdb") as engine:
+    with DuckDBEngine(published(result.output_dir).work_dir / "joinedup.duckdb") as engine:
         within = engine.fetch(
             f"SELECT count(*) FROM {Tables.PAIRWISE_PREDICTIONS} "
             "WHERE source_dataset_l = source_dataset_r"

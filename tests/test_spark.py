@@ -30,6 +30,7 @@ from pipelines.run import ProjectGraph, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 
 from .conftest import DEMO_CONFIG, REPO, SPARK_TEST_SETTINGS
+from .helpers import published
 
 # u is estimated from a random sample of pairs, which each engine draws differently: rare
 # levels' weights move by sampling noise. Measured on this data: at most 0.56 bits.
@@ -57,7 +58,7 @@ def _model(run: RunResult) -> dict[str, Any]:
 
 def _members(run: RunResult, column: str) -> pd.Series:
     """Per record, the set of records in its cluster (ids differ in meaning across runs)."""
-    lookup = pd.read_parquet(run.output_dir / "linked" / "person_lookup.parquet")
+    lookup = pd.read_parquet(published(run.output_dir).person_lookup)
     lookup["key"] = lookup["source_dataset"] + "|" + lookup["source_record_id"]
     members = lookup.groupby(column)["key"].agg(frozenset)
     return lookup.set_index("key")[column].map(members)
@@ -109,21 +110,23 @@ def test_spark_run_reconciles_and_publishes_parquet_without_identifiers(
         m["reconciliation"]["rows_quarantined"]
         == small_run.manifest["reconciliation"]["rows_quarantined"]
     )
-    lookup_dir = spark_run.output_dir / "linked" / "person_lookup.parquet"
+    lookup_dir = published(spark_run.output_dir).person_lookup
     assert lookup_dir.is_dir() and list(lookup_dir.glob("part-*.parquet"))
     for name in ("person_lookup", "events"):
-        columns = set(pd.read_parquet(spark_run.output_dir / "linked" / f"{name}.parquet").columns)
+        columns = set(
+            pd.read_parquet(published(spark_run.output_dir).linked_dir / f"{name}.parquet").columns
+        )
         assert not columns & {"given_name", "family_name", "date_of_birth", "postcode"}
     balanced = m["measured_accuracy"]["balanced"]
     assert balanced["precision"] >= 0.99 and balanced["recall"] >= 0.97
-    assert (spark_run.output_dir / "reports" / "linkage_report.html").exists()
+    assert (published(spark_run.output_dir).linkage_report).exists()
 
 
 @pytest.mark.spark
 def test_scoring_and_clustering_again_gives_the_same_person_ids(
     spark: Any, spark_run: RunResult, spark_project: LoadedProject
 ) -> None:
-    before = pd.read_parquet(spark_run.output_dir / "linked" / "person_lookup.parquet")
+    before = pd.read_parquet(published(spark_run.output_dir).person_lookup)
     graph = ProjectGraph(spark_project, "spark")
     graph.defs.resolve_job_def("relink").execute_in_process(
         asset_selection=[
@@ -134,7 +137,7 @@ def test_scoring_and_clustering_again_gives_the_same_person_ids(
         ],
         instance=graph.instance,
     )
-    after = pd.read_parquet(spark_run.output_dir / "linked" / "person_lookup.parquet")
+    after = pd.read_parquet(published(spark_run.output_dir).person_lookup)
     keys = ["source_dataset", "source_record_id"]
     pd.testing.assert_frame_equal(
         before.sort_values(keys).reset_index(drop=True),
@@ -182,7 +185,8 @@ def test_a_model_trained_on_duckdb_scores_the_same_pairs_alike_on_spark(
     (valerie/valrie: 0.928 on DuckDB, 0.908 on Spark), so a few pairs fall one level apart."""
     duck_model = _model(small_run)
     assert duck_model["sql_dialect"] == "duckdb"
-    with SparkEngine(spark, spark_project.output_dir / "work", SPARK_TEST_SETTINGS) as engine:
+    work = published(spark_project.output_dir).work_dir
+    with SparkEngine(spark, work, SPARK_TEST_SETTINGS) as engine:
         linker = linkage.make_linker(
             engine.splink_api(),
             input_tables(OutputLayout(spark_project.output_dir)),
@@ -190,7 +194,7 @@ def test_a_model_trained_on_duckdb_scores_the_same_pairs_alike_on_spark(
             duck_model,
         )
         on_spark = _scores(engine, linkage.predict(linker).table)
-    with DuckDBEngine(small_project.output_dir / "work" / "joinedup.duckdb") as duck:
+    with DuckDBEngine(published(small_project.output_dir).work_dir / "joinedup.duckdb") as duck:
         on_duckdb = _scores(duck, "pairwise_predictions")
     _assert_scored_alike(on_spark, on_duckdb)
 
@@ -207,7 +211,7 @@ def test_a_model_trained_on_spark_scores_the_same_pairs_alike_on_duckdb(
     spark_model = _model(spark_run)
     assert spark_model["sql_dialect"] == "spark"
     database = tmp_path / "copy.duckdb"  # the shared run's database is left as it was
-    shutil.copy(small_project.output_dir / "work" / "joinedup.duckdb", database)
+    shutil.copy(published(small_project.output_dir).work_dir / "joinedup.duckdb", database)
     with DuckDBEngine(database) as duck:
         linker = linkage.make_linker(
             duck.splink_api(),
@@ -216,7 +220,8 @@ def test_a_model_trained_on_spark_scores_the_same_pairs_alike_on_duckdb(
             spark_model,
         )
         on_duckdb = _scores(duck, linkage.predict(linker).table)
-    with SparkEngine(spark, spark_project.output_dir / "work", SPARK_TEST_SETTINGS) as engine:
+    work = published(spark_project.output_dir).work_dir
+    with SparkEngine(spark, work, SPARK_TEST_SETTINGS) as engine:
         on_spark = _scores(engine, "pairwise_predictions")
     _assert_scored_alike(on_spark, on_duckdb)
 
@@ -298,7 +303,7 @@ def test_spark_connect_runs_the_stages_and_splink(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    with DuckDBEngine(small_project.output_dir / "work" / "joinedup.duckdb") as duck:
+    with DuckDBEngine(published(small_project.output_dir).work_dir / "joinedup.duckdb") as duck:
         records, pairs = duck.fetch(
             "SELECT (SELECT count(*) FROM linkage_input_magistrates_courts), "
             "(SELECT count(*) FROM pairwise_predictions "

@@ -1,0 +1,163 @@
+"""The audit a build must pass before it is published (write-audit-publish).
+
+- reconciliation: every row delivered is in the person lookup or in quarantine;
+- output contract: the person lookup has its columns and one row per linked record; no
+  published table has a column the project maps as an identifier;
+- identifier scan: no full name (given and family name together), full postcode or person
+  identifier of any input record appears in any file of the shareable zone, in text
+  (reports, JSON) or in a published table's values.
+
+A failure names the check, the file and the column, never a value. Dates are not scanned
+in text: a report's own dates (the snapshot date, when it was written) are not identifying
+and would match someone's date of birth in any large population; a published column that
+holds the record's own date of birth is caught by the identifier-echo check.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.dataset as ds
+
+from linkage_models.project import LinkageProject
+from pipelines.contract import LOOKUP_COLUMNS, OutputLayout, Tables
+from pipelines.engines import Engine
+from pipelines.sql import ident
+
+TEXT_SUFFIXES = {".html", ".json", ".md", ".csv", ".txt", ".js", ".svg"}
+WORD = re.compile(r"[^\W\d_][^\W\d_'’-]*(?:['’-][^\W\d_]+)*")
+POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}\b")
+IDENTIFIER_CODE = re.compile(r"\b[A-Z0-9]{6,}\b")
+# The chart libraries (Vega) inlined so charts work offline: minified code, never data.
+LIBRARY_BUNDLE = re.compile(r"<script[^>]*>\s*!function\(.*?</script>", re.S)
+
+
+def without_library_code(text: str) -> str:
+    """Text of a shareable file with inlined JavaScript libraries left out (their
+    identifiers, e.g. a function `marshall`, are not anyone's name)."""
+    return LIBRARY_BUNDLE.sub("", text)
+
+
+class AuditFailure(RuntimeError):
+    """The build breaks a promise of what is published; it is not published."""
+
+
+def _text_tokens(files: list[Path]) -> pd.DataFrame:
+    """Candidate identifier values in the shareable zone's text: adjacent word pairs
+    (a full name), postcode-shaped strings and long codes, by file. The text is the size of
+    the reports, not of the data."""
+    rows: list[tuple[str, str, str]] = []
+    for path in files:
+        text = without_library_code(path.read_text(errors="replace"))
+        words = [w.lower() for w in WORD.findall(text)]
+        rows += [(path.name, "name", f"{a} {b}") for a, b in zip(words, words[1:], strict=False)]
+        upper = text.upper()
+        rows += [(path.name, "postcode", p.replace(" ", "")) for p in POSTCODE.findall(upper)]
+        rows += [(path.name, "code", c) for c in IDENTIFIER_CODE.findall(upper)]
+    frame = pd.DataFrame(rows, columns=["file", "kind", "token"]).drop_duplicates()
+    return frame
+
+
+def _identifier_values_sql(project: LinkageProject, sources: list[str]) -> str:
+    """Every input record's full name, postcode and person identifiers, in the forms the
+    scan compares (lower-case "given family"; upper case without spaces)."""
+    person_ids = [n for n, o in project.other_identifiers().items() if o.type == "person_id"]
+    parts = []
+    for source in sources:
+        table = Tables.linkage_input(source)
+        parts.append(
+            f"SELECT 'name' AS kind, lower(given_name || ' ' || family_name) AS token "
+            f"FROM {table} WHERE given_name IS NOT NULL AND family_name IS NOT NULL"
+        )
+        parts.append(
+            f"SELECT 'postcode', upper(replace(postcode, ' ', '')) FROM {table} "
+            "WHERE postcode IS NOT NULL"
+        )
+        parts += [
+            f"SELECT 'code', upper(CAST({ident(c)} AS VARCHAR)) FROM {table} "
+            f"WHERE length(CAST({ident(c)} AS VARCHAR)) >= 6"
+            for c in person_ids
+        ]
+    return " UNION ".join(parts)
+
+
+def _published_tables(layout: OutputLayout) -> list[Path]:
+    """Every Parquet table of the shareable zone (a file, or Spark's folder of parts)."""
+    found = layout.shareable_dir.rglob("*.parquet")
+    return sorted(p for p in found if not any(q.suffix == ".parquet" for q in p.parents))
+
+
+def audit_build(
+    engine: Engine, project: LinkageProject, layout: OutputLayout, sources: list[str]
+) -> dict[str, Any]:
+    """Audit the build under `layout` (staging); raises AuditFailure naming what failed.
+    `sources` are those with linkage input tables. Returns what was checked (counts)."""
+    problems: list[str] = []
+    manifest = json.loads(layout.manifest.read_text()) if layout.manifest.exists() else None
+    if manifest is None:
+        raise AuditFailure(f"{layout.manifest.name}: the build has no manifest")
+    rec = manifest["reconciliation"]
+    if not rec["reconciles"]:
+        problems.append(
+            f"reconciliation: {rec['rows_in']} rows in, {rec['rows_linked']} linked, "
+            f"{rec['rows_quarantined']} quarantined"
+        )
+
+    lookup = ds.dataset(layout.person_lookup, format="parquet")
+    if tuple(lookup.schema.names) != LOOKUP_COLUMNS:
+        problems.append(
+            f"{layout.person_lookup.name}: columns {lookup.schema.names}, "
+            f"expected {list(LOOKUP_COLUMNS)}"
+        )
+    if lookup.count_rows() != rec["rows_linked"]:
+        problems.append(
+            f"{layout.person_lookup.name}: {lookup.count_rows()} rows, manifest says "
+            f"{rec['rows_linked']} linked"
+        )
+
+    mapped = {c.lower() for s in project.sources for c in s.identifiers.source_columns()}
+    tables = _published_tables(layout)
+    for table in tables:
+        schema = ds.dataset(table, format="parquet").schema
+        exposed = sorted(c for c in schema.names if c.lower() in mapped)
+        if exposed:
+            problems.append(f"{table.name}: has column(s) mapped as identifiers {exposed}")
+
+    files = [p for p in layout.shareable_dir.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES]
+    engine.create_table("__audit_identifiers", _identifier_values_sql(project, sources))
+    tokens = _text_tokens(files)
+    if len(tokens):
+        engine.load_frame("__audit_tokens", tokens)
+        found = engine.fetch(
+            "SELECT t.file, t.kind, count(*) FROM __audit_tokens t "
+            "JOIN __audit_identifiers i ON t.kind = i.kind AND t.token = i.token "
+            "GROUP BY t.file, t.kind ORDER BY t.file, t.kind"
+        )
+        problems += [f"{file}: {n} {kind} value(s) of input records" for file, kind, n in found]
+        engine.drop_table("__audit_tokens")
+
+    for table in tables:
+        schema = ds.dataset(table, format="parquet").schema
+        strings = [f.name for f in schema if str(f.type) in ("string", "large_string")]
+        engine.register_file("__audit_table", str(table), "parquet")
+        for column in strings:
+            hits = engine.fetch(
+                f"SELECT count(*) FROM (SELECT DISTINCT {ident(column)} AS v "
+                "FROM __audit_table) p JOIN __audit_identifiers i "
+                "ON lower(p.v) = i.token OR upper(replace(p.v, ' ', '')) = i.token"
+            )[0][0]
+            if hits:
+                problems.append(f"{table.name}: column {column} holds {hits} identifier value(s)")
+    engine.drop_table("__audit_identifiers")
+    if problems:
+        raise AuditFailure("the build failed its audit: " + "; ".join(problems))
+    return {
+        "reconciles": True,
+        "published_tables": len(tables),
+        "text_files_scanned": len(files),
+        "identifier_values_found": 0,
+    }

@@ -1,0 +1,139 @@
+"""Write-audit-publish: a run publishes a new snapshot only after its audit; a failed,
+refused or concurrent run leaves the last publication exactly as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from linkage_models.project import LoadedProject, load_project
+from pipelines.contract import OutputLayout
+from pipelines.engines.duckdb_engine import DuckDBEngine
+from pipelines.publication import current_snapshot, snapshots, stage_from_current
+from pipelines.run import RunError, RunResult, run_project
+from pipelines.synthetic import GeneratedData
+from quality.publication_audit import AuditFailure, audit_build
+
+from .conftest import DEMO_CONFIG
+
+
+def _two_source_project(data: GeneratedData, folder: Path) -> Path:
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw["sources"] = [s for s in raw["sources"] if s["name"] in ("probation", "benefits")]
+    for s in raw["sources"]:
+        shutil.copy(data.files[s["name"]], folder / s["path"])
+    raw["data_dir"] = str(folder)
+    raw["output"]["path"] = str(folder / "out")
+    config = folder / "project.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _published_files(layout: OutputLayout) -> dict[str, dict[str, str]]:
+    return {z: _fingerprint(layout.published.zone_dir(z)) for z in ("shareable", "secure")}
+
+
+def test_a_failed_run_leaves_the_last_publication_exactly_as_it_was(
+    small_data: GeneratedData, tmp_path: Path
+) -> None:
+    config = _two_source_project(small_data, tmp_path)
+    first = run_project(load_project(config))
+    layout = OutputLayout(first.output_dir)
+    assert first.snapshot == current_snapshot(layout) == first.manifest["snapshot"]
+    before = _published_files(layout)
+    assert {"manifest.json", "linked/person_lookup.parquet"} <= set(before["shareable"])
+
+    broken = tmp_path / "probation.csv"
+    lines = broken.read_text().splitlines()
+    broken.write_text("\n".join([lines[0].replace("birth_date", "dob")] + lines[1:]) + "\n")
+    with pytest.raises(RunError) as failure:
+        run_project(load_project(config))
+    message = str(failure.value)
+    assert "probation.csv is missing column(s)" in message
+    assert f"the previous publication ({first.snapshot}) stands unchanged" in message
+
+    assert current_snapshot(layout) == first.snapshot
+    assert snapshots(layout) == [first.snapshot]
+    assert _published_files(layout) == before
+
+
+def test_a_second_run_into_the_same_folder_stops_and_changes_nothing(
+    small_data: GeneratedData, tmp_path: Path
+) -> None:
+    config = _two_source_project(small_data, tmp_path)
+    project = load_project(config)
+    layout = OutputLayout(project.output_dir)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from pipelines.contract import OutputLayout\n"
+            "from pipelines.publication import run_lock\n"
+            "with run_lock(OutputLayout(Path(sys.argv[1]))):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(60)\n",
+            str(layout.root),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError, match="is in use by another run"):
+            run_project(project)
+        raw = yaml.safe_load(config.read_text())
+        raw["output"]["wait_for_running_seconds"] = 1.5
+        config.write_text(yaml.safe_dump(raw))
+        waiting = load_project(config)
+        started = time.monotonic()
+        with pytest.raises(RunError, match=rf"pid {holder.pid}"):
+            run_project(waiting)
+        assert time.monotonic() - started >= 1.5
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (layout.root / "shareable").exists() and not (layout.root / "staging").exists()
+    assert not layout.work_dir.exists()  # the working state was not touched either
+
+
+def test_the_audit_passes_a_clean_build_and_refuses_one_showing_a_name(
+    small_run: RunResult, small_project: LoadedProject
+) -> None:
+    layout = OutputLayout(small_run.output_dir)
+    stage_from_current(layout, "audit-test")
+    try:
+        with DuckDBEngine(layout.work_dir / "joinedup.duckdb") as engine:
+            sources = list(small_run.manifest["reconciliation"]["by_source"])
+            checked = audit_build(engine, small_project.spec, layout, sources)
+            assert checked["identifier_values_found"] == 0 and checked["text_files_scanned"] > 10
+            given, family = engine.fetch(
+                "SELECT given_name, family_name FROM linkage_input_prisons "
+                "WHERE given_name IS NOT NULL AND family_name IS NOT NULL LIMIT 1"
+            )[0]
+            note = layout.reports_dir / "analyst_note.md"
+            note.write_text(f"Checked the record of {given.title()} {family.upper()} by hand.\n")
+            with pytest.raises(AuditFailure) as refused:
+                audit_build(engine, small_project.spec, layout, sources)
+        message = str(refused.value)
+        assert "analyst_note.md: 1 name value(s) of input records" in message
+        assert given.lower() not in message.lower() and family.lower() not in message.lower()
+    finally:
+        shutil.rmtree(layout.root / "staging")
+    assert current_snapshot(layout) == small_run.snapshot
