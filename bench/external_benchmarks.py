@@ -357,7 +357,7 @@ def run_joinedup(name: str, data: Dataset, out: Path) -> dict:
     started = time.perf_counter()
     result = run_project(load_project(config), ground_truth=GroundTruth(truth_path))
     seconds = time.perf_counter() - started
-    lookup = pd.read_parquet(result.output_dir / "linked" / "person_lookup.parquet")
+    lookup = pd.read_parquet(result.published.person_lookup)
     measured = {
         threshold: pairwise(
             lookup[["source_dataset", "source_record_id", column]].rename(

@@ -138,7 +138,7 @@ def _print_summary(result: RunResult) -> None:
         style="dim",
     )
     out = OutputLayout(result.output_dir).published
-    console.print(f"published     : {out.shareable_dir} (shareable; snapshot {result.snapshot})")
+    console.print(f"published     : {out.shareable_dir} (shareable; snapshot {out.snapshot})")
     console.print(f"person lookup : {out.person_lookup}")
     console.print(f"events        : {out.events}")
     console.print(f"manifest      : {out.manifest}")
@@ -261,7 +261,7 @@ app.add_typer(review_app, name="review")
 def review_sample_command(
     config: Path = typer.Argument(..., help="Linkage project YAML."),
     n: int = typer.Option(300, min=10, help="About how many pairs to sample."),
-    out: Path | None = typer.Option(None, help="CSV to write (default OUT/review/...)."),
+    out: Path | None = typer.Option(None, help="CSV to write (default OUT/secure/review/...)."),
     output_dir: Path | None = typer.Option(None, "--project-out", help="The run's output folder."),
     seed: int = typer.Option(42, help="Sampling seed."),
 ) -> None:
@@ -289,7 +289,7 @@ def review_import_command(
     file: Path = typer.Argument(..., help="The reviewed CSV."),
     output_dir: Path | None = typer.Option(None, "--project-out", help="The run's output folder."),
 ) -> None:
-    """Store reviewers' decisions as labels and refresh the linkage report."""
+    """Store reviewers' decisions as labels and publish the linkage report with them."""
     try:
         project = load_project(config, output_dir=output_dir)
         review_import(project, file)
