@@ -145,10 +145,14 @@ def audit_build(
         strings = [f.name for f in schema if str(f.type) in ("string", "large_string")]
         engine.register_file("__audit_table", str(table), "parquet")
         for column in strings:
+            # Two equality joins (each a hash join), not one join on an OR.
+            values = f"(SELECT DISTINCT {ident(column)} AS v FROM __audit_table)"
             hits = engine.fetch(
-                f"SELECT count(*) FROM (SELECT DISTINCT {ident(column)} AS v "
-                "FROM __audit_table) p JOIN __audit_identifiers i "
-                "ON lower(p.v) = i.token OR upper(replace(p.v, ' ', '')) = i.token"
+                f"SELECT count(DISTINCT v) FROM ("
+                f"SELECT p.v FROM {values} p JOIN __audit_identifiers i "
+                "ON lower(p.v) = i.token UNION ALL "
+                f"SELECT p.v FROM {values} p JOIN __audit_identifiers i "
+                "ON upper(replace(p.v, ' ', '')) = i.token)"
             )[0][0]
             if hits:
                 problems.append(f"{table.name}: column {column} holds {hits} identifier value(s)")
