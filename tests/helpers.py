@@ -20,6 +20,24 @@ from pipelines.synthetic import GeneratedData
 from quality.publication_audit import without_library_code
 
 
+def demo_subset(data: GeneratedData, folder: Path, sources: tuple[str, ...]) -> Path:
+    """The demo project over some of its sources, with their files copied into `folder`
+    (free to break) and its outputs in `folder/out`; returns the project file."""
+    import yaml
+
+    from .conftest import DEMO_CONFIG
+
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw["sources"] = [s for s in raw["sources"] if s["name"] in sources]
+    for s in raw["sources"]:
+        shutil.copy(data.files[s["name"]], folder / s["path"])
+    raw["data_dir"] = str(folder)
+    raw["output"]["path"] = str(folder / "out")
+    config = folder / "project.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
 def published(output_dir: Path) -> OutputLayout:
     """The latest publication in an output folder (what a researcher would read)."""
     return OutputLayout(output_dir).published

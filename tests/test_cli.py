@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 
 from .conftest import DEMO_CONFIG
-from .helpers import published
+from .helpers import demo_subset, published
 
 runner = CliRunner()
 
@@ -144,22 +144,10 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
 def test_malformed_delivery_fails_its_ingest_with_the_file_named(
     small_data, tmp_path: Path
 ) -> None:
-    import shutil
-
-    import yaml
-
-    from .conftest import DEMO_CONFIG
-
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
-    raw["sources"] = [s for s in raw["sources"] if s["name"] in ("probation", "benefits")]
-    for s in raw["sources"]:
-        shutil.copy(small_data.files[s["name"]], tmp_path / s["path"])
+    config = demo_subset(small_data, tmp_path, ("probation", "benefits"))
     broken = tmp_path / "probation.csv"
     lines = broken.read_text().splitlines()
     broken.write_text("\n".join([lines[0].replace("birth_date", "dob")] + lines[1:]) + "\n")
-    raw["data_dir"] = str(tmp_path)
-    config = tmp_path / "project.yaml"
-    config.write_text(yaml.safe_dump(raw))
     result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     flat = " ".join(result.output.split())
@@ -193,18 +181,7 @@ def test_version_is_printed() -> None:
 def test_validate_checks_every_delivery_without_touching_outputs(
     small_data, tmp_path: Path
 ) -> None:
-    import shutil
-
-    import yaml
-
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
-    raw["sources"] = [s for s in raw["sources"] if s["name"] in ("prisons", "benefits")]
-    for s in raw["sources"]:
-        shutil.copy(small_data.files[s["name"]], tmp_path / s["path"])
-    raw["data_dir"] = str(tmp_path)
-    raw["output"]["path"] = str(tmp_path / "out")
-    config = tmp_path / "project.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = demo_subset(small_data, tmp_path, ("prisons", "benefits"))
 
     good = runner.invoke(app, ["validate", str(config)])
     assert good.exit_code == 0, good.output

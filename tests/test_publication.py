@@ -21,19 +21,7 @@ from pipelines.run import RunError, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 from quality.publication_audit import AuditFailure, audit_build
 
-from .conftest import DEMO_CONFIG
-
-
-def _two_source_project(data: GeneratedData, folder: Path) -> Path:
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
-    raw["sources"] = [s for s in raw["sources"] if s["name"] in ("probation", "benefits")]
-    for s in raw["sources"]:
-        shutil.copy(data.files[s["name"]], folder / s["path"])
-    raw["data_dir"] = str(folder)
-    raw["output"]["path"] = str(folder / "out")
-    config = folder / "project.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    return config
+from .helpers import demo_subset
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
@@ -51,7 +39,7 @@ def _published_files(layout: OutputLayout) -> dict[str, dict[str, str]]:
 def test_a_failed_run_leaves_the_last_publication_exactly_as_it_was(
     small_data: GeneratedData, tmp_path: Path
 ) -> None:
-    config = _two_source_project(small_data, tmp_path)
+    config = demo_subset(small_data, tmp_path, ("probation", "benefits"))
     first = run_project(load_project(config))
     layout = OutputLayout(first.output_dir)
     assert first.snapshot == current_snapshot(layout) == first.manifest["snapshot"]
@@ -75,7 +63,7 @@ def test_a_failed_run_leaves_the_last_publication_exactly_as_it_was(
 def test_a_second_run_into_the_same_folder_stops_and_changes_nothing(
     small_data: GeneratedData, tmp_path: Path
 ) -> None:
-    config = _two_source_project(small_data, tmp_path)
+    config = demo_subset(small_data, tmp_path, ("probation", "benefits"))
     project = load_project(config)
     layout = OutputLayout(project.output_dir)
     holder = subprocess.Popen(
