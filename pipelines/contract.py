@@ -159,7 +159,7 @@ class OutputLayout:
         if self.build == STAGING:
             return json.loads(self.staging_marker.read_text())["snapshot"]
         if self.build == CURRENT:
-            return Path(os.readlink(self.root / "shareable" / CURRENT)).name
+            return Path(os.readlink(self.shareable_dir)).name  # the link's target
         return self.build
 
     def relative(self, path: str | Path) -> str:

@@ -66,7 +66,7 @@ def build_manifest(
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "linking_snapshot_date": published["snapshot_date"],
         # Where the secret that keys the person ids is kept (never the secret).
-        "person_id_key": published.get("person_id_key"),
+        "person_id_key": published["person_id_key"],
         "engine": engine.name,
         "versions": {
             "python": platform.python_version(),

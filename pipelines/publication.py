@@ -132,8 +132,8 @@ def staged_run(layout: OutputLayout) -> str | None:
 
 def current_snapshot(layout: OutputLayout) -> str | None:
     """The id of the latest publication (None before the first)."""
-    pointer = layout.root / "shareable" / CURRENT
-    return Path(os.readlink(pointer)).name if pointer.is_symlink() else None
+    current = layout.published
+    return current.snapshot if current.shareable_dir.is_symlink() else None
 
 
 def snapshots(layout: OutputLayout) -> list[str]:

@@ -52,7 +52,11 @@ class RunResult:
     output_dir: Path
     manifest_path: Path
     manifest: dict[str, Any]
-    snapshot: str | None = None  # the publication this run made
+
+    @property
+    def snapshot(self) -> str:
+        """The publication this run made."""
+        return self.manifest["snapshot"]
 
     @property
     def published(self) -> OutputLayout:
@@ -217,12 +221,7 @@ def run_project(
     except RunError as exc:
         raise RunError(f"{exc}\n{still_published(layout)}") from None
     published = layout.published
-    return RunResult(
-        layout.root,
-        published.manifest,
-        json.loads(published.manifest.read_text()),
-        current_snapshot(layout),
-    )
+    return RunResult(layout.root, published.manifest, json.loads(published.manifest.read_text()))
 
 
 @dataclass(frozen=True)
