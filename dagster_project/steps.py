@@ -6,9 +6,11 @@ Each step also says when it starts and finishes on the `joinedup.steps` logger (
 and seconds only), which the command line turns into its progress display."""
 
 import logging
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -17,7 +19,7 @@ from dagster_project.resources import EngineResource, LinkageProjectResource
 from linkage_models.project import ConfigError, LoadedProject
 from pipelines.contract import OutputLayout, ReconciliationError, measured, save_record
 from pipelines.deliveries import SourceError
-from pipelines.engines import Engine
+from pipelines.engines import Engine, error_summary
 from pipelines.publication import PublicationError
 from quality.publication_audit import AuditFailure
 
@@ -31,6 +33,12 @@ class Step:
     layout: OutputLayout
     engine: Engine
     record: dict[str, Any] = field(default_factory=dict)
+
+
+def _where(exc: BaseException) -> str:
+    """Where an error was raised, as file:line of the innermost frame (no values)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "unknown"
 
 
 @contextmanager
@@ -48,6 +56,16 @@ def step(
         # A problem with the project or its data: its message names the file, column or
         # key, and a stack trace around it would only hide it.
         raise dg.Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=False) from None
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        # Anything else, from DuckDB, Spark, GX, pyarrow or Splink, may quote a record in its
+        # message; what reaches the run's events, logs and databases is rewritten here.
+        raise dg.Failure(
+            description=f"{record_name} failed: {type(exc).__name__}: {error_summary(exc)} "
+            f"(at {_where(exc)})",
+            allow_retries=False,
+        ) from None
     save_record(current.layout, record_name, {**current.record, **figures})
     log.info(
         "%s finished in %.1f s",

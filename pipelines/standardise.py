@@ -6,7 +6,7 @@ string_split, list literals), so the Spark engine can transpile the same SQL wit
 (`pipelines/dialect.py` fills the one gap, try_strptime).
 
 Output columns of `standardise_sql` (one row per input row):
-  _row_number, _delivery, _delivery_file, source_dataset, record_id,
+  _row_number, _delivery, _delivery_file, _malformed, source_dataset, record_id,
   given_name, middle_names, family_name, date_of_birth, sex, postcode,
   given_name_aliases, given_name_soundex, family_name_soundex, family_name_tokens,
   dob_year, dob_month, dob_day, postcode_sector, postcode_district, postcode_area,
@@ -374,6 +374,7 @@ WITH base AS (
     _row_number,
     _delivery,
     _delivery_file,
+    _malformed,
     {lit(source.name)} AS source_dataset,
     nullif(trim(CAST({ident(source.record_id)} AS VARCHAR)), '') AS record_id,
     {given} AS given_text,
@@ -408,6 +409,7 @@ SELECT
   c._row_number,
   c._delivery,
   c._delivery_file,
+  c._malformed,
   c.source_dataset,
   c.record_id,
   c.given_name,

@@ -1,7 +1,10 @@
 """Quarantine: row-level problems leave the linkage with a reason; nothing is dropped.
 
 A row is quarantined for the first of these reasons that applies (in this order):
-the whole delivery was rejected by validation; missing record id; duplicate record id (the
+the whole delivery was rejected by validation; the row could not be read as CSV (malformed
+row: a wrong number of fields, bytes not valid in the declared encoding, a stray quote; its
+columns are then empty in quarantine, and its row_number says where it is in the file);
+missing record id; duplicate record id (the
 first occurrence, in delivery then row order, is kept); insufficient identifiers (fewer than
 two of given name, family name, date or year of birth, postcode, and any person identifier
 or address the source maps).
@@ -25,6 +28,7 @@ from pipelines.engines import Engine
 from pipelines.sql import ident, lit
 
 REJECTED_DELIVERY = "delivery rejected by validation"
+MALFORMED_ROW = "malformed row"
 
 
 def quarantine_reason_sql(source: SourceSpec) -> str:
@@ -34,6 +38,7 @@ def quarantine_reason_sql(source: SourceSpec) -> str:
     present = " + ".join(f"CAST({c} IS NOT NULL AS INTEGER)" for c in linking)
     return f"""
 CASE
+  WHEN _malformed IS NOT NULL THEN {lit(MALFORMED_ROW + ": ")} || _malformed
   WHEN record_id IS NULL THEN 'missing record id'
   WHEN row_number() OVER (PARTITION BY record_id ORDER BY _delivery_order, _row_number) > 1
     THEN 'duplicate record id'
@@ -110,7 +115,7 @@ def combine_and_quarantine(
             )
             + ")",
         )
-        bookkeeping = ("quarantine_reason", "_delivery_order")
+        bookkeeping = ("quarantine_reason", "_delivery_order", "_malformed")
         kept = ", ".join(ident(c) for c in engine.columns(checked) if c not in bookkeeping)
         engine.create_table(
             accepted, f"SELECT {kept} FROM {checked} WHERE quarantine_reason IS NULL"

@@ -147,7 +147,10 @@ def validation_frame_sql(source: SourceSpec, raw_table: str) -> str:
         cols.append(f"{postcode_compact_sql(ids.postcode.column)} AS postcode_compact")
     for extra_col in {e.kwargs.get("column") for e in source.validation.expectations} - {None}:
         cols.append(f"{ident(extra_col)}")
-    return f"SELECT {', '.join(cols)} FROM {raw_table} ORDER BY _row_number"
+    # A malformed row (not readable as CSV) has no values to check: it goes to quarantine.
+    return (
+        f"SELECT {', '.join(cols)} FROM {raw_table} WHERE _malformed IS NULL ORDER BY _row_number"
+    )
 
 
 # strptime directives as a person writes a date layout.

@@ -129,7 +129,7 @@ def _load(engine: Engine, project: LinkageProject, name: str, rows: list[dict]) 
     columns = source.mapped_columns()
     raw = pd.DataFrame(
         [
-            {"_row_number": i + 1, "_delivery": "f", "_delivery_file": "f"}
+            {"_row_number": i + 1, "_delivery": "f", "_delivery_file": "f", "_malformed": None}
             | {c: row.get(c) for c in columns}
             for i, row in enumerate(rows)
         ]

@@ -9,7 +9,7 @@ import pytest
 
 from linkage_models.project import SourceSpec
 from pipelines.deliveries import Delivery
-from pipelines.engines import Engine
+from pipelines.engines import Engine, error_summary
 from pipelines.ingest import SourceError, ingest_delivery
 from pipelines.standardise import load_reference_tables, standardise_sql
 from quality.quarantine import DeliveryTables, combine_and_quarantine
@@ -76,13 +76,55 @@ def test_unreadable_parquet_names_the_file(engine: Engine, tmp_path: Path) -> No
         _ingest(engine, bad, SOURCE.model_copy(update={"format": "parquet"}))
 
 
-def test_ragged_csv_row_names_the_file(engine: Engine, tmp_path: Path) -> None:
+def test_malformed_rows_go_to_quarantine_and_the_delivery_goes_on(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A ragged row or a few latin-1 bytes in a UTF-8 file are row-level faults: the row is
+    quarantined with its reason and its place in the file, every other row is read."""
     path = tmp_path / "ragged.csv"
-    good_line = ",".join(GOOD.values())
-    path.write_text(",".join(GOOD) + "\n" + (good_line + "\n") * 3000 + "E9,too,few\n")
-    with pytest.raises(SourceError, match=r"source 'hospital': .*ragged\.csv") as info:
+    good = [",".join({**GOOD, "episode_id": f"E{i}"}.values()).encode() for i in range(3000)]
+    lines = [
+        ",".join(GOOD).encode(),
+        *good[:1000],
+        b"E9,too,few",  # row 1001
+        *good[1000:2000],
+        ",".join({**GOOD, "episode_id": "E10", "surname": "Br\xe9n"}.values()).encode("latin-1"),
+        *good[2000:],
+        b"E11,Ann,Smith,01/02/1980,LS1 4AP,2020-01-01,an extra field",  # row 3003
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    d = _ingest(engine, path)
+    result = combine_and_quarantine(
+        engine, SOURCE, [_standardised(engine, d)], tmp_path / "quarantine"
+    )
+    assert result.by_reason == {
+        "malformed row: bytes not valid in the declared encoding": 1,
+        "malformed row: wrong number of fields": 2,
+    }
+    assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (3003, 3000, 3)
+    quarantined = pd.read_parquet(result.path).sort_values("row_number")
+    assert quarantined["row_number"].tolist() == [1001, 2002, 3003]
+    assert quarantined["surname"].isna().all()  # nothing half-read is kept
+    positions = engine.fetch(f"SELECT min(_row_number), max(_row_number) FROM {d.raw_table}")
+    assert positions == [(1, 3003)]
+
+
+def test_an_empty_file_is_reported_as_empty(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "nothing.csv"
+    path.write_bytes(b"")
+    with pytest.raises(SourceError, match=r"nothing\.csv is empty \(0 bytes\)"):
         _ingest(engine, path)
-    assert "too" not in str(info.value)  # the engine's quote of the bad row is withheld
+
+
+def test_a_file_without_its_header_row_does_not_show_its_first_record(
+    engine: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "headerless.csv"
+    path.write_text(",".join(GOOD.values()) + "\n" + ",".join(GOOD.values()) + "\n")
+    with pytest.raises(SourceError, match="is the header row missing") as info:
+        _ingest(engine, path)
+    for value in ("Ann", "O'Brien", "01/02/1980", "LS1 4AP"):
+        assert value not in str(info.value)
 
 
 def test_ingest_records_rows_and_hash(engine: Engine, tmp_path: Path) -> None:
@@ -200,3 +242,12 @@ def test_a_row_with_several_problems_gets_the_first_reason_and_its_location(
     # Rows are quarantined as delivered: the values are the file's own.
     assert quarantined.set_index("row_number").loc[3, "dob"] == "31/02/1980"
     assert (result.rows_in, result.rows_accepted, result.rows_quarantined) == (7, 2, 5)
+
+
+def test_an_engine_error_is_summarised_without_the_values_it_quotes(engine: Engine) -> None:
+    with pytest.raises(Exception) as info:
+        engine.fetch("SELECT CAST('Smith 1980-02-01' AS INTEGER) AS n")
+    assert "Smith" in str(info.value) or "1980" in str(info.value)  # the library's own text
+    summary = error_summary(info.value)
+    assert "Smith" not in summary and "1980" not in summary
+    assert summary  # still says what kind of error it was

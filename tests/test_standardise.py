@@ -54,6 +54,7 @@ def _standardise(source: SourceSpec, rows: list[dict[str, str | None]]) -> list[
                 "_row_number": i + 1,
                 "_delivery": "f.csv",
                 "_delivery_file": "f.csv",
+                "_malformed": None,
                 **{c: None if row.get(c) is None else str(row[c]) for c in columns},
             }
             for i, row in enumerate(rows)

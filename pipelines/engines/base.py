@@ -21,12 +21,29 @@ from linkage_models.project import CsvOptions
 T = TypeVar("T")
 
 
+# Why a delivered CSV row could not be read (`_malformed`), the same on every engine.
+MALFORMED_FIELDS = "wrong number of fields"
+MALFORMED_BYTES = "bytes not valid in the declared encoding"
+MALFORMED_OTHER = "not readable as CSV (a stray quote or an over-long line)"
+MALFORMED_REASONS = (MALFORMED_FIELDS, MALFORMED_BYTES, MALFORMED_OTHER)
+
+
+# What a library's message may quote from the data: anything in quotes, and dates.
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+_DATE_LIKE = re.compile(r"\b\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}\b")
+WITHHELD = "<value withheld>"
+
+
 def error_summary(exc: BaseException) -> str:
-    """What went wrong in an engine, fit for a message: DuckDB's first line, or Spark's error
-    classes (Spark quotes the offending record after them, which must not be shown)."""
+    """What went wrong in a library (DuckDB, Spark, pyarrow, GX...), fit for a message that
+    may be logged: the first line of the error with anything quoted and anything date-like
+    withheld (these libraries quote the offending value or record), or Spark's error
+    classes (Spark quotes the offending record after them)."""
     java = getattr(exc, "java_exception", None)
     if java is None:
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return _DATE_LIKE.sub(WITHHELD, _QUOTED.sub(WITHHELD, first))
     classes = []
     while java is not None:
         found = re.match(r"\s*\[([A-Z0-9_.]+)\]", str(java.getMessage() or ""))
@@ -87,15 +104,21 @@ class Engine(ABC):
     # --- files and frames (the readers differ) -------------------------------------------
     @abstractmethod
     def register_file(
-        self,
-        view: str,
-        path: str,
-        file_format: str,
-        csv: CsvOptions | None = None,
-        row_number_column: str | None = None,
+        self, view: str, path: str, file_format: str, csv: CsvOptions | None = None
     ) -> None:
-        """A temporary view over a CSV (every column as text) or Parquet file; with
-        `row_number_column`, each row's position in the file (1-based)."""
+        """A temporary view over a CSV (every column as text) or Parquet file."""
+
+    @abstractmethod
+    def register_delivery(
+        self, view: str, path: str, file_format: str, csv: CsvOptions | None = None
+    ) -> None:
+        """A delivery file as a temporary view: its columns as text, `_row_number` (the row's
+        1-based position in the file) and `_malformed`.
+
+        A CSV row the reader cannot take (a wrong number of fields, bytes not valid in the
+        declared encoding, a stray quote) does not stop the read: it is a row whose columns
+        are NULL and whose `_malformed` says which of MALFORMED_REASONS applies (NULL for
+        every row read), so that it reaches quarantine with its reason."""
 
     @abstractmethod
     def load_frame(self, name: str, frame: pd.DataFrame) -> None:

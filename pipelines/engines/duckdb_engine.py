@@ -11,7 +11,13 @@ import duckdb
 import pandas as pd
 
 from linkage_models.project import CsvOptions
-from pipelines.engines.base import Engine, wait_for
+from pipelines.engines.base import (
+    MALFORMED_BYTES,
+    MALFORMED_FIELDS,
+    MALFORMED_OTHER,
+    Engine,
+    wait_for,
+)
 from pipelines.sql import lit
 
 
@@ -25,6 +31,16 @@ def _connect(database: Path, timeout: float) -> duckdb.DuckDBPyConnection:
             return None
 
     return wait_for(attempt, timeout, f"{database}: the working database")
+
+
+def _csv_reader(path: str, csv: CsvOptions | None, extra: str = "") -> str:
+    """read_csv over a CSV file with a header, every column as text."""
+    opts = csv or CsvOptions()
+    return (
+        f"read_csv({lit(path)}, header=true, all_varchar=true, "
+        f"delim={lit(opts.delimiter)}, quote={lit(opts.quote)}, "
+        f"escape={lit(opts.quote)}, encoding={lit(opts.encoding)}{', ' + extra if extra else ''})"
+    )
 
 
 class DuckDBEngine(Engine):
@@ -71,24 +87,61 @@ class DuckDBEngine(Engine):
         return bool(found[0][0])
 
     def register_file(
-        self,
-        view: str,
-        path: str,
-        file_format: str,
-        csv: CsvOptions | None = None,
-        row_number_column: str | None = None,
+        self, view: str, path: str, file_format: str, csv: CsvOptions | None = None
     ) -> None:
-        if file_format == "csv":
-            opts = csv or CsvOptions()
-            reader = (
-                f"read_csv({lit(path)}, header=true, all_varchar=true, "
-                f"delim={lit(opts.delimiter)}, quote={lit(opts.quote)}, "
-                f"escape={lit(opts.quote)}, encoding={lit(opts.encoding)})"
+        reader = _csv_reader(path, csv) if file_format == "csv" else f"read_parquet({lit(path)})"
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {reader}")
+
+    def register_delivery(
+        self, view: str, path: str, file_format: str, csv: CsvOptions | None = None
+    ) -> None:
+        """DuckDB's CSV reader keeps the rows it rejects (store_rejects) with their line and
+        error type; they become rows with `_malformed` set, at their place in the file."""
+        if file_format != "csv":
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *, row_number() OVER () AS "
+                f"_row_number, CAST(NULL AS VARCHAR) AS _malformed FROM read_parquet({lit(path)})"
             )
-        else:
-            reader = f"read_parquet({lit(path)})"
-        numbered = f", row_number() OVER () AS {row_number_column}" if row_number_column else ""
-        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *{numbered} FROM {reader}")
+            return
+        rejects, scans, read = f"{view}__rejects", f"{view}__scans", f"{view}__read"
+        for table in (rejects, scans):  # DuckDB appends each scan's rejects to these
+            self.con.execute(f"DROP TABLE IF EXISTS {table}")
+        reader = _csv_reader(
+            path,
+            csv,
+            f"store_rejects=true, rejects_table={lit(rejects)}, rejects_scan={lit(scans)}",
+        )
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {read} AS "
+            f"SELECT *, row_number() OVER () AS __ordinal FROM {reader}"
+        )
+        self.con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE {view}__malformed AS
+            SELECT line - 1 AS _row_number,
+                   CASE WHEN bool_or(error_type IN ('TOO MANY COLUMNS', 'MISSING COLUMNS'))
+                          THEN {lit(MALFORMED_FIELDS)}
+                        WHEN bool_or(error_type IN ('INVALID ENCODING', 'INVALID UNICODE'))
+                          THEN {lit(MALFORMED_BYTES)}
+                        ELSE {lit(MALFORMED_OTHER)} END AS _malformed
+            FROM {rejects} GROUP BY line""")
+        bad = self.con.execute(f"SELECT count(*) FROM {view}__malformed").fetchall()[0][0]
+        if not bad:
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * EXCLUDE (__ordinal), "
+                f"__ordinal AS _row_number, CAST(NULL AS VARCHAR) AS _malformed FROM {read}"
+            )
+            return
+        # The rows read take, in order, the positions the rejected rows left free.
+        self.con.execute(f"""
+            CREATE OR REPLACE TEMP VIEW {view} AS
+            WITH slots AS (
+                SELECT range AS _row_number, row_number() OVER (ORDER BY range) AS __ordinal
+                FROM range(1, (SELECT count(*) FROM {read}) + {int(bad)} + 1)
+                WHERE range NOT IN (SELECT _row_number FROM {view}__malformed))
+            SELECT r.* EXCLUDE (__ordinal), s._row_number, CAST(NULL AS VARCHAR) AS _malformed
+            FROM {read} r JOIN slots s USING (__ordinal)
+            UNION ALL BY NAME
+            SELECT _row_number, _malformed FROM {view}__malformed""")
 
     def load_frame(self, name: str, frame: pd.DataFrame) -> None:
         self.con.register("__joinedup_frame", frame)

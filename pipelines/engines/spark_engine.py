@@ -27,7 +27,7 @@ import sqlglot
 from sqlglot import exp
 
 from linkage_models.project import CsvOptions
-from pipelines.engines.base import Engine, wait_for
+from pipelines.engines.base import MALFORMED_BYTES, MALFORMED_FIELDS, Engine, wait_for
 from pipelines.engines.dialect import duckdb_to_spark
 
 log = logging.getLogger(__name__)
@@ -340,32 +340,65 @@ class SparkEngine(Engine):
 
     # --- files and frames ----------------------------------------------------------------
 
+    def _csv(self, csv: CsvOptions | None) -> Any:
+        opts = csv or CsvOptions()
+        return (
+            self.spark.read.option("header", True)
+            .option("sep", opts.delimiter)
+            .option("quote", opts.quote)
+            .option("escape", opts.quote)
+            .option("encoding", _CSV_ENCODINGS.get(opts.encoding, opts.encoding))
+        )
+
     def register_file(
-        self,
-        view: str,
-        path: str,
-        file_format: str,
-        csv: CsvOptions | None = None,
-        row_number_column: str | None = None,
+        self, view: str, path: str, file_format: str, csv: CsvOptions | None = None
     ) -> None:
         """A temporary view over a CSV (every column as text) or Parquet file, read by
-        Spark's own readers; with `row_number_column`, each row's position in the file."""
+        Spark's own readers."""
         if file_format == "csv":
-            opts = csv or CsvOptions()
-            frame = (
-                self.spark.read.option("header", True)
-                .option("sep", opts.delimiter)
-                .option("quote", opts.quote)
-                .option("escape", opts.quote)
-                .option("encoding", _CSV_ENCODINGS.get(opts.encoding, opts.encoding))
-                .option("mode", "FAILFAST")
-                .csv(path)
-            )
+            frame = self._csv(csv).option("mode", "FAILFAST").csv(path)
         else:
             frame = self.spark.read.parquet(path)
-        if row_number_column:
-            frame = _with_row_numbers(frame, row_number_column)
         frame.createOrReplaceTempView(view)
+
+    def register_delivery(
+        self, view: str, path: str, file_format: str, csv: CsvOptions | None = None
+    ) -> None:
+        """Spark's PERMISSIVE mode keeps a row with the wrong number of fields in a corrupt-
+        record column; bytes not valid in the encoding are decoded as U+FFFD, which no
+        delivered name, date or code holds, so a row holding one is malformed too."""
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import StringType, StructField, StructType
+
+        if file_format != "csv":
+            frame = _with_row_numbers(self.spark.read.parquet(path), "_row_number")
+            frame.withColumn("_malformed", F.lit(None).cast("string")).createOrReplaceTempView(view)
+            return
+        header = self._csv(csv).csv(path).columns
+        corrupt = "__corrupt_record"
+        schema = StructType(
+            [StructField(c, StringType()) for c in header] + [StructField(corrupt, StringType())]
+        )
+        frame = (
+            self._csv(csv)
+            .schema(schema)
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", corrupt)
+            .csv(path)
+        )
+        frame = _with_row_numbers(frame, "_row_number")
+        undecodable = F.concat_ws("", *[F.col(f"`{c}`") for c in header]).contains("\ufffd")
+        malformed = (
+            F.when(F.col(corrupt).isNotNull(), F.lit(MALFORMED_FIELDS))
+            .when(undecodable, F.lit(MALFORMED_BYTES))
+            .otherwise(F.lit(None).cast("string"))
+        )
+        frame = frame.withColumn("_malformed", malformed)
+        frame.select(
+            *[F.when(F.col("_malformed").isNull(), F.col(f"`{c}`")).alias(c) for c in header],
+            "_row_number",
+            "_malformed",
+        ).createOrReplaceTempView(view)
 
     def load_frame(self, name: str, frame: pd.DataFrame) -> None:
         """A pandas frame as a table; a column with no values at all becomes text."""
