@@ -205,7 +205,7 @@ def published_assets() -> list[dg.AssetsDefinition]:
     description="Every row delivered is in the person lookup or in quarantine, per source.",
 )
 def reconciliation(project: LinkageProjectResource) -> dg.AssetCheckResult:
-    rec = json.loads(project.layout.manifest.read_text())["reconciliation"]
+    rec = json.loads(project.layout.exact_manifest.read_text())["reconciliation"]
     off = [
         name
         for name, s in rec["by_source"].items()

@@ -195,6 +195,12 @@ class OutputLayout:
         return self.shareable_dir / "manifest.json"
 
     @property
+    def exact_manifest(self) -> Path:
+        """The manifest with exact counts, for the secure setting; the shareable one has
+        them protected (pipelines.disclosure_control)."""
+        return self.zone_dir("secure") / "manifest.json"
+
+    @property
     def reports_dir(self) -> Path:
         return self.shareable_dir / "reports"
 

@@ -15,6 +15,7 @@ import splink
 from linkage_models.project import LoadedProject
 from pipelines.contract import OutputLayout, load_record, records_of
 from pipelines.deliveries import delivery_statuses
+from pipelines.disclosure_control import protected_manifest
 from pipelines.engines import Engine
 
 # The steps whose timings the manifest reports, in the order a run takes them.
@@ -137,4 +138,8 @@ def build_manifest(
 
 
 def write_manifest(layout: OutputLayout, document: dict[str, Any]) -> None:
-    layout.manifest.write_text(json.dumps(document, indent=2, default=str))
+    """The exact manifest into the secure zone; its protected copy into the shareable zone."""
+    layout.exact_manifest.parent.mkdir(parents=True, exist_ok=True)
+    layout.exact_manifest.write_text(json.dumps(document, indent=2, default=str))
+    layout.manifest.parent.mkdir(parents=True, exist_ok=True)
+    layout.manifest.write_text(json.dumps(protected_manifest(document), indent=2, default=str))

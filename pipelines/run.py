@@ -49,9 +49,17 @@ class RunError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunResult:
+    """A published run. `manifest_path` is the shareable manifest (its counts protected);
+    `manifest` is the exact one, for the secure setting (the same document otherwise, with
+    output paths relative to the shareable manifest's folder)."""
+
     output_dir: Path
     manifest_path: Path
     manifest: dict[str, Any]
+
+    @property
+    def shareable_manifest(self) -> dict[str, Any]:
+        return json.loads(self.manifest_path.read_text())
 
     @property
     def snapshot(self) -> str:
@@ -221,7 +229,9 @@ def run_project(
     except RunError as exc:
         raise RunError(f"{exc}\n{still_published(layout)}") from None
     published = layout.published
-    return RunResult(layout.root, published.manifest, json.loads(published.manifest.read_text()))
+    return RunResult(
+        layout.root, published.manifest, json.loads(published.exact_manifest.read_text())
+    )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import altair as alt
 import pandas as pd
 import vl_convert
 
-from quality.reports import SMALL_CELL
+from pipelines.disclosure_control import SMALL as SMALL_CELL
 
 WIDTH = 560
 

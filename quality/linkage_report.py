@@ -2,9 +2,12 @@
 links are and for whom they are worse. Self-contained HTML (no CDN, works offline) and a
 machine-readable linkage_quality.json with the same figures.
 
-The report may leave the secure setting: it holds counts, rates and pseudonymous person ids
-only, with counts from 1 to 9 shown as "<10". Diagnostics that show identifiers (waterfall
-charts, comparison viewer, cluster studio) are linked, never embedded.
+The report and its JSON may leave the secure setting: they hold counts, rates and
+pseudonymous person ids only, every count of records protected by the one disclosure
+control policy (pipelines.disclosure_control: rounded to a multiple of 5, totals the sums of
+their rounded parts; pages show "<10" below 10). The data provided come from the shareable
+manifest, already protected. Diagnostics that show identifiers (waterfall charts, comparison
+viewer, cluster studio) stay in the secure zone and are named, never linked or embedded.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from jinja2 import Environment, select_autoescape
 
 from linkage_models.project import LoadedProject
 from pipelines.contract import OutputLayout, Tables
+from pipelines.disclosure_control import rounded, shown_count, shown_rate
 from pipelines.engines import Engine
 from quality.bias import bias_tables
 from quality.charts import report_charts
 from quality.clerical_review import clerical_estimates, current_labels
-from quality.reports import suppress_count, suppress_rate
 from quality.validation import load_outcome
 
 OVERSIZED_CLUSTER = 25  # records; larger balanced clusters are listed by person id
@@ -46,9 +49,11 @@ def cluster_size_summary(engine: Engine) -> dict[str, Any]:
         f"HAVING count(*) > {OVERSIZED_CLUSTER} ORDER BY n DESC, person_id LIMIT 100"
     )
     return {
-        "distribution": [{"records_per_person": int(n), "persons": int(c)} for n, c in sizes],
+        "distribution": [
+            {"records_per_person": int(n), "persons": rounded(int(c))} for n, c in sizes
+        ],
         "oversized_threshold": OVERSIZED_CLUSTER,
-        "oversized": [{"person_id": p, "records": int(n)} for p, n in oversized],
+        "oversized": [{"person_id": p, "records": rounded(int(n))} for p, n in oversized],
     }
 
 
@@ -69,8 +74,8 @@ def _completeness(project: LoadedProject, manifest: dict[str, Any]) -> list[dict
                             "source": entry["source"],
                             "delivery": file["delivery"],
                             "field": e.key.removesuffix("_completeness").replace("_", " "),
-                            "missing": e.unexpected_count,
-                            "rows": e.element_count,
+                            "missing": rounded(e.unexpected_count),
+                            "rows": rounded(e.element_count),
                         }
                     )
     return rows
@@ -99,7 +104,8 @@ def _model_summary(model_path: Path) -> list[dict[str, Any]]:
 def linkage_quality(
     engine: Engine, project: LoadedProject, manifest: dict[str, Any]
 ) -> dict[str, Any]:
-    """Every figure in the report, as plain data (counts unsuppressed: secure setting)."""
+    """Every figure in the report, as plain data, from the shareable (protected) manifest;
+    counts of records computed here are protected the same way."""
     accepted = {
         name: Tables.accepted(name)
         for name, counts in manifest["reconciliation"]["by_source"].items()
@@ -166,8 +172,22 @@ def linkage_quality(
             "links": manifest["links"],
             "clusters": cluster_size_summary(engine),
         },
-        "bias": bias_tables(engine, accepted),
+        "bias": _protected_bias(bias_tables(engine, accepted)),
         "clerical_review": _clerical(engine, project),
+    }
+
+
+def _protected_bias(bias: dict[str, Any]) -> dict[str, Any]:
+    """Bias tables with their counts of records rounded (the estimates are rates)."""
+    counts = ("records", "linked_to_other_sources", "within_source_duplicates")
+
+    def protect(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, **{k: rounded(r[k]) for k in counts}} for r in rows]
+
+    return {
+        **bias,
+        "overall": protect(bias["overall"]),
+        "dimensions": {dim: protect(rows) for dim, rows in bias["dimensions"].items()},
     }
 
 
@@ -200,14 +220,14 @@ def render_linkage_report(q: dict[str, Any], diagnostics: list[dict[str, Any]]) 
         q=q,
         measured=measured,
         bal=q["quality"]["estimated"]["balanced"],
-        persons=suppress_count(q["quality"]["links"]["balanced"]["persons"]),
-        total_in=suppress_count(sum(s["rows_in"] for s in sources)),
-        total_linked=suppress_count(sum(s["rows_accepted"] for s in sources)),
-        total_quarantined=suppress_count(sum(s["rows_quarantined"] for s in sources)),
+        persons=shown_count(q["quality"]["links"]["balanced"]["persons"]),
+        total_in=shown_count(sum(s["rows_in"] for s in sources)),
+        total_linked=shown_count(sum(s["rows_accepted"] for s in sources)),
+        total_quarantined=shown_count(sum(s["rows_quarantined"] for s in sources)),
         flagged=flagged,
         diagnostics=diagnostics,
-        c=suppress_count,
-        rate=suppress_rate,
+        c=shown_count,
+        rate=shown_rate,
         small=small,
         pct=lambda x: "—" if x is None else f"{x:.2%}",
         charts=report_charts(q),
@@ -224,7 +244,13 @@ def write_linkage_report(
     manifest = json.loads(layout.manifest.read_text())
     q = linkage_quality(engine, project, manifest)
     if q["clerical_review"] is not None:
-        q["clerical_review"]["truth_space_unweighted"] = truth_space or []
+        review = q["clerical_review"]
+        for key in ("labelled_pairs", "labelled_matches"):
+            review[key] = rounded(review[key])
+        review["truth_space_unweighted"] = [
+            {**r, **{k: rounded(int(r[k])) for k in ("tp", "fp", "tn", "fn")}}
+            for r in truth_space or []
+        ]
     html_path, json_path = layout.linkage_report, layout.linkage_quality
     html_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(q, indent=2, default=str))

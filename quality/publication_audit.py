@@ -25,6 +25,7 @@ import pyarrow.dataset as ds
 
 from linkage_models.project import LinkageProject
 from pipelines.contract import LOOKUP_COLUMNS, OutputLayout, Tables
+from pipelines.disclosure_control import disclosive_counts
 from pipelines.engines import Engine
 from pipelines.sql import ident
 
@@ -97,10 +98,19 @@ def audit_build(
     """Audit the build under `layout` (staging); raises AuditFailure naming what failed.
     `sources` are those with linkage input tables. Returns what was checked (counts)."""
     problems: list[str] = []
-    manifest = json.loads(layout.manifest.read_text()) if layout.manifest.exists() else None
-    if manifest is None:
-        raise AuditFailure(f"{layout.manifest.name}: the build has no manifest")
-    rec = manifest["reconciliation"]
+    for needed in (layout.manifest, layout.exact_manifest):
+        if not needed.exists():
+            raise AuditFailure(f"{layout.relative(needed)}: the build has no such manifest")
+    rec = json.loads(layout.exact_manifest.read_text())["reconciliation"]
+    # Counts that leave must have gone through the disclosure control policy.
+    for document in (layout.manifest, layout.linkage_quality):
+        if document.exists():
+            unprotected = disclosive_counts(json.loads(document.read_text()))
+            if unprotected:
+                problems.append(
+                    f"{layout.relative(document)}: {len(unprotected)} count(s) not protected "
+                    f"against disclosure, e.g. {unprotected[:3]}"
+                )
     if not rec["reconciles"]:
         problems.append(
             f"reconciliation: {rec['rows_in']} rows in, {rec['rows_linked']} linked, "

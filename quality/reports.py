@@ -1,8 +1,9 @@
 """Quality reports for data owners: one self-contained HTML page per source and delivery.
 
-These pages may leave the secure setting, so they hold counts and rates only, and any
-count from 1 to 9 is shown as "<10" (a rate that would reveal such a count is shown as a
-bound instead).
+These pages may leave the secure setting, so they hold counts and rates only, protected
+by the one disclosure control policy (pipelines.disclosure_control): counts rounded to a
+multiple of 5 with totals the sums of their rounded parts, "<10" below 10, rates of rounded
+counts.
 """
 
 from __future__ import annotations
@@ -15,26 +16,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from linkage_models.project import LoadedProject
 from pipelines.contract import OutputLayout, Tables
+from pipelines.disclosure_control import protected_delivery, shown_count, shown_rate
 from pipelines.engines import Engine
 from pipelines.sql import EARLIEST_PLAUSIBLE_DATE, lit
 from quality.validation import load_outcome
-
-SMALL_CELL = 10
-
-
-def suppress_count(n: int | None) -> str:
-    if n is None:
-        return "—"
-    return f"<{SMALL_CELL}" if 0 < n < SMALL_CELL else f"{n:,}"
-
-
-def suppress_rate(n: int | None, d: int | None) -> str:
-    """n/d as a percentage, or a bound when n is a small cell."""
-    if n is None or not d:
-        return "—"
-    if 0 < n < SMALL_CELL:
-        return f"<{SMALL_CELL / d:.1%}"
-    return f"{n / d:.1%}"
 
 
 def _link_rates(engine: Engine, source: str, delivery: str) -> dict[str, int]:
@@ -111,14 +96,15 @@ def write_quality_reports(
             continue
         key = row["delivery"]
         outcome = load_outcome(layout.validation_result(source.name, key))
+        stats = protected_delivery(stats)  # received = linked + quarantined, all rounded
         rows_in = stats["rows_in"]
         expectations = [
             {
                 "description": e.description,
                 "severity": e.severity,
                 "success": e.success,
-                "failing": suppress_count(e.unexpected_count),
-                "share": suppress_rate(e.unexpected_count, e.element_count - e.missing_count),
+                "failing": shown_count(e.unexpected_count),
+                "share": shown_rate(e.unexpected_count, e.element_count - e.missing_count),
             }
             for e in outcome.expectations
         ]
@@ -126,10 +112,8 @@ def write_quality_reports(
             {
                 "field": e.key.removesuffix("_completeness").replace("_", " "),
                 "column": source.identifiers.columns()[e.key.removesuffix("_completeness")],
-                "missing": suppress_count(e.unexpected_count),
-                "filled": suppress_rate(e.element_count - e.unexpected_count, e.element_count)
-                if e.unexpected_count == 0 or e.unexpected_count >= SMALL_CELL
-                else f">{1 - SMALL_CELL / e.element_count:.1%}",
+                "missing": shown_count(e.unexpected_count),
+                "filled": shown_rate(e.element_count - e.unexpected_count, e.element_count),
             }
             for e in outcome.expectations
             if e.key.endswith("_completeness")
@@ -143,25 +127,25 @@ def write_quality_reports(
             snapshot=snapshot,
             rejected=stats["status"] == "rejected",
             critical=[e.description for e in outcome.critical_failures],
-            rows=suppress_count(rows_in),
-            accepted=suppress_count(stats["rows_accepted"]),
-            quarantined=suppress_count(stats["rows_quarantined"]),
+            rows=shown_count(rows_in),
+            accepted=shown_count(stats["rows_accepted"]),
+            quarantined=shown_count(stats["rows_quarantined"]),
             expectations=expectations,
             data_docs=layout.relative(layout.data_docs_index) if outcome.data_docs_index else None,
             completeness=completeness,
             set_missing=[
-                (k, suppress_count(v))
+                (k, shown_count(v))
                 for k, v in _values_set_missing(engine, source.name, key).items()
             ],
             quarantine=[
-                (reason, suppress_count(n))
+                (reason, shown_count(n))
                 for reason, n in sorted(stats["quarantined_by_reason"].items())
             ],
             link={
-                "linked": suppress_count(link["linked_to_other_sources"]),
-                "linked_share": suppress_rate(link["linked_to_other_sources"], link["records"]),
-                "dupes": suppress_count(link["within_source_duplicates"]),
-                "dupes_share": suppress_rate(link["within_source_duplicates"], link["records"]),
+                "linked": shown_count(link["linked_to_other_sources"]),
+                "linked_share": shown_rate(link["linked_to_other_sources"], link["records"]),
+                "dupes": shown_count(link["within_source_duplicates"]),
+                "dupes_share": shown_rate(link["within_source_duplicates"], link["records"]),
             },
         )
         page_path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,9 +158,9 @@ def write_quality_reports(
                 "delivery": key,
                 "status": stats["status"],
                 "href": f"{source.name}/{key}.html",
-                "rows": suppress_count(rows_in),
-                "accepted": suppress_count(stats["rows_accepted"]),
-                "quarantined": suppress_count(stats["rows_quarantined"]),
+                "rows": shown_count(rows_in),
+                "accepted": shown_count(stats["rows_accepted"]),
+                "quarantined": shown_count(stats["rows_quarantined"]),
                 "not_met": [e.description for e in outcome.critical_failures]
                 + [f"{e.description} (warning)" for e in outcome.warnings],
             }

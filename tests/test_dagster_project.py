@@ -18,10 +18,10 @@ import yaml
 from dagster_project.definitions import build_definitions
 from linkage_models.project import LoadedProject, load_project
 from pipelines.deliveries import delivery_statuses
+from pipelines.disclosure_control import protected_delivery, rounded, shown_count, shown_rate
 from pipelines.engines import open_engine
 from pipelines.run import ProjectGraph, RunResult, run_project
 from pipelines.synthetic import GeneratedData
-from quality.reports import suppress_count, suppress_rate
 
 from .conftest import DEMO_CONFIG, REPO
 from .helpers import html_tables, identifiers_of, published, small_counts_shown
@@ -303,9 +303,11 @@ def test_a_corrected_delivery_reruns_without_clean_up(
 OWNER_COUNT_COLUMNS = {"Rows not meeting it", "Missing", "Rows", "Records"}
 
 
-def test_quality_reports_cover_every_delivery_and_suppress_small_counts(
+def test_quality_reports_cover_every_delivery_and_protect_their_counts(
     small_run: RunResult,
 ) -> None:
+    """Each page's counts are the delivery's rounded counts, adding up (received = linked +
+    quarantined = linked + the sum of the reasons), with "<10" for the small ones."""
     folder = published(small_run.output_dir).data_owner_dir
     by_source = small_run.manifest["reconciliation"]["by_source"]
     pages = {p.relative_to(folder).as_posix(): p.read_text() for p in folder.glob("*/*.html")}
@@ -316,7 +318,8 @@ def test_quality_reports_cover_every_delivery_and_suppress_small_counts(
 
     small_cells = 0
     for source, counts in by_source.items():
-        for delivery, stats in counts["by_delivery"].items():
+        for delivery, exact in counts["by_delivery"].items():
+            stats = protected_delivery(exact)
             html = pages[f"{source}/{delivery}.html"]
             assert small_counts_shown(html, OWNER_COUNT_COLUMNS) == []
             (reasons,) = [t for t in html_tables(html) if t[0] == ["Reason", "Rows"]]
@@ -326,27 +329,42 @@ def test_quality_reports_cover_every_delivery_and_suppress_small_counts(
             assert set(shown) == set(stats["quarantined_by_reason"])
             for reason, n in stats["quarantined_by_reason"].items():
                 assert shown[reason] == ("<10" if n < 10 else f"{n:,}"), (source, reason)
-                small_cells += n < 10
+                small_cells += exact["quarantined_by_reason"][reason] < 10
             verdict = " ".join(html.split("This delivery was accepted.")[1].split())
             quarantined = stats["rows_quarantined"]
             held = "&lt;10" if 0 < quarantined < 10 else f"{quarantined:,}"
             assert f"{stats['rows_accepted']:,} linked, {held} quarantined" in verdict
-    assert small_cells > 0  # the data has small cells, so suppression is exercised
+            assert stats["rows_in"] == stats["rows_accepted"] + quarantined
+    assert small_cells > 0  # the data has small cells, so protection is exercised
 
 
-def test_small_counts_and_the_rates_that_would_reveal_them_are_bounded() -> None:
-    assert [suppress_count(n) for n in (None, 0, 1, 9, 10, 1234)] == [
+def test_counts_are_rounded_and_totals_add_up_so_subtraction_gives_nothing_away() -> None:
+    assert [rounded(n) for n in (0, 1, 4, 7, 8, 12, 13, 1381)] == [0, 5, 5, 5, 10, 10, 15, 1380]
+    assert [shown_count(n) for n in (None, 0, 1, 9, 10, 1234)] == [
         "—",
         "0",
         "<10",
-        "<10",
         "10",
-        "1,234",
+        "10",
+        "1,235",
     ]
-    assert suppress_rate(3, 1000) == "<1.0%"  # not 0.3%, which would give the 3 away
-    assert suppress_rate(0, 1000) == "0.0%"
-    assert suppress_rate(250, 1000) == "25.0%"
-    assert suppress_rate(5, 0) == "—"
+    # The issue's case: 1,385 received, 1,381 linked, 4 quarantined.
+    delivery = protected_delivery(
+        {
+            "rows_in": 1385,
+            "rows_accepted": 1381,
+            "rows_quarantined": 4,
+            "quarantined_by_reason": {"missing record id": 1, "insufficient identifiers": 3},
+        }
+    )
+    assert delivery["rows_in"] == delivery["rows_accepted"] + delivery["rows_quarantined"]
+    assert delivery["rows_quarantined"] == sum(delivery["quarantined_by_reason"].values())
+    assert delivery["rows_in"] - delivery["rows_accepted"] != 4  # the difference is rounded
+    assert all(v % 5 == 0 for v in (delivery["rows_in"], delivery["rows_accepted"]))
+    assert shown_rate(3, 1000) == "<1.0%"  # not 0.3%, which would give the 3 away
+    assert shown_rate(0, 1000) == "0.0%"
+    assert shown_rate(250, 1000) == "25.0%"
+    assert shown_rate(5, 0) == "—"
 
 
 def test_dagster_event_storage_holds_no_identifier_values(

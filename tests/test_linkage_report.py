@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipelines.disclosure_control import shown_count
 from pipelines.run import RunResult
 from pipelines.synthetic import GeneratedData
 
@@ -35,11 +36,13 @@ def test_report_has_every_section_and_the_same_figures_as_the_json(small_run: Ru
     assert f"{1 - balanced['precision']:.2%}" in html  # the summary quotes the estimate
     assert data["quality"]["measured_against_ground_truth"]["balanced"]["recall"] > 0.9
     assert set(data["bias"]["dimensions"]) == {"source", "sex", "age_band", "region", "event_year"}
+    # Persons per size are rounded to 5 (off by at most 4 each): the table still accounts
+    # for every linked record, within that.
     sizes = data["quality"]["clusters"]["distribution"]
-    assert (
-        sum(r["records_per_person"] * r["persons"] for r in sizes)
-        == small_run.manifest["reconciliation"]["rows_linked"]
-    )
+    assert all(r["persons"] % 5 == 0 for r in sizes)
+    covered = sum(r["records_per_person"] * r["persons"] for r in sizes)
+    linked = small_run.manifest["reconciliation"]["rows_linked"]
+    assert abs(covered - linked) <= 4 * sum(r["records_per_person"] for r in sizes)
     assert "<script" not in html and "http" not in html.split("</style>")[1]
 
 
@@ -110,7 +113,7 @@ def test_report_renders_in_a_headless_browser_without_network(
     rows_in = sum(s["rows_in"] for s in data["data_provided"]["sources"])
     shown = page.text
     assert f"{rows_in:,} records from 5 sources were received" in shown
-    assert f"into {persons:,} persons at the balanced threshold" in shown
+    assert f"into {shown_count(persons)} persons at the balanced threshold" in shown
     assert f"{1 - balanced['precision']:.2%} of linked record pairs are false links" in shown
     assert f"{1 - measured['recall']:.2%} missed" in shown
     assert f"balanced {balanced['precision']:.4f} ({balanced['precision_95ci'][0]:.4f}" in shown

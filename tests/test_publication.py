@@ -4,6 +4,7 @@ refused or concurrent run leaves the last publication exactly as it was."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -125,3 +126,28 @@ def test_the_audit_passes_a_clean_build_and_refuses_one_showing_a_name(
     finally:
         shutil.rmtree(layout.root / "staging")
     assert current_snapshot(layout) == small_run.snapshot
+
+
+def test_the_audit_refuses_a_shareable_count_that_escaped_disclosure_control(
+    small_run: RunResult, small_project: LoadedProject
+) -> None:
+    """The shareable manifest holds rounded counts (the exact ones stay in the secure zone);
+    an exact count written into it stops the publication, named by where it is."""
+    layout = OutputLayout(small_run.output_dir)
+    stage_from_current(layout, "audit-test")
+    try:
+        exact = json.loads(layout.exact_manifest.read_text())["reconciliation"]
+        shared = json.loads(layout.manifest.read_text())
+        assert shared["disclosure_control"]["base"] == 5
+        source = next(iter(shared["reconciliation"]["by_source"]))
+        shared["reconciliation"]["by_source"][source]["rows_in"] = 1383
+        layout.manifest.write_text(json.dumps(shared))
+        with (
+            DuckDBEngine(layout.work_dir / "joinedup.duckdb") as engine,
+            pytest.raises(AuditFailure) as refused,
+        ):
+            audit_build(engine, small_project.spec, layout, list(exact["by_source"]))
+        assert "manifest.json: 1 count(s) not protected against disclosure" in str(refused.value)
+        assert f"reconciliation.by_source.{source}.rows_in" in str(refused.value)
+    finally:
+        shutil.rmtree(layout.root / "staging")
