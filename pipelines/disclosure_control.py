@@ -112,6 +112,7 @@ def protected_reconciliation(rec: Mapping[str, Any]) -> dict[str, Any]:
             },
             "quarantined_by_reason": dict(sorted(reasons.items())),
             "values_set_missing": rounded_parts(source["values_set_missing"]),
+            "names_transliterated": rounded(source.get("names_transliterated", 0)),
             "by_delivery": deliveries,
         }
     totals = {
@@ -176,6 +177,7 @@ COUNT_KEYS = frozenset(
         "within_source_duplicates",
         "quarantined_by_reason",
         "values_set_missing",
+        "names_transliterated",
     }
 )
 

@@ -100,6 +100,7 @@ def build_manifest(
                     "rows_quarantined": s["rows_quarantined"],
                     "quarantined_by_reason": s["by_reason"],
                     "values_set_missing": s["cleaning"],
+                    "names_transliterated": s["names_transliterated"],
                     "quarantine_file": layout.relative(s["path"]),
                     "by_delivery": s["by_delivery"],
                 }

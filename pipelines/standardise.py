@@ -13,7 +13,12 @@ Output columns of `standardise_sql` (one row per input row):
   <the source's other identifiers and their derived columns>,
   event_date, event_type, <declared attributes>,
   dob_unparseable, dob_placeholder, dob_implausible, event_date_unparseable,
-  postcode_invalid, sex_unknown, <other identifier>_set_missing...
+  postcode_invalid, sex_unknown, name_unreadable, name_transliterated,
+  <other identifier>_set_missing...
+
+Names and addresses in any script are first put into Latin letters (anyascii, through the
+TRANSLITERATIONS table that `build_transliterations` makes for the delivery), so that
+"Łukasz Wałęsa" is "lukasz walesa" and "Иван" is "ivan" rather than nothing.
 
 dob_year is the year of the date of birth, or, where a source has none, its declared year
 of birth or the year its age on a known date points to (birth_year_from_age).
@@ -48,9 +53,64 @@ from pipelines.sql import (
     postcode_pattern,
 )
 
-ACCENTED = "àáâãäåçèéêëìíîïñòóôõöøùúûüýÿÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝ"
-PLAIN = "aaaaaaceeeeiiiinoooooouuuuyyAAAAAACEEEEIIIINOOOOOOUUUUY"
 NICKNAME_TABLE = Tables.NICKNAMES
+TRANSLITERATIONS = "__transliterations"
+
+
+def name_columns(source: SourceSpec) -> list[str]:
+    """The source columns holding names or addresses: written in any script, compared in
+    Latin letters."""
+    ids = source.identifiers
+    columns = [
+        m.column
+        for m in (ids.full_name, ids.given_name, ids.middle_names, ids.family_name)
+        if m is not None
+    ]
+    for identifier in ids.other.values():
+        if identifier.type in ("name", "address"):
+            columns += identifier.source_columns()
+    return list(dict.fromkeys(columns))
+
+
+def build_transliterations(engine: Engine, source: SourceSpec, raw_table: str) -> None:
+    """Table TRANSLITERATIONS (original, latin): each distinct name or address value of the
+    delivery with a character outside ASCII, in Latin letters (anyascii: "Łukasz" -> "Lukasz",
+    "王小明" -> "WangXiaoMing", "Иван" -> "Ivan"). Only distinct values travel to Python, so the
+    cost follows the variety of names, not the rows; the rows are joined to it in SQL."""
+    from anyascii import anyascii
+
+    columns = name_columns(source)
+    values: list[str] = []
+    if columns:
+        union = " UNION ".join(
+            f"SELECT {ident(c)} AS v FROM {raw_table} WHERE regexp_matches({ident(c)}, "
+            "'[^\\x01-\\x7f]')"
+            for c in columns
+        )
+        values = [v for (v,) in engine.fetch(f"SELECT DISTINCT v FROM ({union}) ORDER BY v")]
+    frame = pd.DataFrame(
+        {"original": values, "latin": [anyascii(v) for v in values]}, dtype="object"
+    )
+    if frame.empty:  # typed, so the joins below work on every engine
+        frame = pd.DataFrame({"original": ["\x01"], "latin": ["\x01"]})
+    engine.load_frame(TRANSLITERATIONS, frame)
+
+
+def transliterated_sql(source: SourceSpec, raw_table: str) -> str:
+    """The raw rows with their name and address columns in Latin letters, and
+    `_transliterated`: whether any of them was not already."""
+    columns = name_columns(source)
+    items = [f"r.{c}" for c in ("_row_number", "_delivery", "_delivery_file", "_malformed")]
+    joins, flags = [], []
+    for i, column in enumerate(source.mapped_columns()):
+        if column in columns:
+            items.append(f"coalesce(t{i}.latin, r.{ident(column)}) AS {ident(column)}")
+            joins.append(f"LEFT JOIN {TRANSLITERATIONS} t{i} ON t{i}.original = r.{ident(column)}")
+            flags.append(f"t{i}.original IS NOT NULL")
+        else:
+            items.append(f"r.{ident(column)}")
+    items.append(f"({' OR '.join(flags) or 'false'}) AS _transliterated")
+    return f"SELECT {', '.join(items)} FROM {raw_table} r {' '.join(joins)}"
 
 
 def _clean_placeholder(value: str) -> str:
@@ -71,7 +131,7 @@ def clean_name_sql(expr: str, keep_comma: bool = False) -> str:
     allowed = "a-z\\- ," if keep_comma else "a-z\\- "
     placeholder = f"upper(trim({expr})) IN {in_list(DEFAULT_PLACEHOLDERS)}"
     whole = f"CASE WHEN {placeholder} THEN NULL ELSE {expr} END"
-    e = f"lower(translate({whole}, {lit(ACCENTED)}, {lit(PLAIN)}))"
+    e = f"lower({whole})"
     e = f"regexp_replace({e}, '[''’`]', '', 'g')"
     e = f"regexp_replace({e}, '[^{allowed}]', ' ', 'g')"
     e = f"regexp_replace({e}, '\\s*-\\s*', '-', 'g')"
@@ -242,7 +302,7 @@ def address_sql(columns: list[str], placeholders: list[str]) -> str:
     """Lines joined, upper-case ASCII letters and digits in single spaces, abbreviations
     expanded."""
     lines = ", ".join(text_sql(c, placeholders) for c in columns)
-    e = f"upper(translate(concat_ws(' ', {lines}), {lit(ACCENTED)}, {lit(PLAIN)}))"
+    e = f"upper(concat_ws(' ', {lines}))"
     e = f"regexp_replace({e}, '[''’`]', '', 'g')"
     e = f"regexp_replace({e}, '[^A-Z0-9]+', ' ', 'g')"
     e = f"' ' || trim({e}) || ' '"
@@ -366,6 +426,16 @@ def standardise_sql(source: SourceSpec, raw_table: str) -> str:
             f"\n  {prefix[1]} AS postcode_area"
         )
     attribute_refs = "".join(f",\n  c.{ident(a)}" for a in source.attributes)
+    # A delivered name (not a placeholder) that cleaning left empty: counted, not silent.
+    name_fields = [
+        m.column
+        for m in (ids.full_name, ids.given_name, ids.middle_names, ids.family_name)
+        if m is not None
+    ]
+    unreadable = " OR ".join(
+        f"({text_sql(c, [])} IS NOT NULL AND {clean_name_sql(ident(c))} IS NULL)"
+        for c in name_fields
+    )
     event_type = lit(source.event.type) if source.event else "CAST(NULL AS VARCHAR)"
 
     return f"""
@@ -387,8 +457,10 @@ WITH base AS (
     {sex} AS sex,
     {sex_present} AS sex_present,
     {year_text} AS year_declared,
+    _transliterated,
+    ({unreadable or "false"}) AS name_unreadable,
     {postcode} AS postcode_compact{others}{attributes}
-  FROM {raw_table}
+  FROM ({transliterated_sql(source, raw_table)}) raw
 ),
 cleaned AS (
   SELECT
@@ -438,7 +510,9 @@ SELECT
     AND NOT (c.dob_parsed IN ({placeholder_list})) IS TRUE) AS dob_implausible,
   (c.event_text IS NOT NULL AND c.event_parsed IS NULL) AS event_date_unparseable,
   (c.postcode_compact IS NOT NULL AND c.postcode IS NULL) AS postcode_invalid,
-  (c.sex_present AND c.sex IS NULL) AS sex_unknown
+  (c.sex_present AND c.sex IS NULL) AS sex_unknown,
+  c.name_unreadable,
+  c._transliterated AS name_transliterated
 FROM cleaned c
 LEFT JOIN {NICKNAME_TABLE} n ON n.variant = c.given_name
 """
@@ -470,10 +544,16 @@ def linkage_input_sql(project: LinkageProject, source: SourceSpec, accepted_tabl
     return f"SELECT {', '.join(items)} FROM {accepted_table}"
 
 
+def standardise_table(engine: Engine, source: SourceSpec, raw_table: str, table: str) -> None:
+    """`table`: the standardised rows of a raw (all-text) table of the source."""
+    build_transliterations(engine, source, raw_table)
+    engine.create_table(table, standardise_sql(source, raw_table))
+
+
 def standardise_delivery(engine: Engine, source: SourceSpec, delivery: Delivery) -> int:
     """Standardise one accepted delivery; returns its rows."""
     load_reference_tables(engine)
-    engine.create_table(delivery.standardised_table, standardise_sql(source, delivery.raw_table))
+    standardise_table(engine, source, delivery.raw_table, delivery.standardised_table)
     set_status(engine, delivery, "standardised")
     return engine.count(delivery.standardised_table)
 

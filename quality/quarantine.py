@@ -10,7 +10,8 @@ two of given name, family name, date or year of birth, postcode, and any person 
 or address the source maps).
 
 A value that cannot be read (a date of birth or event date in no declared format, a
-placeholder, an implausible date, an invalid postcode, an undeclared sex code) becomes
+placeholder, an implausible date, an invalid postcode, an undeclared sex code, a name with
+no letters left once put into Latin letters) becomes
 missing and the row stays: it can still link on its other identifiers. Those values are
 counted per identifier and reason (`cleaning`), and a row is quarantined only when too
 little is left to link it.
@@ -62,6 +63,7 @@ CLEANING_COUNTS = {
     "postcode_invalid_set_missing": "postcode_invalid",
     "sex_code_unknown_set_missing": "sex_unknown",
     "event_date_unparseable_set_missing": "event_date_unparseable",
+    "name_unreadable_set_missing": "name_unreadable",
 }
 
 
@@ -76,6 +78,8 @@ class QuarantineResult:
     accepted_table: str | None  # None when no delivery of the source was accepted
     # Counts of values set to missing during standardisation (rows kept).
     cleaning: dict[str, int] = field(default_factory=dict)
+    # Rows with a name or address written outside ASCII, linked in Latin letters.
+    names_transliterated: int = 0
     by_delivery: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -171,11 +175,12 @@ def combine_and_quarantine(
         entry["rows_quarantined"] += int(n)
     counts = cleaning_counts(source)
     cleaning: dict[str, int] = dict.fromkeys(counts, 0)
+    transliterated = 0
     if accepted_deliveries:
         for key, n in engine.fetch(f"SELECT _delivery, count(*) FROM {accepted} GROUP BY 1"):
             by_delivery[key]["rows_accepted"] = int(n)
-        sums = ", ".join(f"count_if({flag})" for flag in counts.values())
-        row = engine.fetch(f"SELECT {sums} FROM {accepted}")[0]
+        sums = ", ".join(f"count_if({flag})" for flag in [*counts.values(), "name_transliterated"])
+        *row, transliterated = engine.fetch(f"SELECT {sums} FROM {accepted}")[0]
         cleaning = {k: int(v or 0) for k, v in zip(counts, row, strict=True)}
     by_reason: dict[str, int] = {}
     for entry in by_delivery.values():
@@ -190,6 +195,7 @@ def combine_and_quarantine(
         path=path,
         accepted_table=accepted if accepted_deliveries else None,
         cleaning=cleaning,
+        names_transliterated=int(transliterated or 0),
         by_delivery=by_delivery,
     )
     if not result.reconciles:

@@ -57,13 +57,15 @@ def _values_set_missing(engine: Engine, source: str, delivery: str) -> dict[str,
         return {}
     row = engine.fetch(f"""
         SELECT count_if(dob_placeholder), count_if(dob_implausible), count_if(postcode_invalid),
-               count_if(sex_unknown)
+               count_if(sex_unknown), count_if(name_unreadable), count_if(name_transliterated)
         FROM {checked} WHERE _delivery = {lit(delivery)}""")[0]
     labels = (
         "Date of birth was a placeholder (e.g. 01/01/1900)",
         f"Date of birth was implausible (before {EARLIEST_PLAUSIBLE_DATE[:4]} or in the future)",
         "Postcode was not in the expected format (a UK postcode, or the declared pattern)",
         "Sex code meant 'unknown'",
+        "A name had no letters left once put into Latin letters",
+        "(kept) A name or address was written outside ASCII and linked in Latin letters",
     )
     return dict(zip(labels, (int(v or 0) for v in row), strict=True))
 

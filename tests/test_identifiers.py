@@ -16,7 +16,7 @@ from linkage_models.linkage import make_linker
 from linkage_models.project import ComparisonSpec, ConfigError, LinkageProject, parse_project
 from linkage_models.settings import comparison
 from pipelines.engines import DuckDBEngine, Engine
-from pipelines.standardise import linkage_input_sql, load_reference_tables, standardise_sql
+from pipelines.standardise import linkage_input_sql, load_reference_tables, standardise_table
 from quality.quarantine import quarantine_reason_sql
 
 AU_POSTCODE = {"country": "AU", "pattern": "^[0-9]{4}$", "prefix_lengths": [3, 2]}
@@ -135,7 +135,7 @@ def _load(engine: Engine, project: LinkageProject, name: str, rows: list[dict]) 
         ]
     ).astype({c: "object" for c in columns})
     engine.load_frame(f"raw_{name}", raw)
-    engine.create_table(f"std_{name}", standardise_sql(source, f"raw_{name}"))
+    standardise_table(engine, source, f"raw_{name}", f"std_{name}")
     names = engine.columns(f"std_{name}")
     return [
         dict(zip(names, r, strict=True))

@@ -11,7 +11,7 @@ from linkage_models.project import SourceSpec
 from pipelines.deliveries import Delivery
 from pipelines.engines import Engine, error_summary
 from pipelines.ingest import SourceError, ingest_delivery
-from pipelines.standardise import load_reference_tables, standardise_sql
+from pipelines.standardise import load_reference_tables, standardise_table
 from quality.quarantine import DeliveryTables, combine_and_quarantine
 
 SOURCE = SourceSpec.model_validate(
@@ -136,7 +136,7 @@ def test_ingest_records_rows_and_hash(engine: Engine, tmp_path: Path) -> None:
 
 
 def _standardised(engine: Engine, d: Delivery) -> DeliveryTables:
-    engine.create_table(d.standardised_table, standardise_sql(SOURCE, d.raw_table))
+    standardise_table(engine, SOURCE, d.raw_table, d.standardised_table)
     return DeliveryTables(d.key, d.raw_table, d.standardised_table)
 
 

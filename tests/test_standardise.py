@@ -11,7 +11,7 @@ import pytest
 
 from linkage_models.project import SourceSpec
 from pipelines.engines import Engine
-from pipelines.standardise import load_reference_tables, soundex_sql, standardise_sql
+from pipelines.standardise import load_reference_tables, soundex_sql, standardise_table
 
 
 def _source(**identifiers: Any) -> SourceSpec:
@@ -61,7 +61,7 @@ def _standardise(source: SourceSpec, rows: list[dict[str, str | None]]) -> list[
         ]
     ).astype({c: "object" for c in columns})
     ENGINE.load_frame("raw", raw)
-    ENGINE.create_table("std", standardise_sql(source, "raw"))
+    standardise_table(ENGINE, source, "raw", "std")
     names = ENGINE.columns("std")
     rows = ENGINE.fetch("SELECT * FROM std ORDER BY _row_number")
     return [dict(zip(names, r, strict=True)) for r in rows]
@@ -87,6 +87,38 @@ NAMES = _source(full_name={"column": "name"}, date_of_birth={"column": "dob"})
 def test_full_name_in_one_field_is_split(raw: str, given: str, middle: str, family: str) -> None:
     [row] = _standardise(NAMES, [{"id": "1", "name": raw, "dob": "1980-01-02", "event": None}])
     assert (row["given_name"], row["middle_names"], row["family_name"]) == (given, middle, family)
+
+
+def test_names_in_other_scripts_are_transliterated_not_erased() -> None:
+    """Polish, Greek, Cyrillic, Chinese and Arabic names keep their letters (in Latin), are
+    counted as transliterated, and a name cleaning leaves empty is counted too."""
+    src = _source(
+        given_name={"column": "fn"}, family_name={"column": "sn"}, date_of_birth={"column": "dob"}
+    )
+    rows = _standardise(
+        src,
+        [
+            {"id": "1", "fn": "Łukasz", "sn": "Wałęsa", "dob": None},
+            {"id": "2", "fn": "Γιώργος", "sn": "Παπαδόπουλος", "dob": None},
+            {"id": "3", "fn": "Иван", "sn": "Петров", "dob": None},
+            {"id": "4", "fn": "小明", "sn": "王", "dob": None},
+            {"id": "5", "fn": "محمد", "sn": "Smith", "dob": None},
+            {"id": "6", "fn": "Ann", "sn": "Smith", "dob": None},
+            {"id": "7", "fn": "???", "sn": "Smith", "dob": None},
+        ],
+    )
+    names = [(r["given_name"], r["family_name"]) for r in rows]
+    assert names == [
+        ("lukasz", "walesa"),
+        ("giorgos", "papadopoylos"),
+        ("ivan", "petrov"),
+        ("xiaoming", "wang"),
+        ("mhmd", "smith"),
+        ("ann", "smith"),
+        (None, "smith"),
+    ]
+    assert [r["name_transliterated"] for r in rows] == [True] * 5 + [False] * 2
+    assert [r["name_unreadable"] for r in rows] == [False] * 6 + [True]
 
 
 def test_separate_name_columns_with_middle_names_in_the_forename() -> None:
