@@ -75,6 +75,7 @@ def quality_assets() -> list[dg.AssetsDefinition]:
                 Tables.clusters("balanced"),
                 s.layout.charts_dir,
                 s.layout.diagnostics_dir,
+                s.layout.relative(s.layout.diagnostics_dir),
             )
             s.record["written"] = written
         return dg.MaterializeResult(

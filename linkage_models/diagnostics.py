@@ -45,11 +45,13 @@ def write_diagnostics(
     balanced_clusters_table: str,
     charts_dir: Path,
     secure_dir: Path,
+    secure_dir_as_named: str,
 ) -> list[dict[str, Any]]:
     """Write every diagnostic: charts of the model and of counts into `charts_dir` (beside
     the linkage report, shareable), those that show identifiers into `secure_dir`.
     Returns [{title, href, where, identifying}]: `href` relative to the report's folder for
-    charts; for the others only `where` (their path in the secure zone), so nothing that
+    charts; for the others only `where` (their path in the secure zone, under
+    `secure_dir_as_named`: how a reader finds `secure_dir` once published), so nothing that
     may leave links to them."""
     # Waterfall charts need Splink's intermediate columns, which production scoring skips.
     model = {**trained_model, "retain_intermediate_calculation_columns": True}
@@ -64,7 +66,7 @@ def write_diagnostics(
             {
                 "title": title,
                 "href": None if identifying else f"{charts_dir.name}/{name}",
-                "where": f"secure/{secure_dir.name}/{name}" if identifying else None,
+                "where": f"{secure_dir_as_named}/{name}" if identifying else None,
                 "identifying": identifying,
             }
         )

@@ -7,7 +7,9 @@ only then published, atomically, as an immutable snapshot of each zone.
 
 The secure zone's pointer moves first and the shareable zone's last: the shareable pointer
 is the publication. A run that fails, is refused by the audit or is killed leaves both
-pointers, and so the previous publication and its manifest, exactly as they were.
+pointers, and so the previous publication and its manifest, exactly as they were; one
+killed between the two switches leaves the secure pointer ahead, which the next build puts
+back (`repair_pointers`).
 
 One run per output folder at a time: `run_lock` (the command line holds it for the whole
 run); a Dagster run that finds another run's marker in staging refuses to publish.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
@@ -29,6 +32,7 @@ from typing import Any
 
 from pipelines.contract import CURRENT, STAGING, OutputLayout
 
+log = logging.getLogger(__name__)
 ZONES = ("secure", "shareable")  # the order pointers move in: shareable last
 PUBLICATION_RECORD = "publication.json"
 
@@ -92,9 +96,30 @@ def run_lock(layout: OutputLayout, wait_seconds: float = 0.0) -> Iterator[None]:
         handle.close()  # releases the lock
 
 
+def repair_pointers(layout: OutputLayout) -> str | None:
+    """Undo a publication stopped between its two pointer switches: the secure zone's
+    `current` is moved back to the shareable zone's (the publication). Says what it did."""
+    links = {zone: layout.root / zone / CURRENT for zone in ZONES}
+    if not all(link.is_symlink() for link in links.values()):
+        return None
+    published, secure = (Path(os.readlink(links[z])).name for z in ("shareable", "secure"))
+    if published == secure:
+        return None
+    _point(layout.root / "secure", published)
+    message = (
+        f"{layout.root}: secure/current pointed at snapshot {secure} but the publication is "
+        f"{published} (a run was stopped while publishing); secure/current now points at "
+        f"{published} again"
+    )
+    log.warning(message)
+    return message
+
+
 def begin_staging(layout: OutputLayout, run_id: str) -> None:
     """Start a new build: staging emptied and marked as this run's, with the snapshot id
-    it will be published as (start time and run)."""
+    it will be published as (start time and run). A publication left half-switched by a
+    killed run is repaired first."""
+    repair_pointers(layout)
     staging = layout.root / STAGING
     shutil.rmtree(staging, ignore_errors=True)
     for zone in ZONES:

@@ -166,7 +166,8 @@ def test_diagnostics_are_offline_html_and_identifying_ones_stay_secure(
         assert f'href="charts/{name}"' in html
         assert not re.search(r"<script[^>]*\bsrc=", (zone.charts_dir / name).read_text())
     for name in identifying:
-        assert f'href="diagnostics/{name}"' not in html and f"secure/diagnostics/{name}" in html
+        assert f'href="diagnostics/{name}"' not in html
+        assert f"secure/snapshots/{small_run.snapshot}/diagnostics/{name}" in html
         assert not re.search(r"<script[^>]*\bsrc=", (zone.diagnostics_dir / name).read_text())
     assert html.count("shows identifiers: kept in the secure zone") == 5
 

@@ -17,7 +17,12 @@ import yaml
 from linkage_models.project import LoadedProject, load_project
 from pipelines.contract import OutputLayout
 from pipelines.engines.duckdb_engine import DuckDBEngine
-from pipelines.publication import current_snapshot, snapshots, stage_from_current
+from pipelines.publication import (
+    begin_staging,
+    current_snapshot,
+    snapshots,
+    stage_from_current,
+)
 from pipelines.run import RunError, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 from quality.publication_audit import AuditFailure, audit_build
@@ -151,3 +156,17 @@ def test_the_audit_refuses_a_shareable_count_that_escaped_disclosure_control(
         assert f"reconciliation.by_source.{source}.rows_in" in str(refused.value)
     finally:
         shutil.rmtree(layout.root / "staging")
+
+
+def test_a_publication_killed_between_its_two_switches_is_put_back(tmp_path: Path) -> None:
+    """Killed after the secure pointer moved and before the shareable one did: the next build
+    points the secure zone back at the publication (the shareable zone's snapshot)."""
+    layout = OutputLayout(tmp_path / "out")
+    for zone, ids in (("shareable", ["old"]), ("secure", ["old", "new"])):
+        for snapshot in ids:
+            (layout.root / zone / "snapshots" / snapshot).mkdir(parents=True)
+    (layout.root / "shareable" / "current").symlink_to(Path("snapshots") / "old")
+    (layout.root / "secure" / "current").symlink_to(Path("snapshots") / "new")
+    begin_staging(layout, "next-run")
+    assert (layout.root / "secure" / "current").resolve().name == "old"
+    assert current_snapshot(layout) == "old"
