@@ -3,8 +3,9 @@
 An attribute declared as non-identifying can still be an identifier in disguise (a court
 region that is the defendant's postcode area, a "reference" that is a date of birth). For
 each published attribute, the share of records whose value equals that record's own given
-name, family name, date of birth, postcode, postcode district or postcode area (values of one
-character are not counted).
+name, family name, date of birth, postcode, postcode district, postcode area or any other
+identifier the source maps (a national number, an address...); values of one character are
+not counted.
 """
 
 from __future__ import annotations
@@ -55,8 +56,15 @@ def identifier_echo_rates(
             value = f"upper(replace(trim({ident(attribute)}), ' ', ''))"
             # A one-character value (Y/N, a grade) cannot identify anyone, even when it
             # happens to equal a one-letter postcode area.
+            # ... and the source's other identifiers (a national number, an address...).
+            others = [
+                f"upper(replace(CAST({ident(n)} AS VARCHAR), ' ', ''))"
+                for n in source.identifiers.other
+            ]
             echoes = (
-                f"length({value}) > 1 AND (" + " OR ".join(f"{value} = {e}" for e in _ECHOES) + ")"
+                f"length({value}) > 1 AND ("
+                + " OR ".join(f"{value} = {e}" for e in [*_ECHOES, *others])
+                + ")"
             )
             filled, echoed = engine.fetch(
                 f"SELECT count(*), count(*) FILTER (WHERE {echoes}) "

@@ -134,7 +134,14 @@ def test_attributes_that_repeat_identifiers_are_measured(any_engine: Engine) -> 
         update={
             "sources": [
                 SourceSpec.model_validate(
-                    {**courts.model_dump(), "attributes": ["court_region", "offence_group", "ref"]}
+                    {
+                        **courts.model_dump(),
+                        "identifiers": {
+                            **courts.identifiers.model_dump(exclude_none=True),
+                            "other": {"ni_number": {"type": "person_id", "column": "ni"}},
+                        },
+                        "attributes": ["court_region", "offence_group", "ref", "case"],
+                    }
                 )
             ]
         }
@@ -152,6 +159,8 @@ def test_attributes_that_repeat_identifiers_are_measured(any_engine: Engine) -> 
                 "court_region": ["ls", "MK", "NE", "EC"],  # the postcode area, three times in 4
                 "offence_group": ["theft", "theft", "theft", "M"],  # one letter: not counted
                 "ref": ["1980-01-02", "", None, "x"],  # a date of birth in disguise, 1 in 2
+                "ni_number": ["QQ123456C", "AB123456D", None, None],
+                "case": ["qq 12 34 56 c", "C-1", "C-2", "C-3"],  # a national number, 1 in 4
             }
         ),
     )
@@ -160,4 +169,5 @@ def test_attributes_that_repeat_identifiers_are_measured(any_engine: Engine) -> 
         "magistrates_courts.court_region": 0.75,
         "magistrates_courts.offence_group": 0.0,
         "magistrates_courts.ref": 0.5,
+        "magistrates_courts.case": 0.25,
     }
