@@ -244,13 +244,9 @@ def write_linkage_report(
     manifest = json.loads(layout.manifest.read_text())
     q = linkage_quality(engine, project, manifest)
     if q["clerical_review"] is not None:
-        review = q["clerical_review"]
-        for key in ("labelled_pairs", "labelled_matches"):
-            review[key] = rounded(review[key])
-        review["truth_space_unweighted"] = [
-            {**r, **{k: rounded(int(r[k])) for k in ("tp", "fp", "tn", "fn")}}
-            for r in truth_space or []
-        ]
+        # Counts of reviewed record pairs (the review's work, not people): exact, as the
+        # model's pair counts are; the page rounds them like every count it shows.
+        q["clerical_review"]["truth_space_unweighted"] = truth_space or []
     html_path, json_path = layout.linkage_report, layout.linkage_quality
     html_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(q, indent=2, default=str))
