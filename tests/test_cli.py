@@ -84,7 +84,7 @@ def test_run_then_rerun_with_the_latest_model(small_data, tmp_path: Path) -> Non
     assert done.exit_code == 0, done.output
     for step in ("linkage_inputs", "train", "predict", "cluster", "publish", "linkage_report"):
         assert f"linkage · {step}" in done.output  # each step shown as it ran
-    manifest = json.loads((published(out).manifest).read_text())
+    manifest = json.loads((published(out).exact_manifest).read_text())
     rec = manifest["reconciliation"]
     assert rec["rows_in"] == sum(small_data.records.values())
     assert _figure(done.output, "all", "Reconciliation")[1:] == [
@@ -106,7 +106,7 @@ def test_run_then_rerun_with_the_latest_model(small_data, tmp_path: Path) -> Non
 
     again = runner.invoke(app, [*args, "--model-version", "latest"])
     assert again.exit_code == 0, again.output
-    reused = json.loads((published(out).manifest).read_text())
+    reused = json.loads((published(out).exact_manifest).read_text())
     assert not reused["model"]["trained_in_this_run"] and reused["model"]["version"] == 1
     assert reused["measured_accuracy"] is None  # no ground truth given this time
     assert "meas." not in again.output
@@ -124,7 +124,7 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = runner.invoke(app, ["demo", "--people", "400", "--out", str(out), "--seed", "3"])
     assert done.exit_code == 0, done.output
-    manifest = json.loads((published(out).manifest).read_text())
+    manifest = json.loads((published(out).exact_manifest).read_text())
     assert manifest["reconciliation"]["reconciles"]
     assert manifest["reconciliation"]["rows_in"] == sum(
         len(pd.read_parquet(p)) if p.suffix == ".parquet" else len(p.read_text().splitlines()) - 1
