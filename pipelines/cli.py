@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import traceback
 from enum import StrEnum
 from importlib.metadata import version
 from pathlib import Path
@@ -17,6 +19,7 @@ from rich.table import Table
 from linkage_models.project import ConfigError, load_project
 from pipelines.contract import OutputLayout, ReconciliationError
 from pipelines.deliveries import SourceError
+from pipelines.engines import error_summary
 from pipelines.ground_truth import GroundTruth, GroundTruthError, parse_columns
 from pipelines.progress import last_run_seconds, step_progress
 from pipelines.run import (
@@ -29,7 +32,12 @@ from pipelines.run import (
 )
 from pipelines.synthetic import generate_extracts, label_from_ground_truth
 
-app = typer.Typer(add_completion=False, help="Batch linkage of administrative data extracts.")
+# No pretty tracebacks: they print local variables, which can hold records.
+app = typer.Typer(
+    add_completion=False,
+    help="Batch linkage of administrative data extracts.",
+    pretty_exceptions_enable=False,
+)
 console = Console()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "examples" / "demo_project.yaml"
@@ -303,5 +311,22 @@ def review_import_command(
     )
 
 
+def entry_point() -> None:
+    """The `joinedup` command. An error nobody foresaw is reported as its type, where it was
+    raised and its message with quoted and date-like values withheld, never as a traceback
+    (a library's message or a frame's variables can hold a record)."""
+    try:
+        app()
+    except Exception as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "unknown"
+        console.print(
+            f"[bold red]unexpected error:[/] {type(exc).__name__}: {error_summary(exc)} "
+            f"(at {where})",
+            highlight=False,
+        )
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    entry_point()

@@ -18,11 +18,12 @@ The policy:
    counts; a rate whose numerator is shown as "<10" is shown as a bound.
 
 Pages show every count rounded. In the JSON documents, the model's figures (pairs scored,
-links and persons per threshold, the largest cluster, clerically reviewed pairs) are exact: the record-level linked
-tables give links and persons exactly to whoever holds them (approved researchers), and
-pair counts describe the model's work, not people. A reader of the linked tables can count
-rows linked per source exactly, and still learns no exact count of quarantined or rejected
-rows, since those are published rounded. Probabilities and rates are not counts.
+links and persons per threshold, the largest cluster, clerically reviewed pairs) are exact:
+the record-level linked tables give links and persons exactly to whoever holds them
+(approved researchers), and pair counts describe the model's work, not people. A reader of
+the linked tables can count rows linked per source exactly, and still learns no exact count
+of quarantined or rejected rows, since those are published rounded. Probabilities and rates
+are not counts.
 
 ACRO (the SACRO project's output checker) was considered: it checks and suppresses cells
 of tables a researcher builds through its wrappers (threshold and dominance rules, primary

@@ -221,3 +221,25 @@ def test_unusable_ground_truth_is_refused_before_the_run(small_data, tmp_path: P
     flat = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2 and "true_person_id (as 'nobody')" in flat
     assert not out.exists()
+
+
+def test_an_unexpected_error_is_reported_without_the_values_it_quotes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error nobody foresaw (here from a library quoting a record) ends the command with
+    its type and place, the record withheld, and no traceback."""
+    from pipelines import cli
+
+    def broken(*_: object, **__: object) -> None:
+        raise ValueError("could not parse 'Ann SMITH' born 1980-01-02 at \"LS1 4AP\"")
+
+    monkeypatch.setattr(cli, "generate_extracts", broken)
+    monkeypatch.setattr("sys.argv", ["joinedup", "generate", "--out", "/tmp/unused"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.entry_point()
+    assert stopped.value.code == 1
+    shown = capsys.readouterr().out
+    assert "unexpected error: ValueError: could not parse" in shown and "cli.py" in shown
+    for value in ("SMITH", "1980", "LS1"):
+        assert value not in shown
+    assert "Traceback" not in shown
