@@ -31,6 +31,9 @@ from pipelines.engines.base import MALFORMED_BYTES, MALFORMED_FIELDS, Engine, wa
 from pipelines.engines.dialect import duckdb_to_spark
 
 log = logging.getLogger(__name__)
+# py4j logs every message it carries to and from the JVM at DEBUG, rows and schemas
+# included: never, whatever level the rest of the process logs at.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 BREAK_LINEAGE_METHODS = ("parquet", "persist", "checkpoint", "delta_lake_table")
 # Rows per Parquet part file of a published output.
@@ -348,6 +351,9 @@ class SparkEngine(Engine):
             .option("quote", opts.quote)
             .option("escape", opts.quote)
             .option("encoding", _CSV_ENCODINGS.get(opts.encoding, opts.encoding))
+            # A quoted field may hold a newline (as DuckDB reads it); each file is then read
+            # by one task, deliveries in parallel.
+            .option("multiLine", True)
         )
 
     def register_file(
