@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -170,3 +171,49 @@ def test_a_publication_killed_between_its_two_switches_is_put_back(tmp_path: Pat
     begin_staging(layout, "next-run")
     assert (layout.root / "secure" / "current").resolve().name == "old"
     assert current_snapshot(layout) == "old"
+
+
+def _killed_at(config: Path, layout: OutputLayout, stage: str) -> None:
+    """Start `joinedup run` in a process of its own and kill it (SIGKILL: no clean-up runs)
+    as soon as it has finished `stage`."""
+    record = layout.work_dir / "stages" / f"{stage}.json"
+    started = time.time()
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from pipelines.cli import entry_point; entry_point()",
+            "run",
+            str(config),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (record.exists() and record.stat().st_mtime >= started):
+            assert run.poll() is None, f"the run ended before {stage}"
+            assert time.monotonic() < deadline, f"{stage} never finished"
+            time.sleep(0.05)
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+
+
+@pytest.mark.parametrize("stage", ["linkage_inputs", "cluster"])
+def test_a_killed_run_leaves_the_publication_and_a_rerun_repeats_a_clean_run(
+    small_data: GeneratedData, tmp_path: Path, stage: str
+) -> None:
+    config = demo_subset(small_data, tmp_path, ("probation", "benefits"))
+    first = run_project(load_project(config))
+    layout = OutputLayout(first.output_dir)
+    before = _published_files(layout)
+
+    _killed_at(config, layout, stage)
+    assert current_snapshot(layout) == first.snapshot
+    assert _published_files(layout) == before  # byte for byte
+
+    again = run_project(load_project(config))  # the lock died with the killed run
+    assert again.snapshot != first.snapshot
+    for table in ("linked/person_lookup.parquet", "linked/events.parquet"):
+        assert _published_files(layout)["shareable"][table] == before["shareable"][table]
