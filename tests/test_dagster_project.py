@@ -377,8 +377,21 @@ def test_dagster_event_storage_holds_no_identifier_values(
     frame = pd.read_parquet(bad)
     frame.loc[frame.index[::2], "sex"] = "Q"  # a rejected delivery: its check fails too
     frame.to_parquet(bad)
+    # Malformed rows (too few fields; latin-1 bytes) whose values must not reach storage.
+    courts = tmp_path / "landing" / "magistrates_courts" / "2024-01.csv"
+    with courts.open("ab") as fh:
+        fh.write(b'MC1,"QUENTINELLA, RAGGEDROW"\n')
+        fh.write(
+            'MC2,"BRÖNSTEDTOVA, ZZYZX",01/02/1966,F,ZZ9 9ZZ,01/01/2020,theft,Wales\n'.encode(
+                "latin-1"
+            )
+        )
     instance = dg.DagsterInstance.ephemeral()
-    run_project(project, instance=instance)
+    result = run_project(project, instance=instance)
+    malformed = result.manifest["reconciliation"]["by_source"]["magistrates_courts"]
+    assert malformed["quarantined_by_reason"]["malformed row: wrong number of fields"] == 1
+    reason = "malformed row: bytes not valid in the declared encoding"
+    assert malformed["quarantined_by_reason"][reason] == 1
 
     runs = instance.get_runs()
     assert len(runs) == 6  # five deliveries and the linkage
@@ -388,6 +401,8 @@ def test_dagster_event_storage_holds_no_identifier_values(
     assert '"dagster/row_count"' in text  # metadata is there, and checked below
     identifiers = identifiers_of(small_data)
     assert identifiers.found_in(text) == []
+    for value in ("QUENTINELLA", "RAGGEDROW", "ZZYZX", "ZZ9 9ZZ", "01/02/1966"):
+        assert value.lower() not in text.lower()
 
     # The checks on what is published ran: the demo's attributes (a court's region, not the
     # defendant's postcode area) repeat no identifier.
