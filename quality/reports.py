@@ -14,7 +14,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from linkage_models.project import LoadedProject
+from linkage_models.project import LoadedProject, SourceSpec
 from pipelines.contract import OutputLayout, Tables
 from pipelines.disclosure_control import protected_delivery, shown_count, shown_rate
 from pipelines.engines import Engine
@@ -51,23 +51,38 @@ def _link_rates(engine: Engine, source: str, delivery: str) -> dict[str, int]:
     )
 
 
-def _values_set_missing(engine: Engine, source: str, delivery: str) -> dict[str, int]:
-    checked = Tables.checked(source)
+def _values_set_missing(engine: Engine, source: SourceSpec, delivery: str) -> dict[str, int]:
+    """Per identifier and reason, the delivery's values standardisation set missing (the row
+    stays), and the names it put into Latin letters."""
+    checked = Tables.checked(source.name)
     if not engine.table_exists(checked):
         return {}
-    row = engine.fetch(f"""
-        SELECT count_if(dob_placeholder), count_if(dob_implausible), count_if(postcode_invalid),
-               count_if(sex_unknown), count_if(name_unreadable), count_if(name_transliterated)
-        FROM {checked} WHERE _delivery = {lit(delivery)}""")[0]
-    labels = (
-        "Date of birth was a placeholder (e.g. 01/01/1900)",
-        f"Date of birth was implausible (before {EARLIEST_PLAUSIBLE_DATE[:4]} or in the future)",
-        "Postcode was not in the expected format (a UK postcode, or the declared pattern)",
-        "Sex code meant 'unknown'",
-        "A name had no letters left once put into Latin letters",
-        "(kept) A name or address was written outside ASCII and linked in Latin letters",
-    )
-    return dict(zip(labels, (int(v or 0) for v in row), strict=True))
+    flags = {
+        "dob_unparseable": "Date of birth in none of the declared formats",
+        "dob_placeholder": "Date of birth was a placeholder (e.g. 01/01/1900)",
+        "dob_implausible": (
+            f"Date of birth was implausible (before {EARLIEST_PLAUSIBLE_DATE[:4]} or in the future)"
+        ),
+        "postcode_invalid": (
+            "Postcode was not in the expected format (a UK postcode, or the declared pattern)"
+        ),
+        "sex_unknown": "Sex code meant 'unknown'",
+        "name_unreadable": "A name had no letters left once put into Latin letters",
+        "event_date_unparseable": "Event date in none of the declared formats",
+        **{
+            f"{name}_set_missing": f"{name.replace('_', ' ').capitalize()} could not be read "
+            "or was a declared placeholder"
+            for name in source.identifiers.other
+        },
+        "name_transliterated": (
+            "(kept) A name or address was written outside ASCII and linked in Latin letters"
+        ),
+    }
+    row = engine.fetch(
+        f"SELECT {', '.join(f'count_if({flag})' for flag in flags)} "
+        f"FROM {checked} WHERE _delivery = {lit(delivery)}"
+    )[0]
+    return dict(zip(flags.values(), (int(v or 0) for v in row), strict=True))
 
 
 def write_quality_reports(
@@ -136,8 +151,7 @@ def write_quality_reports(
             data_docs=layout.relative(layout.data_docs_index) if outcome.data_docs_index else None,
             completeness=completeness,
             set_missing=[
-                (k, shown_count(v))
-                for k, v in _values_set_missing(engine, source.name, key).items()
+                (k, shown_count(v)) for k, v in _values_set_missing(engine, source, key).items()
             ],
             quarantine=[
                 (reason, shown_count(n))

@@ -335,6 +335,9 @@ def test_quality_reports_cover_every_delivery_and_protect_their_counts(
             held = "&lt;10" if 0 < quarantined < 10 else f"{quarantined:,}"
             assert f"{stats['rows_accepted']:,} linked, {held} quarantined" in verdict
             assert stats["rows_in"] == stats["rows_accepted"] + quarantined
+            # What standardisation set missing is counted per identifier and reason.
+            for reason in ("Date of birth in none of the declared formats", "(kept) A name"):
+                assert reason in html, (source, reason)
     assert small_cells > 0  # the data has small cells, so protection is exercised
 
 
