@@ -51,8 +51,13 @@ def _without_provenance(document: dict) -> dict:
     return json.loads(text.replace(snapshot, "SNAPSHOT") if snapshot else text)
 
 
-def _report_without_provenance(html: str, quality: dict) -> str:
-    return html.replace(quality["run_id"], "RUN").replace(quality["written_at"], "WHEN")
+def _report_without_provenance(html: str, quality: dict, snapshot: str) -> str:
+    """The report without its run, time and snapshot (in the secure paths it names)."""
+    return (
+        html.replace(quality["run_id"], "RUN")
+        .replace(quality["written_at"], "WHEN")
+        .replace(snapshot, "SNAPSHOT")
+    )
 
 
 def _dg(args: list[str], env: dict[str, str]) -> None:
@@ -113,9 +118,11 @@ def test_cli_and_dagster_runs_publish_identical_outputs(
     dagster_quality = json.loads((published(dagster_out).linkage_quality).read_text())
     assert _without_provenance(cli_quality) == _without_provenance(dagster_quality)
     assert _report_without_provenance(
-        (published(cli_out).linkage_report).read_text(), cli_quality
+        (published(cli_out).linkage_report).read_text(), cli_quality, cli_manifest["snapshot"]
     ) == _report_without_provenance(
-        (published(dagster_out).linkage_report).read_text(), dagster_quality
+        (published(dagster_out).linkage_report).read_text(),
+        dagster_quality,
+        dagster_manifest["snapshot"],
     )
     # Dagster recorded its runs: one per delivery, and the relink.
     runs = instance.get_runs()
