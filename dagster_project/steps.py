@@ -6,11 +6,9 @@ Each step also says when it starts and finishes on the `joinedup.steps` logger (
 and seconds only), which the command line turns into its progress display."""
 
 import logging
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -19,7 +17,7 @@ from dagster_project.resources import EngineResource, LinkageProjectResource
 from linkage_models.project import ConfigError, LoadedProject
 from pipelines.contract import OutputLayout, ReconciliationError, measured, save_record
 from pipelines.deliveries import SourceError
-from pipelines.engines import Engine, error_summary
+from pipelines.engines import Engine, error_summary, where_raised
 from pipelines.publication import PublicationError
 from quality.publication_audit import AuditFailure
 
@@ -33,12 +31,6 @@ class Step:
     layout: OutputLayout
     engine: Engine
     record: dict[str, Any] = field(default_factory=dict)
-
-
-def _where(exc: BaseException) -> str:
-    """Where an error was raised, as file:line of the innermost frame (no values)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "unknown"
 
 
 @contextmanager
@@ -63,7 +55,7 @@ def step(
         # message; what reaches the run's events, logs and databases is rewritten here.
         raise dg.Failure(
             description=f"{record_name} failed: {type(exc).__name__}: {error_summary(exc)} "
-            f"(at {_where(exc)})",
+            f"(at {where_raised(exc)})",
             allow_retries=False,
         ) from None
     save_record(current.layout, record_name, {**current.record, **figures})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import traceback
 from enum import StrEnum
 from importlib.metadata import version
 from pathlib import Path
@@ -19,7 +18,7 @@ from rich.table import Table
 from linkage_models.project import ConfigError, load_project
 from pipelines.contract import OutputLayout, ReconciliationError
 from pipelines.deliveries import SourceError
-from pipelines.engines import error_summary
+from pipelines.engines import error_summary, where_raised
 from pipelines.ground_truth import GroundTruth, GroundTruthError, parse_columns
 from pipelines.progress import last_run_seconds, step_progress
 from pipelines.run import (
@@ -318,11 +317,9 @@ def entry_point() -> None:
     try:
         app()
     except Exception as exc:
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "unknown"
         console.print(
             f"[bold red]unexpected error:[/] {type(exc).__name__}: {error_summary(exc)} "
-            f"(at {where})",
+            f"(at {where_raised(exc)})",
             highlight=False,
         )
         sys.exit(1)

@@ -195,12 +195,6 @@ class OutputLayout:
         return self.shareable_dir / "manifest.json"
 
     @property
-    def exact_manifest(self) -> Path:
-        """The manifest with exact counts, for the secure setting; the shareable one has
-        them protected (pipelines.disclosure_control)."""
-        return self.zone_dir("secure") / "manifest.json"
-
-    @property
     def reports_dir(self) -> Path:
         return self.shareable_dir / "reports"
 
@@ -229,6 +223,12 @@ class OutputLayout:
         return self.data_owner_dir / source / f"{delivery}.html"
 
     # --- secure: per publication ---------------------------------------------------------
+    @property
+    def exact_manifest(self) -> Path:
+        """The manifest with exact counts, for the secure setting; the shareable one has
+        them protected (pipelines.disclosure_control)."""
+        return self.zone_dir("secure") / "manifest.json"
+
     @property
     def quarantine_dir(self) -> Path:
         return self.zone_dir("secure") / "quarantine"

@@ -57,16 +57,21 @@ NICKNAME_TABLE = Tables.NICKNAMES
 TRANSLITERATIONS = "__transliterations"
 
 
-def name_columns(source: SourceSpec) -> list[str]:
-    """The source columns holding names or addresses: written in any script, compared in
-    Latin letters."""
+def person_name_columns(source: SourceSpec) -> list[str]:
+    """The source columns of the person's name (full, given, middle, family)."""
     ids = source.identifiers
-    columns = [
+    return [
         m.column
         for m in (ids.full_name, ids.given_name, ids.middle_names, ids.family_name)
         if m is not None
     ]
-    for identifier in ids.other.values():
+
+
+def name_columns(source: SourceSpec) -> list[str]:
+    """The source columns holding names or addresses: written in any script, compared in
+    Latin letters."""
+    columns = person_name_columns(source)
+    for identifier in source.identifiers.other.values():
         if identifier.type in ("name", "address"):
             columns += identifier.source_columns()
     return list(dict.fromkeys(columns))
@@ -427,14 +432,9 @@ def standardise_sql(source: SourceSpec, raw_table: str) -> str:
         )
     attribute_refs = "".join(f",\n  c.{ident(a)}" for a in source.attributes)
     # A delivered name (not a placeholder) that cleaning left empty: counted, not silent.
-    name_fields = [
-        m.column
-        for m in (ids.full_name, ids.given_name, ids.middle_names, ids.family_name)
-        if m is not None
-    ]
     unreadable = " OR ".join(
         f"({text_sql(c, [])} IS NOT NULL AND {clean_name_sql(ident(c))} IS NULL)"
-        for c in name_fields
+        for c in person_name_columns(source)
     )
     event_type = lit(source.event.type) if source.event else "CAST(NULL AS VARCHAR)"
 

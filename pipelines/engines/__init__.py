@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.engines.base import Engine, error_summary, wait_for
+from pipelines.engines.base import Engine, error_summary, wait_for, where_raised
 from pipelines.engines.duckdb_engine import DuckDBEngine
 
 ENGINES = ("duckdb", "spark")
@@ -19,6 +19,7 @@ __all__ = [
     "error_summary",
     "open_engine",
     "wait_for",
+    "where_raised",
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +26,6 @@ T = TypeVar("T")
 MALFORMED_FIELDS = "wrong number of fields"
 MALFORMED_BYTES = "bytes not valid in the declared encoding"
 MALFORMED_OTHER = "not readable as CSV (a stray quote or an over-long line)"
-MALFORMED_REASONS = (MALFORMED_FIELDS, MALFORMED_BYTES, MALFORMED_OTHER)
 
 
 # What a library's message may quote from the data: anything in quotes, and dates.
@@ -50,6 +50,12 @@ def error_summary(exc: BaseException) -> str:
         classes.append(found.group(1) if found else java.getClass().getSimpleName())
         java = java.getCause()
     return "Spark error " + " / ".join(dict.fromkeys(classes)) + " (row values withheld)"
+
+
+def where_raised(exc: BaseException) -> str:
+    """Where an error was raised, as file:line of the innermost frame (no values)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "unknown"
 
 
 def wait_for(attempt: Callable[[], T | None], timeout: float, what: str) -> T:
@@ -117,7 +123,7 @@ class Engine(ABC):
 
         A CSV row the reader cannot take (a wrong number of fields, bytes not valid in the
         declared encoding, a stray quote) does not stop the read: it is a row whose columns
-        are NULL and whose `_malformed` says which of MALFORMED_REASONS applies (NULL for
+        are NULL and whose `_malformed` says which MALFORMED_* reason applies (NULL for
         every row read), so that it reaches quarantine with its reason."""
 
     @abstractmethod
