@@ -23,11 +23,13 @@ from dagster_project.deliveries import (
     ingest_job,
     source_assets,
 )
-from dagster_project.linkage import linkage_assets
+from dagster_project.linkage import LINKAGE_INPUTS, linkage_assets
+from dagster_project.models import CANDIDATE_MODEL, model_assets, model_jobs
 from dagster_project.publication import publication_assets
 from dagster_project.published import (
     estimated_error_rates,
     identifier_echoes,
+    identity_churn,
     published_assets,
     reconciliation,
 )
@@ -73,16 +75,22 @@ def build_definitions(project: LoadedProject, engine: str = "duckdb") -> dg.Defi
     )
     ingest_jobs = [ingest_job(s) for s in sources]
     return dg.Definitions(
-        assets=[*per_source, *linked, *review_assets()],
-        asset_checks=[reconciliation, estimated_error_rates, identifier_echoes],
-        jobs=[relink, *ingest_jobs, *review_jobs()],
+        assets=[*per_source, *linked, *model_assets(), *review_assets()],
+        asset_checks=[reconciliation, identity_churn, estimated_error_rates, identifier_echoes],
+        jobs=[
+            relink,
+            *ingest_jobs,
+            *review_jobs(),
+            *model_jobs(dg.AssetSelection.assets(LINKAGE_INPUTS, CANDIDATE_MODEL)),
+        ],
         sensors=[delivery_sensor(project, s, j) for s, j in zip(sources, ingest_jobs, strict=True)],
         schedules=[
             dg.ScheduleDefinition(
                 name="periodic_relink",
                 cron_schedule=project.spec.orchestration.relink_cron,
                 job=relink,
-                description="The periodic full relink of every accepted delivery.",
+                description="The periodic full relink of every accepted delivery, with the "
+                "approved model (it never trains).",
                 default_status=dg.DefaultScheduleStatus.RUNNING,
             )
         ],

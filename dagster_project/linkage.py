@@ -1,5 +1,5 @@
-"""Linkage: combine every source's accepted deliveries (bad rows to quarantine), train or
-reuse a model, score pairs and cluster at the three thresholds. The `relink` job runs this
+"""Linkage: combine every source's accepted deliveries (bad rows to quarantine), take the
+approved model, score pairs and cluster at the three thresholds. The `relink` job runs this
 and everything downstream of it; a schedule runs it periodically.
 
     linkage/linkage_inputs -> linkage/model -> linkage/pairwise_predictions
@@ -37,9 +37,12 @@ def model_path(layout: OutputLayout) -> str:
 
 
 class ModelConfig(dg.Config):
-    """Leave model_version empty to train a new version; set it to reuse one."""
+    """Leave model_version empty to link with the approved model; set it to use another
+    registered version. train_if_none_approved lets a project's first run train (and
+    approve) its first model; the schedule leaves it off, so it never trains."""
 
     model_version: str | None = None
+    train_if_none_approved: bool = False
 
 
 def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDefinition]:
@@ -92,21 +95,26 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
         deps=[LINKAGE_INPUTS],
         group_name="linkage",
         kinds={"splink"},
-        description="A trained Splink model, registered as a new version (or a reused "
-        "version), with its model card.",
+        description="The Splink model this linkage runs with: the approved version (trained "
+        "here only for a project's first run), with its model card.",
     )
     def model(
         config: ModelConfig, project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
         with step(project, engine, "train") as s:
-            entry = linking.train_or_reuse(
-                s.engine, s.project, input_tables(s.layout), config.model_version
+            entry = linking.model_for_linkage(
+                s.engine,
+                s.project,
+                input_tables(s.layout),
+                config.model_version,
+                config.train_if_none_approved,
             )
             s.record.update(entry)
         return dg.MaterializeResult(
             metadata={
                 "version": entry["version"],
                 "trained_in_this_run": entry["trained_in_this_run"],
+                "approved": entry["approved"],
                 "probability_two_random_records_match": entry[
                     "probability_two_random_records_match"
                 ],

@@ -50,6 +50,31 @@ def error_rate_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+CHURN_COLUMNS = (
+    "ids_kept",
+    "ids_created_for_new_records",
+    "ids_created_by_splits",
+    "merges",
+    "ids_retired_by_merges",
+    "ids_retired_withdrawn",
+    "records_added",
+    "records_moved",
+    "records_withdrawn",
+    "share_of_previous_records_moved",
+)
+
+
+def churn_table(churn: dict) -> str:
+    """The churn ledger per threshold as a Markdown table."""
+    lines = [
+        "| id column | " + " | ".join(c.replace("_", " ") for c in CHURN_COLUMNS) + " |",
+        "|---" * (len(CHURN_COLUMNS) + 1) + "|",
+    ]
+    for c in churn.values():
+        lines.append(f"| {c['id_column']} | " + " | ".join(str(c[k]) for k in CHURN_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
 class GroundTruthConfig(dg.Config):
     """A ground-truth Parquet file (source_dataset, source_record_id, true_person_id) to
     measure the clusters against; leave empty when there is none."""
@@ -90,8 +115,10 @@ def published_assets() -> list[dg.AssetsDefinition]:
                 {n: Tables.accepted(n) for n, r in sources.items() if r["accepted_table"]},
                 sum(r["rows_accepted"] for r in sources.values()),
                 date.today(),
+                load_record(s.layout, "train")["version"],
             )
             s.record.update(result)
+        churn = result["identity"]["churn"]
         yield dg.MaterializeResult(
             asset_key=PERSON_LOOKUP,
             metadata={
@@ -99,6 +126,17 @@ def published_assets() -> list[dg.AssetsDefinition]:
                 "persons": result["persons"],
                 "share_of_records_linked_across_sources": result["share_linked_across_sources"],
                 "path": dg.MetadataValue.path(result["outputs"]["person_lookup"]),
+                "person_ids": dg.MetadataValue.path(result["outputs"]["person_ids"]),
+                "generation": result["identity"]["generation"],
+                "churn": dg.MetadataValue.md(churn_table(churn)),
+                **{
+                    f"{name}_{k}": c[k]
+                    for name, c in churn.items()
+                    for k in ("ids_created", "ids_kept", "records_moved")
+                },
+                "share_of_previous_records_moved": churn["balanced"][
+                    "share_of_previous_records_moved"
+                ],
             },
         )
         yield dg.MaterializeResult(
@@ -218,6 +256,46 @@ def reconciliation(project: LinkageProjectResource) -> dg.AssetCheckResult:
             "rows_linked": rec["rows_linked"],
             "rows_quarantined": rec["rows_quarantined"],
             "sources_not_reconciled": ", ".join(off) or "none",
+        },
+    )
+
+
+@dg.asset_check(
+    asset=MANIFEST,
+    name="identity_churn",
+    blocking=True,
+    description="With the model unchanged since the previous publication, at most "
+    "checks.max_records_moved_share of the previously linked records (still present) moved "
+    "to another balanced person id; a model change is reported, not bounded.",
+)
+def identity_churn(project: LinkageProjectResource) -> dg.AssetCheckResult:
+    identity = json.loads(project.layout.exact_manifest.read_text())["identity"]
+    balanced = identity["churn"]["balanced"]
+    moved = balanced["share_of_previous_records_moved"]
+    bound = project.project.spec.checks.max_records_moved_share
+    previous, now = identity["previous_model_version"], identity["model_version"]
+    if previous is None:
+        verdict, passed = "first publication of this identity store: nothing to compare", True
+    elif previous != now:
+        verdict, passed = (
+            f"model changed (v{previous} -> v{now}): churn reported, not bounded",
+            True,
+        )
+    else:
+        passed = moved <= bound
+        verdict = (
+            f"{moved:.4%} of previously linked records moved to another person "
+            f"({'within' if passed else 'above'} the bound {bound:.2%}, model v{now} unchanged)"
+        )
+    return dg.AssetCheckResult(
+        passed=passed,
+        description=verdict,
+        metadata={
+            "share_of_previous_records_moved": moved,
+            "records_moved": balanced["records_moved"],
+            "bound": bound,
+            "model_version": now,
+            "previous_model_version": previous if previous is not None else "none",
         },
     )
 

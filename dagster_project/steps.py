@@ -18,11 +18,21 @@ from linkage_models.project import ConfigError, LoadedProject
 from pipelines.contract import OutputLayout, ReconciliationError, measured, save_record
 from pipelines.deliveries import SourceError
 from pipelines.engines import Engine, error_summary, where_raised
+from pipelines.identity import IdentityError
+from pipelines.linking import NoApprovedModel
 from pipelines.publication import PublicationError
 from quality.publication_audit import AuditFailure
 
 log = logging.getLogger("joinedup.steps")
-EXPECTED_FAILURES = (SourceError, ConfigError, ReconciliationError, AuditFailure, PublicationError)
+EXPECTED_FAILURES = (
+    SourceError,
+    ConfigError,
+    ReconciliationError,
+    AuditFailure,
+    PublicationError,
+    NoApprovedModel,
+    IdentityError,
+)
 
 
 @dataclass

@@ -2,8 +2,13 @@
 
 Layout under the registry directory:
   model_v0001.json   a Splink model (settings + trained m/u), loadable by splink.Linker
-  registry.json      one entry per version: created_at, config hash, training data fingerprint
+  registry.json      one entry per version: created_at, config hash, training data fingerprint;
+                     the approved version and every approval, oldest first
   model_card.md      a short human-readable card for the version in use (model_card.py)
+
+Training registers a candidate; linkage runs with the approved version only. Approving is
+an explicit step (`joinedup promote`), except that a project's first model is approved
+when it is trained, so that a new project can link at all.
 """
 
 from __future__ import annotations
@@ -33,16 +38,53 @@ class ModelRegistry:
         self.directory = directory
         self.index_path = directory / "registry.json"
 
-    def versions(self) -> list[ModelVersion]:
+    def _index(self) -> dict[str, Any]:
         if not self.index_path.exists():
-            return []
-        return [ModelVersion(**v) for v in json.loads(self.index_path.read_text())["versions"]]
+            return {"versions": [], "approved": None, "approvals": []}
+        index = json.loads(self.index_path.read_text())
+        index.setdefault("approved", None)
+        index.setdefault("approvals", [])
+        return index
+
+    def _write_index(self, index: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = self.index_path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(index, indent=2))
+        temporary.replace(self.index_path)  # one rename: never half an index
+
+    def versions(self) -> list[ModelVersion]:
+        return [ModelVersion(**v) for v in self._index()["versions"]]
+
+    def approved(self) -> ModelVersion | None:
+        """The version runs link with (None before the first approval)."""
+        number = self._index()["approved"]
+        return None if number is None else self.get(number)
+
+    def approvals(self) -> list[dict[str, Any]]:
+        return list(self._index()["approvals"])
+
+    def approve(self, version: int | str) -> ModelVersion:
+        """Make a registered version the one runs link with; the approval is recorded."""
+        entry = self.get(version)
+        index = self._index()
+        index["approved"] = entry.version
+        index["approvals"].append(
+            {
+                "version": entry.version,
+                "approved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "replaced": index["approvals"][-1]["version"] if index["approvals"] else None,
+            }
+        )
+        self._write_index(index)
+        return entry
 
     def register(
         self, model: dict[str, Any], *, config_hash: str, training_data_fingerprint: str
     ) -> ModelVersion:
-        """Store `model` as the next version; earlier versions are never overwritten."""
+        """Store `model` as the next version (a candidate, not approved); earlier versions
+        are never overwritten."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        index = self._index()
         existing = self.versions()
         number = (existing[-1].version + 1) if existing else 1
         path = self.directory / f"model_v{number:04d}.json"
@@ -58,8 +100,8 @@ class ModelRegistry:
                 model["probability_two_random_records_match"]
             ),
         )
-        index = {"versions": [asdict(v) for v in [*existing, entry]]}
-        self.index_path.write_text(json.dumps(index, indent=2))
+        index["versions"] = [asdict(v) for v in [*existing, entry]]
+        self._write_index(index)
         return entry
 
     def get(self, version: int | str) -> ModelVersion:
@@ -68,6 +110,11 @@ class ModelRegistry:
             raise FileNotFoundError(f"{self.index_path}: no trained model registered yet")
         if version == "latest":
             return versions[-1]
+        if version == "approved":
+            approved = self._index()["approved"]
+            if approved is None:
+                raise KeyError(f"{self.index_path}: no model version has been approved yet")
+            version = approved
         for v in versions:
             if v.version == int(version):
                 return v

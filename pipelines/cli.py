@@ -20,13 +20,16 @@ from pipelines.contract import OutputLayout, ReconciliationError
 from pipelines.deliveries import SourceError
 from pipelines.engines import error_summary, where_raised
 from pipelines.ground_truth import GroundTruth, GroundTruthError, parse_columns
+from pipelines.identity import find_person_id
 from pipelines.progress import last_run_seconds, step_progress
 from pipelines.run import (
     RunError,
     RunResult,
+    promote_model,
     review_import,
     review_sample,
     run_project,
+    train_project,
     validate_deliveries,
 )
 from pipelines.synthetic import generate_extracts, label_from_ground_truth
@@ -128,6 +131,29 @@ def _print_summary(result: RunResult) -> None:
             name, str(m["thresholds"][name]), f"{counts['links']:,}", f"{counts['persons']:,}"
         )
     console.print(links)
+    identity = m["identity"]
+    since = identity["previous_snapshot"] or "none: first publication"
+    churn = Table(
+        "threshold",
+        "kept",
+        "new",
+        "split off",
+        "retired (merged)",
+        "retired (withdrawn)",
+        "records moved",
+        title=f"Person ids: generation {identity['generation']}, carried from {since}",
+    )
+    for name, c in identity["churn"].items():
+        churn.add_row(
+            name,
+            f"{c['ids_kept']:,}",
+            f"{c['ids_created_for_new_records']:,}",
+            f"{c['ids_created_by_splits']:,}",
+            f"{c['ids_retired_by_merges']:,}",
+            f"{c['ids_retired_withdrawn']:,}",
+            f"{c['records_moved']:,} ({c['share_of_previous_records_moved']:.2%})",
+        )
+    console.print(churn)
     measured = m.get("measured_accuracy") or {}
     columns = ["threshold", "precision est.", "recall est."]
     if measured:
@@ -154,7 +180,12 @@ def _print_summary(result: RunResult) -> None:
     console.print(f"secure zone   : {out.secure_dir} (never leaves the secure setting)")
     console.print(f"quarantine    : {out.quarantine_dir}")
     console.print(f"diagnostics   : {out.diagnostics_dir} (show identifiers)")
-    console.print(f"model         : {out.root / m['model']['path']} (card: {out.model_card})")
+    approved = "approved" if m["model"]["approved"] else "NOT the approved version"
+    console.print(
+        f"model         : v{m['model']['version']} ({approved}) "
+        f"{out.root / m['model']['path']} (card: {out.model_card})"
+    )
+    console.print(f"person ids    : {out.person_ids} (every id issued, with redirects)")
     console.print(f"data docs     : {out.data_docs_index} (Great Expectations)")
     total = sum(s["seconds"] for s in m["stages"].values())
     console.print(f"finished in {total:.1f}s on {m['engine']}")
@@ -169,7 +200,9 @@ def run(
         EngineName.duckdb, help="duckdb (one machine) or spark (JOINEDUP_SPARK_* variables)."
     ),
     model_version: str | None = typer.Option(
-        None, help="Reuse a registered model version (a number or 'latest') instead of training."
+        None,
+        help="Link with this registered model version (a number or 'latest') instead of the "
+        "approved one. Without an approved model, the first run trains and approves one.",
     ),
     ground_truth: Path | None = typer.Option(
         None,
@@ -258,6 +291,100 @@ def _simulated_review(result: RunResult, truth: Path) -> None:
     sample = pd.read_csv(sample_csv, dtype=str, keep_default_na=False)
     label_from_ground_truth(sample, truth).to_csv(sample_csv, index=False)
     review_import(project, sample_csv)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Linkage project YAML."),
+    out: Path | None = typer.Option(None, help="Output folder (default: output.path in config)."),
+    data_dir: Path | None = typer.Option(None, help="Where source paths resolve from."),
+    engine: EngineName = typer.Option(EngineName.duckdb, help="duckdb or spark."),
+) -> None:
+    """Train a candidate model on every accepted delivery and compare it with the approved
+    model on the same data. Linkage keeps the approved model until `joinedup promote`."""
+    logging.getLogger("splink").setLevel(logging.WARNING)
+    try:
+        project = load_project(config, data_dir=data_dir, output_dir=out)
+        with console.status("Training a candidate model"):
+            trained = train_project(project, engine_name=engine.value)
+    except STRUCTURAL_ERRORS as exc:
+        _fail(exc)
+    if trained.promoted:
+        console.print(
+            f"model v{trained.candidate} trained and approved: the project had no approved "
+            "model, so it is the one linkage runs with"
+        )
+        return
+    table = Table(
+        "threshold",
+        "links gained",
+        "links lost",
+        "pairwise agreement",
+        "clusters unchanged",
+        title=f"Candidate v{trained.candidate} against approved v{trained.approved}, same data",
+    )
+    for name, c in trained.comparison["by_threshold"].items():
+        table.add_row(
+            name,
+            f"{c['links_gained']:,}",
+            f"{c['links_lost']:,}",
+            f"{c['pairwise_agreement']:.4f}",
+            f"{c['clusters_unchanged']:,} of {c['clusters']:,}",
+        )
+    console.print(table)
+    console.print(
+        f"linkage still runs with v{trained.approved}; to switch: "
+        f"joinedup promote {config} {trained.candidate}"
+    )
+
+
+@app.command()
+def promote(
+    config: Path = typer.Argument(..., help="Linkage project YAML."),
+    version: int = typer.Argument(..., help="The registered model version to approve."),
+    out: Path | None = typer.Option(None, help="Output folder (default: output.path in config)."),
+) -> None:
+    """Approve a registered model version: the next linkage runs with it, and its churn of
+    person ids is reported against the previous publication."""
+    try:
+        project = load_project(config, output_dir=out)
+        promote_model(project, version)
+    except STRUCTURAL_ERRORS as exc:
+        _fail(exc)
+    console.print(f"model v{version} approved: the next linkage runs with it")
+
+
+@app.command("person-id")
+def person_id_command(
+    person_id: str = typer.Argument(..., help="A person id from any published snapshot."),
+    published: Path = typer.Option(
+        ..., help="A publication: OUT/shareable/current or a snapshot folder."
+    ),
+) -> None:
+    """Where a person id came from, and the id that holds its records now (a retired id's
+    redirects followed to the end), from a publication's register of ids."""
+    try:
+        entry = find_person_id(published, person_id)
+    except STRUCTURAL_ERRORS as exc:
+        _fail(exc)
+    if entry is None:
+        console.print(f"{person_id}: not issued in this project (as of {published})")
+        raise typer.Exit(code=1)
+    console.print(
+        f"{person_id} ({entry['id_column']}): issued in snapshot {entry['created_in_snapshot']}"
+    )
+    if entry["retired_in_snapshot"] is None:
+        console.print("current: it holds its records in this publication")
+    elif entry["current_person_id"] is None:
+        console.print(
+            f"retired in {entry['retired_in_snapshot']} ({entry['retired_reason']}): its "
+            "records were withdrawn"
+        )
+    else:
+        console.print(
+            f"retired in {entry['retired_in_snapshot']} ({entry['retired_reason']} into "
+            f"{entry['redirect_to']}); its records are now under {entry['current_person_id']}"
+        )
 
 
 review_app = typer.Typer(help="Clerical review of scored pairs (inside the secure setting).")

@@ -101,6 +101,8 @@ class DeliveryTables:
 
 STAGING = "staging"
 CURRENT = "current"
+# The register of every person id issued, inside a publication (pipelines.identity).
+PERSON_IDS_IN_PUBLICATION = Path("linked") / "person_ids.parquet"
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,12 @@ class OutputLayout:
         return self.linked_dir / "events.parquet"
 
     @property
+    def person_ids(self) -> Path:
+        """Every person id ever issued: where it came from, and for a retired id the id
+        that holds its records now (pipelines.identity)."""
+        return self.shareable_dir / PERSON_IDS_IN_PUBLICATION
+
+    @property
     def manifest(self) -> Path:
         return self.shareable_dir / "manifest.json"
 
@@ -250,6 +258,10 @@ class OutputLayout:
     def model_card(self) -> Path:
         return self.model_dir / "model_card.md"
 
+    def model_comparison(self, candidate: int, approved: int) -> Path:
+        """What promoting `candidate` would change, against `approved`, on the same data."""
+        return self.model_dir / f"comparison_v{candidate:04d}_vs_v{approved:04d}.json"
+
     @property
     def review_dir(self) -> Path:
         return self.secure_dir / "review"
@@ -306,8 +318,11 @@ class OutputLayout:
 RELINK_JOB = "relink"  # linkage, publication and quality, from accepted deliveries
 REVIEW_SAMPLE_JOB = "review_sample"
 REVIEW_IMPORT_JOB = "review_import"
+TRAIN_JOB = "train_model"  # a candidate model, compared with the approved one
+PROMOTE_JOB = "promote_model"  # approve a registered model version
 # Steps that take run configuration, by their step (op) names.
-MODEL_STEP = "linkage__model"  # model_version: reuse a registered model
+MODEL_STEP = "linkage__model"  # model_version, train_if_none_approved
+PROMOTE_STEP = "promote_model_version"  # version
 EVALUATION_STEP = "published__measured_accuracy"  # ground_truth: a Parquet file
 SAMPLE_STEP = "review__clerical_sample"  # n, seed, path
 DECISIONS_STEP = "review__clerical_labels"  # path

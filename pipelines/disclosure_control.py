@@ -20,7 +20,9 @@ The policy:
 Pages show every count rounded. In the JSON documents, the model's figures (pairs scored,
 links and persons per threshold, the largest cluster, clerically reviewed pairs) are exact:
 the record-level linked tables give links and persons exactly to whoever holds them
-(approved researchers), and pair counts describe the model's work, not people. A reader of
+(approved researchers), and pair counts describe the model's work, not people. The churn
+ledger of person ids (ids created, kept, merged, retired; records added, moved, withdrawn)
+is exact for the same reason: it is a comparison of two published lookups. A reader of
 the linked tables can count rows linked per source exactly, and still learns no exact count
 of quarantined or rejected rows, since those are published rounded. Probabilities and rates
 are not counts.
@@ -46,8 +48,9 @@ POLICY = {
         f"each count of records rounded to the nearest multiple of {BASE} (1-{BASE - 1} "
         f"become {BASE}); every total is the sum of its rounded parts"
     ),
-    "not_rounded": "rates, probabilities, and the model's counts of pairs, links and persons "
-    "(the linked tables give links and persons exactly)",
+    "not_rounded": "rates, probabilities, the model's counts of pairs, links and persons, "
+    "and the churn ledger of person ids (the linked tables of consecutive snapshots give "
+    "them exactly)",
 }
 
 

@@ -1,5 +1,6 @@
-"""The linkage steps on an engine: train (or reuse) a model, score pairs, cluster. The model
-itself is linkage_models'; this module gives its results the contract's table names."""
+"""The linkage steps on an engine: the model to link with (the approved one; training only
+when asked), score pairs, cluster. The model itself is linkage_models'; this module gives
+its results the contract's table names."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from linkage_models import linkage
 from linkage_models.blocking import choose_blocking_rules
 from linkage_models.model_card import model_card_markdown
 from linkage_models.project import LinkageProject, LoadedProject
-from linkage_models.registry import ModelRegistry
-from pipelines.contract import THRESHOLDS, OutputLayout, Tables
+from linkage_models.registry import ModelRegistry, ModelVersion
+from pipelines.contract import PERSON_ID_COLUMNS, THRESHOLDS, OutputLayout, Tables
 from pipelines.deliveries import delivery_statuses
 from pipelines.engines import Engine
 
@@ -47,13 +48,44 @@ def check_linkage_inputs(project: LoadedProject, input_tables: dict[str, str]) -
         raise LinkageInputError("no source has an accepted delivery: nothing to link")
 
 
-def train_or_reuse(
+class NoApprovedModel(LookupError):
+    """A linkage that may not train has no approved model to link with."""
+
+
+def train_model(
+    engine: Engine, project: LoadedProject, input_tables: dict[str, str]
+) -> tuple[ModelVersion, dict[str, Any], dict[str, Any]]:
+    """Train on the accepted data and register the result as a candidate version; returns
+    its registry entry, the model and what training found (blocking analysis, floors)."""
+    check_linkage_inputs(project, input_tables)
+    spec = project.spec
+    db_api = engine.splink_api()
+    blocking = choose_blocking_rules(db_api, input_tables, spec)
+    linker = linkage.make_linker(db_api, input_tables, spec, blocking_rules=blocking["rules"])
+    summary = linkage.train(linker, spec.model.training)
+    summary["blocking"] = blocking
+    trained = linker.misc.save_model_to_json()
+    summary["m_probabilities_floored"] = linkage.floor_m_probabilities(trained)
+    summary["untrained"] = linkage.untrained_levels(trained)
+    entry = ModelRegistry(OutputLayout(project.output_dir).model_dir).register(
+        trained,
+        config_hash=project.config_hash,
+        training_data_fingerprint=training_data_fingerprint(engine),
+    )
+    return entry, trained, summary
+
+
+def model_for_linkage(
     engine: Engine,
     project: LoadedProject,
     input_tables: dict[str, str],
     model_version: str | None = None,
+    train_if_none_approved: bool = False,
 ) -> dict[str, Any]:
-    """Train and register a new model version, or reuse a registered one; writes the card."""
+    """The model a linkage runs with: the approved version (or `model_version`, when one is
+    named). Training happens here only for a project that has never approved a model, and
+    only when the caller allows it (`joinedup run` does; the schedule does not): that first
+    model is approved as it is registered. Writes the model card."""
     check_linkage_inputs(project, input_tables)
     spec = project.spec
     layout = OutputLayout(project.output_dir)
@@ -61,20 +93,18 @@ def train_or_reuse(
     summary: dict[str, Any] | None = None
     if model_version is not None:
         entry, trained = registry.load(model_version)
+    elif registry.approved() is not None:
+        entry, trained = registry.load("approved")
+    elif train_if_none_approved:
+        entry, trained, summary = train_model(engine, project, input_tables)
+        registry.approve(entry.version)
     else:
-        db_api = engine.splink_api()
-        blocking = choose_blocking_rules(db_api, input_tables, spec)
-        linker = linkage.make_linker(db_api, input_tables, spec, blocking_rules=blocking["rules"])
-        summary = linkage.train(linker, spec.model.training)
-        summary["blocking"] = blocking
-        trained = linker.misc.save_model_to_json()
-        summary["m_probabilities_floored"] = linkage.floor_m_probabilities(trained)
-        summary["untrained"] = linkage.untrained_levels(trained)
-        entry = registry.register(
-            trained,
-            config_hash=project.config_hash,
-            training_data_fingerprint=training_data_fingerprint(engine),
+        raise NoApprovedModel(
+            f"{registry.index_path}: no approved model to link with, and this run may not "
+            "train one. Train and approve one first: `joinedup train` (the first model of a "
+            "project is approved when trained), or `joinedup promote <version>`"
         )
+    approved = registry.approved()
     layout.model_card.write_text(
         model_card_markdown(
             spec.project,
@@ -89,6 +119,8 @@ def train_or_reuse(
         **asdict(entry),
         "path": str(layout.model_dir / entry.path),
         "trained_in_this_run": summary is not None,
+        "approved": approved is not None and approved.version == entry.version,
+        "config_changed_since_training": entry.config_hash != project.config_hash,
         "comparisons": list(spec.model.comparisons),
         "derived_from_identifiers": list(spec.model.derived),
         "blocking_rules": [
@@ -241,3 +273,32 @@ def cluster(
             "largest_cluster": int(largest or 0),
         }
     return summary
+
+
+def link_for_comparison(
+    engine: Engine,
+    project: LoadedProject,
+    model_path: str,
+    input_tables: dict[str, str],
+    label: str,
+) -> dict[str, str]:
+    """Score and cluster the accepted data with one model, kept under `label` (so that two
+    models can be compared on the same data): the pairs clustering may use, and a lookup
+    whose id columns are the clusters at each threshold."""
+    predict(engine, project, model_path, input_tables)
+    cluster(engine, project, model_path, input_tables)
+    pairs, lookup = f"__{label}_pairs", f"__{label}_lookup"
+    engine.create_table(pairs, f"SELECT * FROM {Tables.PAIRS_FOR_CLUSTERING}")
+    ids = ", ".join(f"{t}.cluster_id AS {PERSON_ID_COLUMNS[t]}" for t in THRESHOLDS)
+    joins = " ".join(
+        f"JOIN {Tables.clusters(t)} {t} ON {t}.source_dataset = balanced.source_dataset "
+        f"AND {t}.record_id = balanced.record_id"
+        for t in THRESHOLDS
+        if t != "balanced"
+    )
+    engine.create_table(
+        lookup,
+        f"SELECT balanced.source_dataset, balanced.record_id AS source_record_id, {ids} "
+        f"FROM {Tables.clusters('balanced')} balanced {joins}",
+    )
+    return {"pairs": pairs, "lookup": lookup}

@@ -111,6 +111,8 @@ def build_manifest(
             "version": model["version"],
             "path": layout.relative(model["path"]),
             "trained_in_this_run": model["trained_in_this_run"],
+            "approved": model["approved"],
+            "config_changed_since_training": model["config_changed_since_training"],
             "training_data_fingerprint": model["training_data_fingerprint"],
             "config_hash_at_training": model["config_hash"],
             "probability_two_random_records_match": model["probability_two_random_records_match"],
@@ -122,6 +124,9 @@ def build_manifest(
             "blocking_analysis": model.get("blocking_analysis"),
         },
         "thresholds": spec.model.thresholds.as_dict(),
+        # Persistent ids: this publication's generation, the one it carried ids forward
+        # from, and the churn ledger per threshold (pipelines.identity).
+        "identity": published["identity"],
         "pairs": {k: v for k, v in pairs.items() if k not in ("seconds", "peak_rss_mb")},
         "links": clusters["links"],
         # Relative to the manifest's folder: the publication can move, and the manifest does

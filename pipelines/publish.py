@@ -2,8 +2,9 @@
 
 Published columns are pseudonymous ids, event dates, event types and each source's declared
 non-identifying attributes: names, dates of birth and postcodes never reach `linked/`.
-Person ids are keyed hashes of the cluster, so nothing about the person can be derived
-from them, and nobody without the key can recompute them from record ids. The key is
+Person ids persist across linkages (pipelines.identity): a person keeps their id while their
+cluster holds their records, and a new id is a keyed hash, so nothing about the person can
+be derived from it and nobody without the key can compute it from record ids. The key is
 JOINEDUP_PERSON_ID_KEY when set (a platform's secret store); otherwise a random secret
 created on the first run in the secure zone (secure/person_id.key, readable by its owner
 only) and kept there, so the same output folder keys ids the same way every run.
@@ -26,6 +27,14 @@ from pipelines.contract import (
     Tables,
 )
 from pipelines.engines import Engine
+from pipelines.identity import (
+    ASSIGNMENTS,
+    IdentityFiles,
+    carry_forward,
+    churn_ledger,
+    published_register_sql,
+    write_store,
+)
 from pipelines.sql import ident, lit
 
 
@@ -47,21 +56,17 @@ def person_id_key(layout: OutputLayout) -> tuple[str, str]:
     return path.read_text().strip(), layout.relative(path)
 
 
-def _person_id_sql(cluster_column: str, key: str) -> str:
-    return f"'P' || left(sha256({lit(key)} || {cluster_column}), 16)"
-
-
-def person_lookup_sql(cluster_tables: dict[str, str], key: str, snapshot: date) -> str:
+def person_lookup_sql(assignments: str, snapshot: date) -> str:
     """One row per accepted record with its person id at each of the three thresholds
-    (the balanced threshold's is `person_id`)."""
-    order = sorted(THRESHOLDS, key=lambda t: LOOKUP_COLUMNS.index(PERSON_ID_COLUMNS[t]))
+    (the balanced threshold's is `person_id`), from the identity step's assignments."""
     ids = ",\n       ".join(
-        f"{_person_id_sql(f'{t}.cluster_id', key)} AS {PERSON_ID_COLUMNS[t]}" for t in order
+        f"{t}.person_id AS {PERSON_ID_COLUMNS[t]}"
+        for t in sorted(THRESHOLDS, key=lambda t: LOOKUP_COLUMNS.index(PERSON_ID_COLUMNS[t]))
     )
     joins = "\n".join(
-        f"JOIN {cluster_tables[t]} {t} ON {t}.source_dataset = balanced.source_dataset "
-        f"AND {t}.record_id = balanced.record_id"
-        for t in order
+        f"JOIN {assignments} {t} ON {t}.threshold = {lit(t)} "
+        f"AND {t}.source_dataset = balanced.source_dataset AND {t}.record_id = balanced.record_id"
+        for t in THRESHOLDS
         if t != "balanced"
     )
     return f"""
@@ -69,8 +74,9 @@ SELECT balanced.source_dataset,
        balanced.record_id AS source_record_id,
        {ids},
        DATE {lit(snapshot.isoformat())} AS linking_snapshot_date
-FROM {cluster_tables["balanced"]} balanced
+FROM {assignments} balanced
 {joins}
+WHERE balanced.threshold = 'balanced'
 ORDER BY balanced.source_dataset, balanced.record_id
 """
 
@@ -107,12 +113,19 @@ def publish_linked_dataset(
     accepted_tables: dict[str, str],
     rows_accepted: int,
     snapshot: date,
+    model_version: int,
 ) -> dict[str, Any]:
-    """Write the person lookup and the event timeline from the clusters at each threshold;
+    """Carry the person ids of the previous publication forward to the clusters at each
+    threshold, then write the person lookup, the event timeline and the register of ids;
     refuses to publish a lookup that does not hold exactly the accepted records."""
     clusters = {t: Tables.clusters(t) for t in THRESHOLDS}
     key, kept_in = person_id_key(layout)
-    engine.create_table(Tables.PERSON_LOOKUP, person_lookup_sql(clusters, key, snapshot))
+    previous = IdentityFiles.of(layout.published)
+    previous_state = previous.read_state() if previous.exists() else None
+    generation = carry_forward(
+        engine, clusters, previous if previous_state else None, key, layout.snapshot
+    )
+    engine.create_table(Tables.PERSON_LOOKUP, person_lookup_sql(ASSIGNMENTS, snapshot))
     rows = engine.count(Tables.PERSON_LOOKUP)
     if rows != rows_accepted:
         raise ReconciliationError(
@@ -121,6 +134,15 @@ def publish_linked_dataset(
     engine.create_table(Tables.EVENTS, events_sql(project, Tables.PERSON_LOOKUP, accepted_tables))
     engine.write_parquet(f"SELECT * FROM {Tables.PERSON_LOOKUP}", layout.person_lookup)
     engine.write_parquet(f"SELECT * FROM {Tables.EVENTS}", layout.events)
+    engine.write_parquet(published_register_sql(), layout.person_ids)
+    identity = {
+        "generation": generation,
+        "snapshot": layout.snapshot,
+        "previous_snapshot": previous_state["snapshot"] if previous_state else None,
+        "model_version": model_version,
+        "previous_model_version": previous_state["model_version"] if previous_state else None,
+    }
+    write_store(engine, IdentityFiles.of(layout), identity)
     persons, linked_share = engine.fetch(
         "SELECT count(*), sum(CASE WHEN sources > 1 THEN n ELSE 0 END) / sum(n) FROM "
         "(SELECT person_id, count(DISTINCT source_dataset) AS sources, count(*) AS n "
@@ -132,5 +154,10 @@ def publish_linked_dataset(
         "share_linked_across_sources": round(float(linked_share or 0), 4),
         "snapshot_date": snapshot.isoformat(),
         "person_id_key": kept_in,
-        "outputs": {"person_lookup": str(layout.person_lookup), "events": str(layout.events)},
+        "identity": {**identity, "churn": churn_ledger(engine, generation, layout.snapshot)},
+        "outputs": {
+            "person_lookup": str(layout.person_lookup),
+            "events": str(layout.events),
+            "person_ids": str(layout.person_ids),
+        },
     }

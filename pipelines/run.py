@@ -25,12 +25,16 @@ from pipelines.contract import (
     DECISIONS_STEP,
     EVALUATION_STEP,
     MODEL_STEP,
+    PROMOTE_JOB,
+    PROMOTE_STEP,
     RELINK_JOB,
     REVIEW_IMPORT_JOB,
     REVIEW_SAMPLE_JOB,
     SAMPLE_STEP,
+    TRAIN_JOB,
     OutputLayout,
     ingest_job_name,
+    load_record,
 )
 from pipelines.deliveries import delivery_statuses, require_deliveries
 from pipelines.engines import check_engine_name, open_engine
@@ -181,6 +185,32 @@ class ProjectGraph:
         return None
 
 
+def _run_on_all_deliveries(
+    project: LoadedProject,
+    engine_name: str,
+    instance: Any,
+    notify: StageCallback,
+    job: str,
+    config: dict[str, Any],
+) -> None:
+    """Ingest every delivery of every source afresh, then run `job` on them, holding the
+    output folder throughout."""
+    deliveries = {s.name: require_deliveries(project, s) for s in project.spec.sources}
+    layout = OutputLayout(project.output_dir)
+    try:
+        with run_lock(layout, project.spec.output.wait_for_running_seconds):
+            _prepare_output(layout)
+            graph = ProjectGraph(project, engine_name, instance)
+            for source, found in deliveries.items():
+                for delivery in found:
+                    notify(f"{source}: {delivery.key}")
+                    graph.ingest(source, delivery.key)
+            notify("linkage" if job == RELINK_JOB else "training")
+            graph.run_or_raise(job, config)
+    except OutputFolderBusy as exc:
+        raise RunError(str(exc)) from None
+
+
 def run_project(
     project: LoadedProject,
     *,
@@ -190,7 +220,9 @@ def run_project(
     on_stage: StageCallback | None = None,
     instance: Any = None,
 ) -> RunResult:
-    """Link every delivery of every source of `project`; returns the manifest.
+    """Link every delivery of every source of `project` with its approved model (a
+    project's first run trains and approves one; `model_version` names another registered
+    version); returns the manifest.
 
     `ground_truth` (a file in the layout of pipelines/ground_truth.py) adds measured accuracy.
     `instance` is the Dagster instance that records the runs (default: an ephemeral one).
@@ -202,35 +234,63 @@ def run_project(
             check_ground_truth(truth, [s.name for s in project.spec.sources])
     except ValueError as exc:
         raise RunError(str(exc)) from None
-    deliveries = {s.name: require_deliveries(project, s) for s in project.spec.sources}
     layout = OutputLayout(project.output_dir)
-    notify = on_stage or (lambda _: None)
+    config = {
+        MODEL_STEP: {"model_version": model_version, "train_if_none_approved": True},
+        EVALUATION_STEP: {
+            "ground_truth": str(truth.path) if truth else None,
+            "columns": truth.columns if truth else {},
+        },
+    }
     try:
-        with run_lock(layout, project.spec.output.wait_for_running_seconds):
-            _prepare_output(layout)
-            graph = ProjectGraph(project, engine_name, instance)
-            for source, found in deliveries.items():
-                for delivery in found:
-                    notify(f"{source}: {delivery.key}")
-                    graph.ingest(source, delivery.key)
-            notify("linkage")
-            graph.run_or_raise(
-                RELINK_JOB,
-                {
-                    MODEL_STEP: {"model_version": model_version},
-                    EVALUATION_STEP: {
-                        "ground_truth": str(truth.path) if truth else None,
-                        "columns": truth.columns if truth else {},
-                    },
-                },
-            )
-    except OutputFolderBusy as exc:
-        raise RunError(str(exc)) from None
+        _run_on_all_deliveries(
+            project, engine_name, instance, on_stage or (lambda _: None), RELINK_JOB, config
+        )
     except RunError as exc:
         raise RunError(f"{exc}\n{still_published(layout)}") from None
     published = layout.published
     return RunResult(
         layout.root, published.manifest, json.loads(published.exact_manifest.read_text())
+    )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A trained candidate: its version, the version approved now (the candidate itself
+    when it was the project's first), and its comparison with the approved model."""
+
+    candidate: int
+    approved: int
+    promoted: bool
+    comparison: dict[str, Any] | None
+
+
+def train_project(
+    project: LoadedProject,
+    *,
+    engine_name: str = "duckdb",
+    on_stage: StageCallback | None = None,
+    instance: Any = None,
+) -> TrainResult:
+    """Train a candidate model on every accepted delivery and compare it with the approved
+    one on the same data. Nothing is published, and linkage keeps using the approved model
+    until the candidate is promoted."""
+    check_engine_name(engine_name)
+    _run_on_all_deliveries(
+        project, engine_name, instance, on_stage or (lambda _: None), TRAIN_JOB, {}
+    )
+    layout = OutputLayout(project.output_dir)
+    record = load_record(layout, "train_candidate")
+    comparison = (
+        json.loads(Path(record["comparison"]).read_text()) if record["comparison"] else None
+    )
+    return TrainResult(record["candidate"], record["approved"], record["promoted"], comparison)
+
+
+def promote_model(project: LoadedProject, version: int, instance: Any = None) -> None:
+    """Approve a registered model version: the next linkage runs with it."""
+    ProjectGraph(project, "duckdb", instance).run_or_raise(
+        PROMOTE_JOB, {PROMOTE_STEP: {"version": version}}
     )
 
 

@@ -1,0 +1,84 @@
+"""A candidate model against the approved one, linked on the same data: what promoting it
+would change. Per threshold: links (scored pairs at or above it, after pair rules) gained and
+lost, and how the clusters differ: pairs of records together under one model and not the
+other, the pairwise agreement of the two clusterings, and clusters not found unchanged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.contract import PERSON_ID_COLUMNS
+from pipelines.engines import Engine
+from quality.accuracy import pairwise_cluster_metrics
+
+PAIR_KEY = (
+    "least(source_dataset_l || '|' || record_id_l, source_dataset_r || '|' || record_id_r) AS a, "
+    "greatest(source_dataset_l || '|' || record_id_l, source_dataset_r || '|' || record_id_r) "
+    "AS b"
+)
+
+
+def cluster_agreement(engine: Engine, lookup: str, reference: str, column: str) -> dict[str, Any]:
+    """Pairs of records put together in `lookup` and in `reference` (both person lookups with
+    `column` as their id), and the pairwise agreement: pairs together in both over pairs
+    together in either. Records in only one of them are left out."""
+    engine.create_table(
+        "__agreement_reference",
+        f"SELECT source_dataset, source_record_id, {column} AS true_person_id FROM {reference}",
+    )
+    m = pairwise_cluster_metrics(engine, lookup, column, "__agreement_reference", column)
+    union = m.predicted_pairs + m.true_pairs - m.true_positive_pairs
+    unchanged = engine.fetch(
+        f"""WITH j AS (SELECT l.{column} AS x, r.{column} AS y
+           FROM {lookup} l JOIN {reference} r ON r.source_dataset = l.source_dataset
+            AND r.source_record_id = l.source_record_id),
+        sizes AS (SELECT x, count(DISTINCT y) AS ys, count(*) AS n FROM j GROUP BY x),
+        ref_sizes AS (SELECT y, count(*) AS n FROM j GROUP BY y)
+        SELECT count(*) FILTER (WHERE s.ys = 1 AND s.n = r.n), count(DISTINCT s.x)
+        FROM sizes s JOIN (SELECT DISTINCT x, y FROM j) xy ON xy.x = s.x
+        JOIN ref_sizes r ON r.y = xy.y"""
+    )[0]
+    engine.drop_table("__agreement_reference")
+    return {
+        "records": m.records,
+        "pairs_together": m.predicted_pairs,
+        "pairs_together_in_reference": m.true_pairs,
+        "pairs_together_in_both": m.true_positive_pairs,
+        "pairwise_agreement": round(m.true_positive_pairs / union, 6) if union else 1.0,
+        "clusters": int(unchanged[1]),
+        "clusters_unchanged": int(unchanged[0]),
+    }
+
+
+def compare_linkages(
+    engine: Engine,
+    thresholds: dict[str, float],
+    candidate: dict[str, str],
+    approved: dict[str, str],
+) -> dict[str, Any]:
+    """`candidate` and `approved` name each linkage's tables: "pairs" (the pairs clustering
+    may use) and "lookup" (a person lookup with the contract's id columns)."""
+    result: dict[str, Any] = {}
+    for name, p in thresholds.items():
+        links = {
+            label: f"SELECT DISTINCT {PAIR_KEY} FROM {tables['pairs']} "
+            f"WHERE match_probability >= {p}"
+            for label, tables in (("candidate", candidate), ("approved", approved))
+        }
+        gained, lost, kept = engine.fetch(
+            f"""SELECT count(*) FILTER (WHERE a.a IS NULL), count(*) FILTER (WHERE c.a IS NULL),
+       count(*) FILTER (WHERE a.a IS NOT NULL AND c.a IS NOT NULL)
+FROM ({links["candidate"]}) c FULL OUTER JOIN ({links["approved"]}) a
+  ON a.a = c.a AND a.b = c.b"""
+        )[0]
+        agreement = cluster_agreement(
+            engine, candidate["lookup"], approved["lookup"], PERSON_ID_COLUMNS[name]
+        )
+        result[name] = {
+            "threshold": p,
+            "links_gained": int(gained),
+            "links_lost": int(lost),
+            "links_in_both": int(kept),
+            **agreement,
+        }
+    return result
