@@ -15,7 +15,7 @@ from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
 from pipelines import linking
 from pipelines.contract import OutputLayout, forget_record, load_record
-from pipelines.deliveries import deliveries_for_linkage
+from pipelines.deliveries import deliveries_for_linkage, withdrawn_deliveries
 from pipelines.publication import begin_staging
 from pipelines.standardise import build_linkage_input
 from quality.quarantine import combine_and_quarantine
@@ -64,8 +64,9 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
             forget_record(s.layout, "evaluate")
             sources: dict[str, Any] = {}
             pending: list[dict[str, Any]] = []
+            withdrawn = withdrawn_deliveries(s.layout)
             for source in s.project.spec.sources:
-                tables, waiting = deliveries_for_linkage(s.engine, source.name)
+                tables, waiting = deliveries_for_linkage(s.engine, source.name, withdrawn)
                 pending += waiting
                 result = combine_and_quarantine(
                     s.engine, source, tables, s.layout.quarantine_file(source.name)
@@ -78,7 +79,13 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                     "path": str(result.path),
                     "linkage_input": table,
                 }
-            s.record.update({"pending_deliveries": pending, "sources": sources})
+            s.record.update(
+                {
+                    "pending_deliveries": pending,
+                    "withdrawn_deliveries": list(withdrawn.values()),
+                    "sources": sources,
+                }
+            )
         metadata: dict[str, object] = {
             "dagster/row_count": sum(r["rows_accepted"] for r in sources.values()),
             "rows_in": sum(r["rows_in"] for r in sources.values()),

@@ -264,9 +264,10 @@ def reconciliation(project: LinkageProjectResource) -> dg.AssetCheckResult:
     asset=MANIFEST,
     name="identity_churn",
     blocking=True,
-    description="With the model unchanged since the previous publication, at most "
-    "checks.max_records_moved_share of the previously linked records (still present) moved "
-    "to another balanced person id; a model change is reported, not bounded.",
+    description="With the model and thresholds unchanged since the previous publication, "
+    "at most checks.max_records_moved_share of the previously linked records (still "
+    "present) moved to another balanced person id; a change of model or thresholds is "
+    "reported, not bounded.",
 )
 def identity_churn(project: LinkageProjectResource) -> dg.AssetCheckResult:
     identity = json.loads(project.layout.exact_manifest.read_text())["identity"]
@@ -276,16 +277,16 @@ def identity_churn(project: LinkageProjectResource) -> dg.AssetCheckResult:
     previous, now = identity["previous_model_version"], identity["model_version"]
     if previous is None:
         verdict, passed = "first publication of this identity store: nothing to compare", True
-    elif previous != now:
-        verdict, passed = (
-            f"model changed (v{previous} -> v{now}): churn reported, not bounded",
-            True,
-        )
+    elif previous != now or identity["previous_thresholds"] != identity["thresholds"]:
+        changed = f"model v{previous} -> v{now}" if previous != now else "thresholds"
+        verdict = f"{changed} changed: churn of {moved:.4%} reported, not bounded"
+        passed = True
     else:
         passed = moved <= bound
         verdict = (
             f"{moved:.4%} of previously linked records moved to another person "
-            f"({'within' if passed else 'above'} the bound {bound:.2%}, model v{now} unchanged)"
+            f"({'within' if passed else 'above'} the bound {bound:.2%}; model v{now} and "
+            "thresholds unchanged)"
         )
     return dg.AssetCheckResult(
         passed=passed,

@@ -499,9 +499,10 @@ class ChecksSpec(_Strict):
     # A published attribute whose value equals the record's own name, date of birth,
     # postcode (or its district or area) in more than this share of rows is flagged.
     max_identifier_echo_rate: float = Field(default=0.01, ge=0, le=1)
-    # A relink with the same model version as the previous publication may move at most
-    # this share of the previously linked records (still present) to another balanced
-    # person id; more stops the publication (a model change is reported, not bounded).
+    # A relink with the same model version and thresholds as the previous publication may
+    # move at most this share of the previously linked records (still present) to another
+    # balanced person id; more stops the publication. A change of model or thresholds is
+    # reported, not bounded.
     max_records_moved_share: float = Field(default=0.01, ge=0, le=1)
 
 

@@ -13,15 +13,17 @@ from typing import Any
 import pandas as pd
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from linkage_models.project import ConfigError, load_project
 from pipelines.contract import OutputLayout, ReconciliationError
-from pipelines.deliveries import SourceError
+from pipelines.deliveries import SourceError, withdraw_delivery
 from pipelines.engines import error_summary, where_raised
 from pipelines.ground_truth import GroundTruth, GroundTruthError, parse_columns
 from pipelines.identity import find_person_id
 from pipelines.progress import last_run_seconds, step_progress
+from pipelines.publication import current_snapshot
+from pipelines.publication import snapshots as list_snapshots
 from pipelines.run import (
     RunError,
     RunResult,
@@ -385,6 +387,64 @@ def person_id_command(
             f"retired in {entry['retired_in_snapshot']} ({entry['retired_reason']} into "
             f"{entry['redirect_to']}); its records are now under {entry['current_person_id']}"
         )
+
+
+delivery_app = typer.Typer(help="Deliveries of a project's sources.")
+app.add_typer(delivery_app, name="delivery")
+
+
+@delivery_app.command("withdraw")
+def delivery_withdraw_command(
+    config: Path = typer.Argument(..., help="Linkage project YAML."),
+    source: str = typer.Argument(..., help="The source the delivery belongs to."),
+    delivery: str = typer.Argument(..., help="The delivery (its file name)."),
+    reason: str = typer.Option(..., help="Why it is withdrawn (kept with the withdrawal)."),
+    out: Path | None = typer.Option(None, help="Output folder (default: output.path in config)."),
+    data_dir: Path | None = typer.Option(None, help="Where source paths resolve from."),
+) -> None:
+    """Withdraw a delivery its owner retracted or replaced: no later linkage takes it, and
+    the next publication holds none of its records (its persons' ids are retired or kept
+    by the records that remain, and the churn ledger counts them)."""
+    try:
+        project = load_project(config, data_dir=data_dir, output_dir=out)
+        entry = withdraw_delivery(project, source, delivery, reason)
+    except STRUCTURAL_ERRORS as exc:
+        _fail(exc)
+    console.print(
+        f"{source}/{delivery} withdrawn at {entry['withdrawn_at']} ({entry['reason']}); "
+        f"run `joinedup run {config}` to publish without it"
+    )
+
+
+@app.command()
+def snapshots(
+    config: Path = typer.Argument(..., help="Linkage project YAML."),
+    out: Path | None = typer.Option(None, help="Output folder (default: output.path in config)."),
+) -> None:
+    """Every publication of the project, oldest first: its snapshot id (cite it), linking
+    date, model version and person-id generation; `current` marks the latest."""
+    try:
+        project = load_project(config, output_dir=out)
+    except STRUCTURAL_ERRORS as exc:
+        _fail(exc)
+    layout = OutputLayout(project.output_dir)
+    current = current_snapshot(layout)
+    table = Table(
+        Column("snapshot", overflow="fold"), "linking date", "model", "id generation", "records", ""
+    )
+    for snapshot in list_snapshots(layout):
+        manifest = json.loads(layout.at(snapshot).manifest.read_text())
+        identity = manifest.get("identity") or {}
+        table.add_row(
+            snapshot,
+            manifest["linking_snapshot_date"],
+            f"v{manifest['model']['version']}",
+            str(identity.get("generation", "—")),
+            f"{manifest['reconciliation']['rows_linked']:,}",
+            "current" if snapshot == current else "",
+        )
+    console.print(table)
+    console.print(f"each under {layout.root / 'shareable' / 'snapshots'}/<snapshot>", style="dim")
 
 
 review_app = typer.Typer(help="Clerical review of scored pairs (inside the secure setting).")

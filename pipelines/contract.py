@@ -301,6 +301,12 @@ class OutputLayout:
         return self.stage_dir / f"{name}.json"
 
     @property
+    def withdrawals(self) -> Path:
+        """Deliveries withdrawn by their owners (`joinedup delivery withdraw`): no linkage
+        takes them, whatever the landing folder holds."""
+        return self.secure_dir / "withdrawn_deliveries.json"
+
+    @property
     def person_id_key_file(self) -> Path:
         """The secret person ids are keyed with, when the environment gives none."""
         return self.secure_dir / "person_id.key"

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from linkage_models.project import LoadedProject, SourceSpec
-from pipelines.contract import DeliveryTables, Tables
+from pipelines.contract import DeliveryTables, OutputLayout, Tables
 from pipelines.engines import Engine
 from pipelines.sql import lit
 
@@ -58,8 +61,57 @@ class Delivery:
         return Tables.standardised_delivery(self.suffix)
 
 
+def withdrawn_deliveries(layout: OutputLayout) -> dict[str, dict[str, Any]]:
+    """Withdrawn deliveries by "<source>/<delivery>": when, and why."""
+    if not layout.withdrawals.exists():
+        return {}
+    return json.loads(layout.withdrawals.read_text())
+
+
+def withdraw_delivery(
+    project: LoadedProject, source_name: str, key: str, reason: str
+) -> dict[str, Any]:
+    """Withdraw a delivery (its owner retracted or replaced it): no later linkage takes it,
+    and the next publication holds none of its records. Returns the withdrawal record."""
+    layout = OutputLayout(project.output_dir)
+    source = next((s for s in project.spec.sources if s.name == source_name), None)
+    if source is None:
+        raise SourceError(
+            f"no source named {source_name!r}; the project's sources are "
+            f"{[s.name for s in project.spec.sources]}"
+        )
+    withdrawn = withdrawn_deliveries(layout)
+    name = f"{source_name}/{key}"
+    if name in withdrawn:
+        return withdrawn[name]
+    published = layout.published.exact_manifest
+    linked = (
+        {f["delivery"] for i in json.loads(published.read_text())["inputs"] for f in i["files"]}
+        if published.exists()
+        else set()
+    )
+    if key not in linked and key not in {d.key for d in discover_deliveries(project, source)}:
+        raise SourceError(
+            f"source '{source_name}': no delivery {key!r} in the landing folder "
+            f"{project.source_path(source)} or in the current publication"
+        )
+    withdrawn[name] = {
+        "source": source_name,
+        "delivery": key,
+        "reason": reason,
+        "withdrawn_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    layout.withdrawals.parent.mkdir(parents=True, exist_ok=True)
+    temporary = layout.withdrawals.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(withdrawn, indent=2))
+    temporary.replace(layout.withdrawals)
+    return withdrawn[name]
+
+
 def discover_deliveries(project: LoadedProject, source: SourceSpec) -> list[Delivery]:
-    """Files currently matching the source's path, as deliveries (sorted by file name)."""
+    """Files currently matching the source's path, as deliveries (sorted by file name),
+    leaving out withdrawn deliveries."""
+    withdrawn = withdrawn_deliveries(OutputLayout(project.output_dir))
     pattern = project.source_path(source)
     paths = sorted(glob.glob(pattern))
     by_key: dict[str, str] = {}
@@ -71,15 +123,25 @@ def discover_deliveries(project: LoadedProject, source: SourceSpec) -> list[Deli
                 f"({by_key[key]} and {path}); delivery file names must be unique per source"
             )
         by_key[key] = path
-    return [Delivery(source.name, key, path) for key, path in sorted(by_key.items())]
+    return [
+        Delivery(source.name, key, path)
+        for key, path in sorted(by_key.items())
+        if f"{source.name}/{key}" not in withdrawn
+    ]
 
 
 def require_deliveries(project: LoadedProject, source: SourceSpec) -> list[Delivery]:
     deliveries = discover_deliveries(project, source)
     if not deliveries:
+        withdrawn = [
+            w["delivery"]
+            for w in withdrawn_deliveries(OutputLayout(project.output_dir)).values()
+            if w["source"] == source.name
+        ]
+        also = f"; withdrawn: {', '.join(withdrawn)}" if withdrawn else ""
         raise SourceError(
             f"source '{source.name}': no file found at {project.source_path(source)} "
-            f"(expected at least one {source.format} file)"
+            f"(expected at least one {source.format} file{also})"
         )
     return deliveries
 
@@ -157,15 +219,17 @@ def delivery_statuses(engine: Engine, source: str | None = None) -> list[dict[st
 
 
 def deliveries_for_linkage(
-    engine: Engine, source: str
+    engine: Engine, source: str, withdrawn: dict[str, Any] | None = None
 ) -> tuple[list[DeliveryTables], list[dict[str, Any]]]:
     """A source's deliveries that a linkage takes (standardised, or rejected and so
     quarantined whole), and those still pending (not yet through validation and
-    standardisation), which this linkage leaves out."""
+    standardisation), which this linkage leaves out. Withdrawn deliveries are neither."""
     tables: list[DeliveryTables] = []
     pending: list[dict[str, Any]] = []
     for row in delivery_statuses(engine, source):
         d = Delivery(source, row["delivery"], row["path"])
+        if f"{source}/{d.key}" in (withdrawn or {}):
+            continue
         if row["status"] == "standardised":
             tables.append(DeliveryTables(d.key, d.raw_table, d.standardised_table))
         elif row["status"] == "rejected":

@@ -50,7 +50,10 @@ def build_manifest(
     sources = inputs["sources"]
     rows_in = sum(s["rows_in"] for s in sources.values())
     rows_quarantined = sum(s["rows_quarantined"] for s in sources.values())
-    statuses = delivery_statuses(engine)
+    withdrawn = {f"{w['source']}/{w['delivery']}" for w in inputs.get("withdrawn_deliveries", [])}
+    statuses = [
+        r for r in delivery_statuses(engine) if f"{r['source']}/{r['delivery']}" not in withdrawn
+    ]
     stages: dict[str, dict[str, float]] = {}
     for name in STEPS:
         for rec in records_of(layout, name):
@@ -88,6 +91,7 @@ def build_manifest(
             for s in spec.sources
         ],
         "pending_deliveries": inputs["pending_deliveries"],
+        "withdrawn_deliveries": inputs.get("withdrawn_deliveries", []),
         "reconciliation": {
             "rows_in": rows_in,
             "rows_linked": published["rows"],

@@ -141,6 +141,8 @@ def publish_linked_dataset(
         "previous_snapshot": previous_state["snapshot"] if previous_state else None,
         "model_version": model_version,
         "previous_model_version": previous_state["model_version"] if previous_state else None,
+        "thresholds": project.model.thresholds.as_dict(),
+        "previous_thresholds": previous_state.get("thresholds") if previous_state else None,
     }
     write_store(engine, IdentityFiles.of(layout), identity)
     persons, linked_share = engine.fetch(

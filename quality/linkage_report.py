@@ -172,6 +172,9 @@ def linkage_quality(
             "links": manifest["links"],
             "clusters": cluster_size_summary(engine),
         },
+        # Persistent ids: the churn ledger against the previous publication (exact: it
+        # compares two published lookups; pipelines.disclosure_control).
+        "identity": manifest["identity"],
         "bias": _protected_bias(bias_tables(engine, accepted)),
         "clerical_review": _clerical(engine, project),
     }

@@ -14,7 +14,7 @@ import yaml
 from linkage_models.project import LoadedProject, load_project
 from linkage_models.registry import ModelRegistry
 from pipelines.contract import RELINK_JOB, OutputLayout
-from pipelines.deliveries import require_deliveries
+from pipelines.deliveries import require_deliveries, withdraw_delivery
 from pipelines.run import (
     ProjectGraph,
     RunError,
@@ -68,11 +68,6 @@ def deliver(folder: Path, month: int, source: str | None = None) -> None:
     for file in (folder / "all").glob(f"*_2026-{month:02d}.*"):
         if source is None or file.name.startswith(source):
             (folder / "data" / file.name).write_bytes(file.read_bytes())
-
-
-def withdraw(folder: Path, month: int, source: str) -> None:
-    for file in (folder / "data").glob(f"{source}_2026-{month:02d}.*"):
-        file.unlink()
 
 
 def at_snapshot(result: RunResult) -> OutputLayout:
@@ -130,7 +125,7 @@ def ledger_matches(before: pd.DataFrame, after: pd.DataFrame, ledger: dict) -> N
 @pytest.fixture(scope="module")
 def monthly(small_data: GeneratedData, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Three monthly deliveries of two sources, linked after each month, then the first
-    month of prisons withdrawn."""
+    month of prisons withdrawn (its file stays in the landing folder)."""
     folder = tmp_path_factory.mktemp("monthly")
     config = monthly_project(small_data, folder)
     project = load_project(config)
@@ -138,7 +133,7 @@ def monthly(small_data: GeneratedData, tmp_path_factory: pytest.TempPathFactory)
     for month in range(1, MONTHS + 1):
         deliver(folder, month)
         results.append(run_project(project))
-    withdraw(folder, 1, "prisons")
+    withdraw_delivery(project, "prisons", "prisons_2026-01.parquet", "retracted by its owner")
     results.append(run_project(project))
     return {"folder": folder, "config": config, "project": project, "results": results}
 
@@ -156,6 +151,8 @@ def test_each_month_keeps_the_ids_of_unchanged_clusters_and_the_ledger_agrees(
         # compares published lookups).
         shareable = json.loads(at_snapshot(after).manifest.read_text())
         assert shareable["identity"] == after.manifest["identity"]
+        report = at_snapshot(after).linkage_report.read_text()
+        assert f"carried forward from snapshot <code>{before.snapshot}</code>" in report
 
 
 def test_the_model_is_trained_once_and_then_frozen(monthly: dict) -> None:
@@ -173,6 +170,12 @@ def test_a_withdrawn_delivery_leaves_no_trace_in_the_next_snapshot(monthly: dict
     assert not ids & set(later[later.source_dataset == "prisons"].source_record_id)
     events = pd.read_parquet(at_snapshot(after).events)
     assert not ids & set(events[events.source_dataset == "prisons"].source_record_id)
+    assert (monthly["folder"] / "data" / "prisons_2026-01.parquet").exists()
+    assert [w["delivery"] for w in after.manifest["withdrawn_deliveries"]] == [
+        "prisons_2026-01.parquet"
+    ]
+    files = [f["delivery"] for i in after.manifest["inputs"] for f in i["files"]]
+    assert "prisons_2026-01.parquet" not in files
     churn = after.manifest["identity"]["churn"]["balanced"]
     assert churn["by_source"]["prisons"]["records_withdrawn"] == len(ids)
     assert churn["records_added"] == 0
@@ -218,6 +221,11 @@ def test_the_schedule_never_trains(small_data: GeneratedData, tmp_path: Path) ->
     assert len(ModelRegistry(layout.model_dir).versions()) == 1
     schedule = graph.defs.resolve_schedule_def("periodic_relink")
     assert schedule.job_name == RELINK_JOB
+    # A delivery withdrawn after it was ingested: the scheduled relink leaves it out.
+    withdraw_delivery(project, "prisons", "prisons_2026-01.parquet", "replaced")
+    graph.run_or_raise(RELINK_JOB)
+    relinked = pd.read_parquet(layout.published.person_lookup)
+    assert "prisons" not in set(relinked.source_dataset)
 
 
 def test_a_candidate_is_compared_then_promoted_and_its_relink_reports_churn(
