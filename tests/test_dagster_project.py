@@ -62,6 +62,7 @@ LINKAGE_ASSETS = {
     "published/snapshot",
 }
 REVIEW_ASSETS = {"review/clerical_sample", "review/clerical_labels"}
+MODEL_ASSETS = {"linkage/candidate_model"}
 
 
 def _names(keys) -> set[str]:
@@ -75,7 +76,10 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     per_source = {f"deliveries/{s}_{a}" for s in SOURCES for a in ("delivery", "standardised")}
-    assert _names(graph.get_all_asset_keys()) == per_source | LINKAGE_ASSETS | REVIEW_ASSETS
+    assert (
+        _names(graph.get_all_asset_keys())
+        == per_source | LINKAGE_ASSETS | REVIEW_ASSETS | MODEL_ASSETS
+    )
 
     def parents(key: str) -> set[str]:
         return _names(graph.get(dg.AssetKey(key.split("/"))).parent_keys)
@@ -109,6 +113,7 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert checks == {(f"deliveries/{s}_delivery", "delivery_contract") for s in SOURCES} | {
         ("published/manifest", "reconciliation"),
+        ("published/manifest", "identity_churn"),
         ("published/manifest", "estimated_error_rates"),
         ("published/events", "identifier_echoes"),
     }
@@ -130,6 +135,13 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
             f"deliveries/{source}_standardised",
         }
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    # Training is its own job (a candidate beside the approved model); promoting another.
+    train = defs.resolve_job_def("train_model")
+    assert _names(train.asset_layer.selected_asset_keys) == {
+        "linkage/linkage_inputs",
+        "linkage/candidate_model",
+    }
+    assert defs.resolve_job_def("promote_model").name == "promote_model"
     review = defs.resolve_job_def("review_import")
     assert _names(review.asset_layer.selected_asset_keys) == {
         "review/clerical_labels",
@@ -165,7 +177,7 @@ def test_code_location_module_loads_from_the_environment(small_project: LoadedPr
         "data": str(small_project.data_dir),
         "out": str(small_project.output_dir),
         "engine": "duckdb",
-        "assets": 25,
+        "assets": 26,
         "sensors": sorted(f"new_deliveries_{s}" for s in SOURCES),
         "schedules": ["periodic_relink"],
     }

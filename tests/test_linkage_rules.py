@@ -13,6 +13,7 @@ from linkage_models.project import load_project
 from linkage_models.settings import exact_match_gamma
 from pipelines.contract import OutputLayout
 from pipelines.engines import Engine
+from pipelines.identity import ASSIGNMENTS, carry_forward
 from pipelines.linking import apply_pair_rules
 from pipelines.publish import person_id_key, person_lookup_sql
 
@@ -86,7 +87,9 @@ def _clusters(engine: Engine) -> dict[str, str]:
 
 
 def _lookup(engine: Engine, key: str) -> pd.DataFrame:
-    engine.create_table("lookup", person_lookup_sql(_clusters(engine), key, date(2026, 1, 2)))
+    """A first linkage's lookup (no earlier ids to carry forward)."""
+    carry_forward(engine, _clusters(engine), None, key, "snapshot")
+    engine.create_table("lookup", person_lookup_sql(ASSIGNMENTS, date(2026, 1, 2)))
     return engine.fetch_df("SELECT * FROM lookup ORDER BY source_record_id")
 
 

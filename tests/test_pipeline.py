@@ -18,7 +18,7 @@ from pipelines.contract import Tables
 from pipelines.engines import DuckDBEngine
 from pipelines.ground_truth import GroundTruth, check_ground_truth, register_ground_truth
 from pipelines.publication import current_snapshot, snapshots
-from pipelines.run import RunError, RunResult, run_project
+from pipelines.run import RunError, RunResult, run_project, train_project
 from pipelines.synthetic import GeneratedData
 from quality.accuracy import pairwise_cluster_metrics
 
@@ -256,19 +256,18 @@ def _parameters(model_path: Path) -> list[float]:
 
 
 def _lookup(result: RunResult) -> pd.DataFrame:
-    """The person lookup a run just published (read before the next run overwrites it)."""
-    frame = pd.read_parquet(published(result.output_dir).person_lookup)
+    """The person lookup a run published (its snapshot stays readable after later runs)."""
+    frame = pd.read_parquet(published(result.output_dir).at(result.snapshot).person_lookup)
     return frame.sort_values(["source_dataset", "source_record_id"]).reset_index(drop=True)
 
 
-def test_registry_adds_a_version_per_training_and_can_reuse_one(
+def test_runs_link_with_the_approved_model_and_training_adds_a_candidate(
     small_data: GeneratedData, tmp_path: Path
 ) -> None:
     project = load_project(DEMO_CONFIG, data_dir=small_data.out_dir, output_dir=tmp_path)
     first = run_project(project)
     first_lookup = _lookup(first)
     second = run_project(project)
-    second_lookup = _lookup(second)
     # Each run published a snapshot of its own; the first stays readable as it was.
     layout = published(tmp_path)
     assert snapshots(layout) == sorted([first.snapshot, second.snapshot])
@@ -276,26 +275,40 @@ def test_registry_adds_a_version_per_training_and_can_reuse_one(
     earlier = layout.at(first.snapshot)
     assert json.loads(earlier.manifest.read_text())["run_id"] == first.manifest["run_id"]
     assert len(pd.read_parquet(earlier.person_lookup)) == len(first_lookup)
+    # The first run trained and approved v1; the second linked with it.
+    assert first.manifest["model"]["trained_in_this_run"] and first.manifest["model"]["approved"]
+    assert not second.manifest["model"]["trained_in_this_run"]
+    assert second.manifest["model"]["version"] == 1
+    # Training registers a candidate beside the approved model, compared on the same data.
+    trained = train_project(project)
+    assert (trained.candidate, trained.approved, trained.promoted) == (2, 1, False)
     registry = ModelRegistry(layout.model_dir)
     versions = registry.versions()
-    assert [v.version for v in versions] == [1, 2]
+    assert [v.version for v in versions] == [1, 2] and registry.approved().version == 1
     # Each version records the configuration and the data it was trained on.
     assert versions[0].config_hash == versions[1].config_hash == project.config_hash
     assert first.manifest["model"]["config_hash_at_training"] == project.config_hash
     assert versions[0].training_data_fingerprint == versions[1].training_data_fingerprint
-    # Training is seeded: the same data gives the same parameters.
+    # Training is seeded: the same data gives the same parameters, and so the same links.
     assert _parameters(published(tmp_path).model_dir / "model_v0001.json") == pytest.approx(
         _parameters(published(tmp_path).model_dir / "model_v0002.json"), rel=1e-6
     )
+    for compared in trained.comparison["by_threshold"].values():
+        assert compared["links_gained"] == compared["links_lost"] == 0
+        assert compared["pairwise_agreement"] == 1.0
+        assert compared["clusters_unchanged"] == compared["clusters"]
 
-    reused = run_project(project, model_version="1")
-    assert not reused.manifest["model"]["trained_in_this_run"]
-    assert reused.manifest["model"]["version"] == 1
+    chosen = run_project(project, model_version="2")  # a named version, not approved
+    assert not chosen.manifest["model"]["trained_in_this_run"]
+    assert chosen.manifest["model"]["version"] == 2 and not chosen.manifest["model"]["approved"]
     assert len(registry.versions()) == 2
-    assert first.manifest["links"] == second.manifest["links"] == reused.manifest["links"]
-    # Reusing a model gives the same persons with the same ids, record for record.
-    pd.testing.assert_frame_equal(first_lookup, second_lookup)
-    pd.testing.assert_frame_equal(first_lookup, _lookup(reused))
+    assert first.manifest["links"] == second.manifest["links"] == chosen.manifest["links"]
+    # The same links give the same persons with the same ids, record for record (the
+    # second and third runs carried the first's ids forward).
+    pd.testing.assert_frame_equal(first_lookup, _lookup(second))
+    pd.testing.assert_frame_equal(first_lookup, _lookup(chosen))
+    churn = chosen.manifest["identity"]["churn"]["balanced"]
+    assert churn["records_moved"] == churn["records_added"] == churn["ids_created"] == 0
 
 
 def test_a_new_source_needs_only_yaml(small_data: GeneratedData, tmp_path: Path) -> None:
