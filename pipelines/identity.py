@@ -51,6 +51,7 @@ from pipelines.sql import lit
 CLUSTERS = "__identity_clusters"
 PREVIOUS_ASSIGNMENTS = "__identity_previous_assignments"
 PREVIOUS_REGISTER = "__identity_previous_register"
+OVERLAP = "__identity_overlap"
 HOME = "__identity_home"
 SURVIVORS = "__identity_survivors"
 CLUSTER_IDS = "__identity_cluster_ids"
@@ -161,17 +162,23 @@ def carry_forward(
     carry the register of ids forward (table REGISTER); returns this generation."""
     generation = _load_previous(engine, previous) + 1
     engine.create_table(CLUSTERS, _clusters_sql(cluster_tables))
-    # 1. Each previous (still active) person's home: the cluster holding most of its records.
+    # How many records of each previous person each new cluster holds (one join of the
+    # new clusters with the previous assignments; everything below reads this).
+    engine.create_table(
+        OVERLAP,
+        f"""SELECT c.threshold, c.cluster_key, p.person_id, count(*) AS shared
+FROM {CLUSTERS} c JOIN {PREVIOUS_ASSIGNMENTS} p
+  ON p.threshold = c.threshold AND p.source_dataset = c.source_dataset
+ AND p.record_id = c.record_id
+GROUP BY c.threshold, c.cluster_key, p.person_id""",
+    )
+    # 1. Each previous person's home: the cluster holding most of its records.
     engine.create_table(
         HOME,
         f"""SELECT threshold, person_id, cluster_key, shared FROM (
     SELECT o.*, row_number() OVER (
         PARTITION BY threshold, person_id ORDER BY shared DESC, cluster_key) AS rank_in_person
-    FROM (SELECT c.threshold, c.cluster_key, p.person_id, count(*) AS shared
-          FROM {CLUSTERS} c JOIN {PREVIOUS_ASSIGNMENTS} p
-            ON p.threshold = c.threshold AND p.source_dataset = c.source_dataset
-           AND p.record_id = c.record_id
-          GROUP BY c.threshold, c.cluster_key, p.person_id) o
+    FROM {OVERLAP} o
 ) ranked WHERE rank_in_person = 1""",
     )
     # 2. The survivor of each cluster that is someone's home.
@@ -197,10 +204,9 @@ def carry_forward(
        CASE WHEN s.person_id IS NOT NULL THEN NULL
             WHEN k.old_records > 0 THEN 'split' WHEN {generation} = 1 THEN 'first'
             ELSE 'new' END AS origin
-FROM (SELECT c.threshold, c.cluster_key, count(p.person_id) AS old_records
-      FROM {CLUSTERS} c LEFT JOIN {PREVIOUS_ASSIGNMENTS} p
-        ON p.threshold = c.threshold AND p.source_dataset = c.source_dataset
-       AND p.record_id = c.record_id
+FROM (SELECT c.threshold, c.cluster_key, coalesce(max(o.shared), 0) AS old_records
+      FROM (SELECT DISTINCT threshold, cluster_key FROM {CLUSTERS}) c
+      LEFT JOIN {OVERLAP} o ON o.threshold = c.threshold AND o.cluster_key = c.cluster_key
       GROUP BY c.threshold, c.cluster_key) k
 LEFT JOIN {SURVIVORS} s ON s.threshold = k.threshold AND s.cluster_key = k.cluster_key""",
     )
@@ -292,11 +298,8 @@ FROM {REGISTER} WHERE threshold = {lit(t)} AND created_generation < {generation}
             "GROUP BY cluster_key HAVING count(*) > 1) m"
         )[0][0]
         split = engine.fetch(
-            f"""SELECT count(*) FROM (SELECT p.person_id FROM {PREVIOUS_ASSIGNMENTS} p
-    JOIN {CLUSTERS} c ON c.threshold = p.threshold AND c.source_dataset = p.source_dataset
-     AND c.record_id = p.record_id
-    WHERE p.threshold = {lit(t)} GROUP BY p.person_id
-    HAVING count(DISTINCT c.cluster_key) > 1) s"""
+            f"SELECT count(*) FROM (SELECT person_id FROM {OVERLAP} WHERE threshold = {lit(t)} "
+            "GROUP BY person_id HAVING count(*) > 1) s"
         )[0][0]
         by_source = {
             source: {

@@ -138,7 +138,7 @@ def publish_linked_dataset(
     identity = {
         "generation": generation,
         "snapshot": layout.snapshot,
-        "previous_snapshot": previous_state["snapshot"] if previous_state else None,
+        "previous_snapshot": layout.published.snapshot if previous_state else None,
         "model_version": model_version,
         "previous_model_version": previous_state["model_version"] if previous_state else None,
         "thresholds": project.model.thresholds.as_dict(),

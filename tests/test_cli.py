@@ -77,7 +77,8 @@ def _figure(output: str, label: str, table: str) -> list[str]:
 @pytest.mark.slow
 def test_run_then_rerun_with_the_latest_model(small_data, tmp_path: Path) -> None:
     """`joinedup run` with --data-dir, --out and --ground-truth; then again reusing the
-    model it trained: the same persons, no new model version."""
+    model it trained: the same persons with the same ids, no new model version; then the
+    commands that read and manage what was published."""
     out = tmp_path / "out"
     args = ["run", str(DEMO_CONFIG), "--data-dir", str(small_data.out_dir), "--out", str(out)]
     done = runner.invoke(app, [*args, "--ground-truth", str(small_data.ground_truth)])
@@ -117,6 +118,27 @@ def test_run_then_rerun_with_the_latest_model(small_data, tmp_path: Path) -> Non
         lookup.sort_values(keys).reset_index(drop=True),
         pd.read_parquet(published(out).person_lookup).sort_values(keys).reset_index(drop=True),
     )
+    assert "Person ids: generation 2" in again.output
+
+    # The publications, and an id's history, as a researcher asks for them.
+    listed = runner.invoke(app, ["snapshots", str(DEMO_CONFIG), "--out", str(out)])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.count("current") == 1 and "v1" in listed.output
+    shareable = str(published(out).shareable_dir)
+    asked = runner.invoke(app, ["person-id", lookup.person_id.iloc[0], "--published", shareable])
+    assert asked.exit_code == 0 and "issued in snapshot" in asked.output, asked.output
+    assert "it holds its records in this publication" in asked.output
+    unknown = runner.invoke(app, ["person-id", "P0000000000000000", "--published", shareable])
+    assert unknown.exit_code == 1 and "not issued" in unknown.output
+    # Withdrawing a delivery says what happens next; an unknown delivery or model is refused.
+    where = ["--out", str(out), "--data-dir", str(small_data.out_dir)]
+    withdraw = ["delivery", "withdraw", str(DEMO_CONFIG), "prisons"]
+    wrong = runner.invoke(app, [*withdraw, "nope.parquet", "--reason", "x", *where])
+    assert wrong.exit_code == 2 and "no delivery 'nope.parquet'" in wrong.output
+    done = runner.invoke(app, [*withdraw, "prisons.parquet", "--reason", "re-issued", *where])
+    assert done.exit_code == 0 and "to publish without it" in done.output, done.output
+    refused = runner.invoke(app, ["promote", str(DEMO_CONFIG), "9", "--out", str(out)])
+    assert refused.exit_code == 2 and "no model version 9" in refused.output
 
 
 @pytest.mark.slow

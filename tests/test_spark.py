@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import pandas as pd
 import pytest
 
@@ -126,18 +125,18 @@ def test_spark_run_reconciles_and_publishes_parquet_without_identifiers(
 def test_scoring_and_clustering_again_gives_the_same_person_ids(
     spark: Any, spark_run: RunResult, spark_project: LoadedProject
 ) -> None:
-    before = pd.read_parquet(published(spark_run.output_dir).person_lookup)
-    graph = ProjectGraph(spark_project, "spark")
-    graph.defs.resolve_job_def("relink").execute_in_process(
-        asset_selection=[
-            dg.AssetKey(["linkage", "pairwise_predictions"]),
-            dg.AssetKey(["linkage", "person_clusters"]),
-            dg.AssetKey(["published", "person_lookup"]),
-            dg.AssetKey(["published", "events"]),
-        ],
-        instance=graph.instance,
-    )
-    after = pd.read_parquet(published(spark_run.output_dir).person_lookup)
+    """A relink of the same deliveries with the approved model publishes the same persons
+    under the same ids (carried forward from the previous publication's identity store,
+    written by Spark as folders of part files)."""
+    layout = published(spark_run.output_dir).at(spark_run.snapshot)
+    before = pd.read_parquet(layout.person_lookup)
+    ProjectGraph(spark_project, "spark").run_or_raise("relink")
+    current = published(spark_run.output_dir)
+    assert current.snapshot != spark_run.snapshot
+    after = pd.read_parquet(current.person_lookup)
+    identity = json.loads(current.exact_manifest.read_text())["identity"]
+    assert identity["previous_snapshot"] == spark_run.snapshot
+    assert identity["churn"]["balanced"]["records_moved"] == 0
     keys = ["source_dataset", "source_record_id"]
     pd.testing.assert_frame_equal(
         before.sort_values(keys).reset_index(drop=True),
