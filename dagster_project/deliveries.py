@@ -47,7 +47,7 @@ def _delivery(project: LoadedProject, source: SourceSpec, key: str) -> Delivery:
             return d
     raise SourceError(
         f"source '{source.name}': delivery {key!r} is not in the landing folder "
-        f"{project.source_path(source)}"
+        f"{project.source_path(source)}, or was withdrawn"
     )
 
 

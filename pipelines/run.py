@@ -113,7 +113,17 @@ def _innermost_message(error: Any) -> str:
 
 def _failure_message(result: Any) -> str:
     """The first failed step and its underlying error, e.g. 'prisons__delivery: SourceError:
-    source 'prisons': file ... is missing column(s) [...]'."""
+    source 'prisons': file ... is missing column(s) [...]'. A failed blocking check is
+    named with what it found."""
+    for event in result.all_events:
+        evaluation = event.event_specific_data
+        if (
+            event.event_type_value == "ASSET_CHECK_EVALUATION"
+            and not evaluation.passed
+            and evaluation.severity.value == "ERROR"  # a failed blocking check stops the run
+        ):
+            found = f": {evaluation.description}" if evaluation.description else ""
+            return f"check {evaluation.check_name} failed{found}"
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             message = _innermost_message(event.event_specific_data.error)
