@@ -249,6 +249,12 @@ class OutputLayout:
         """Diagnostics that show identifiers: waterfalls, comparison viewer, cluster studio."""
         return self.zone_dir("secure") / "diagnostics"
 
+    @property
+    def identity_dir(self) -> Path:
+        """The identity store of this build: every record's person ids and the register of
+        ids (pipelines.identity.IdentityFiles names the files in it)."""
+        return self.zone_dir("secure") / "identity"
+
     # --- secure: kept across runs --------------------------------------------------------
     @property
     def model_dir(self) -> Path:

@@ -80,7 +80,7 @@ class IdentityFiles:
 
     @classmethod
     def of(cls, layout: OutputLayout) -> IdentityFiles:
-        return cls(layout.zone_dir("secure") / "identity")
+        return cls(layout.identity_dir)
 
     @property
     def assignments(self) -> Path:

@@ -120,11 +120,9 @@ def publish_linked_dataset(
     refuses to publish a lookup that does not hold exactly the accepted records."""
     clusters = {t: Tables.clusters(t) for t in THRESHOLDS}
     key, kept_in = person_id_key(layout)
-    previous = IdentityFiles.of(layout.published)
+    previous = IdentityFiles.of(layout.published)  # none before the first publication
     previous_state = previous.read_state() if previous.exists() else None
-    generation = carry_forward(
-        engine, clusters, previous if previous_state else None, key, layout.snapshot
-    )
+    generation = carry_forward(engine, clusters, previous, key, layout.snapshot)
     engine.create_table(Tables.PERSON_LOOKUP, person_lookup_sql(ASSIGNMENTS, snapshot))
     rows = engine.count(Tables.PERSON_LOOKUP)
     if rows != rows_accepted:
