@@ -88,6 +88,28 @@ class Tables:
         return f"clusters_{threshold}"
 
 
+def clusters_lookup_sql() -> str:
+    """A person lookup (the contract's id columns) whose ids are the clusters at each
+    threshold: the linkage's result before person ids are carried forward."""
+    ids = ", ".join(f"{t}.cluster_id AS {PERSON_ID_COLUMNS[t]}" for t in THRESHOLDS)
+    joins = " ".join(
+        f"JOIN {Tables.clusters(t)} {t} ON {t}.source_dataset = balanced.source_dataset "
+        f"AND {t}.record_id = balanced.record_id"
+        for t in THRESHOLDS
+        if t != "balanced"
+    )
+    return (
+        f"SELECT balanced.source_dataset, balanced.record_id AS source_record_id, {ids} "
+        f"FROM {Tables.clusters('balanced')} balanced {joins}"
+    )
+
+
+def parquet_source(path: Path) -> str:
+    """A Parquet output as either engine reads it: DuckDB writes one file, Spark a folder
+    of part files."""
+    return str(path / "*.parquet") if path.is_dir() else str(path)
+
+
 @dataclass(frozen=True)
 class DeliveryTables:
     """One delivery as the linkage sees it: its raw rows and, once accepted, its
@@ -255,6 +277,12 @@ class OutputLayout:
         ids (pipelines.identity.IdentityFiles names the files in it)."""
         return self.zone_dir("secure") / "identity"
 
+    @property
+    def linkage_state_dir(self) -> Path:
+        """The records, scored pairs and floor sums of this build: what an incremental
+        linkage extends (pipelines.incremental.LinkageStateFiles names the files in it)."""
+        return self.zone_dir("secure") / "linkage_state"
+
     # --- secure: kept across runs --------------------------------------------------------
     @property
     def model_dir(self) -> Path:
@@ -328,11 +356,13 @@ class OutputLayout:
 # The code location (dagster_project) defines these jobs; the CLI runs them by name.
 
 RELINK_JOB = "relink"  # linkage, publication and quality, from accepted deliveries
+LINK_DELIVERIES_JOB = "link_deliveries"  # the same, linking only what changed
 REVIEW_SAMPLE_JOB = "review_sample"
 REVIEW_IMPORT_JOB = "review_import"
 TRAIN_JOB = "train_model"  # a candidate model, compared with the approved one
 PROMOTE_JOB = "promote_model"  # approve a registered model version
 # Steps that take run configuration, by their step (op) names.
+LINKAGE_INPUTS_STEP = "linkage__linkage_inputs"  # incremental
 MODEL_STEP = "linkage__model"  # model_version, train_if_none_approved
 PROMOTE_STEP = "promote_model_version"  # version
 EVALUATION_STEP = "published__measured_accuracy"  # ground_truth: a Parquet file

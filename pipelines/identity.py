@@ -43,6 +43,7 @@ from pipelines.contract import (
     PERSON_IDS_IN_PUBLICATION,
     THRESHOLDS,
     OutputLayout,
+    parquet_source,
 )
 from pipelines.engines import Engine
 from pipelines.sql import lit
@@ -99,12 +100,6 @@ class IdentityFiles:
 
     def read_state(self) -> dict[str, Any]:
         return json.loads(self.state.read_text())
-
-
-def parquet_source(path: Path) -> str:
-    """A Parquet output as either engine reads it: DuckDB writes one file, Spark a folder
-    of part files."""
-    return str(path / "*.parquet") if path.is_dir() else str(path)
 
 
 def _load_previous(engine: Engine, previous: IdentityFiles | None) -> int:

@@ -15,7 +15,8 @@ from linkage_models.blocking import choose_blocking_rules
 from linkage_models.model_card import model_card_markdown
 from linkage_models.project import LinkageProject, LoadedProject
 from linkage_models.registry import ModelRegistry, ModelVersion
-from pipelines.contract import PERSON_ID_COLUMNS, THRESHOLDS, OutputLayout, Tables
+from pipelines import incremental
+from pipelines.contract import THRESHOLDS, OutputLayout, Tables, clusters_lookup_sql
 from pipelines.deliveries import delivery_statuses
 from pipelines.engines import Engine
 
@@ -185,6 +186,52 @@ def predict(
     }
 
 
+def predict_incremental(
+    engine: Engine,
+    project: LoadedProject,
+    model_path: str,
+    input_tables: dict[str, str],
+    conditions: dict[str, Any],
+) -> dict[str, Any]:
+    """Score only what changed since the latest publication (pipelines.incremental): the
+    new records against the kept ones and among themselves; the stored pairs of removed
+    records dropped. The same tables and summary as `predict`, with what changed."""
+    previous = incremental.load_previous_state(
+        engine, OutputLayout(project.output_dir).published, conditions
+    )
+    changes = incremental.find_changes(engine, input_tables)
+    db_api, linker = trained_linker(engine, project, model_path, input_tables)
+    trained = json.loads(Path(model_path).read_text())
+    scored = incremental.score_new_records(engine, linker, db_api, trained, input_tables)
+    pairs = incremental.extend_pairs(engine, previous, scored["new_below_floor"])
+    below_pairs, below_expected, scored_pairs, reached = engine.fetch(
+        f"SELECT * FROM {Tables.PAIRS_BELOW_FLOOR}"
+    )[0]
+    removed = apply_pair_rules(
+        engine, project.spec, Tables.PAIRWISE_PREDICTIONS, Tables.PAIRS_FOR_CLUSTERING
+    )
+    return {
+        "scored": int(scored_pairs),
+        "kept_above_floor": engine.count(Tables.PAIRWISE_PREDICTIONS),
+        "prediction_floor": linkage.PREDICTION_FLOOR,
+        "below_floor": {
+            "pairs": int(below_pairs),
+            "expected_matches": round(float(below_expected), 1),
+        },
+        "blocking_check": blocking_check(engine, project, model_path, input_tables, float(reached)),
+        "removed_by_probable_twins_rule": removed,
+        "probable_twins_rule_cost": pair_rule_cost(
+            engine, project.spec, Tables.PAIRWISE_PREDICTIONS
+        ),
+        "incremental": {
+            "previous_snapshot": OutputLayout(project.output_dir).published.snapshot,
+            **changes,
+            "new_pairs_scored": scored["new_pairs_scored"],
+            **pairs,
+        },
+    }
+
+
 def blocking_check(
     engine: Engine,
     project: LoadedProject,
@@ -253,12 +300,35 @@ def cluster(
     thresholds = project.spec.model.thresholds
     db_api, linker = trained_linker(engine, project, model_path, input_tables)
     tables = linkage.cluster_at_thresholds(linker, db_api, Tables.PAIRS_FOR_CLUSTERING, thresholds)
+    for name in THRESHOLDS:
+        engine.create_table(
+            Tables.clusters(name),
+            f"SELECT source_dataset, record_id, cluster_id FROM {tables[name]}",
+        )
+    return cluster_summary(engine, project)
+
+
+def cluster_incremental(engine: Engine, project: LoadedProject) -> dict[str, dict[str, int]]:
+    """The clusters an incremental linkage touched, recomputed at each threshold; the rest
+    carried from the latest publication (after `predict_incremental`)."""
+    db_api = engine.splink_api()
+    thresholds = project.spec.model.thresholds.as_dict()
+    reclustered = {
+        name: incremental.recluster_touched(engine, db_api, name, thresholds[name])
+        for name in THRESHOLDS
+    }
+    summary = cluster_summary(engine, project)
+    for name in THRESHOLDS:
+        summary[name].update(reclustered[name])
+    return summary
+
+
+def cluster_summary(engine: Engine, project: LoadedProject) -> dict[str, dict[str, int]]:
+    """Links, persons and the largest cluster at each threshold."""
+    thresholds = project.spec.model.thresholds
     summary: dict[str, dict[str, int]] = {}
     for name in THRESHOLDS:
         clusters = Tables.clusters(name)
-        engine.create_table(
-            clusters, f"SELECT source_dataset, record_id, cluster_id FROM {tables[name]}"
-        )
         links = engine.fetch(
             f"SELECT count(*) FROM {Tables.PAIRS_FOR_CLUSTERING} "
             f"WHERE match_probability >= {thresholds.as_dict()[name]}"
@@ -289,16 +359,5 @@ def link_for_comparison(
     cluster(engine, project, model_path, input_tables)
     pairs, lookup = f"__{label}_pairs", f"__{label}_lookup"
     engine.create_table(pairs, f"SELECT * FROM {Tables.PAIRS_FOR_CLUSTERING}")
-    ids = ", ".join(f"{t}.cluster_id AS {PERSON_ID_COLUMNS[t]}" for t in THRESHOLDS)
-    joins = " ".join(
-        f"JOIN {Tables.clusters(t)} {t} ON {t}.source_dataset = balanced.source_dataset "
-        f"AND {t}.record_id = balanced.record_id"
-        for t in THRESHOLDS
-        if t != "balanced"
-    )
-    engine.create_table(
-        lookup,
-        f"SELECT balanced.source_dataset, balanced.record_id AS source_record_id, {ids} "
-        f"FROM {Tables.clusters('balanced')} balanced {joins}",
-    )
+    engine.create_table(lookup, clusters_lookup_sql())
     return {"pairs": pairs, "lookup": lookup}

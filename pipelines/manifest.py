@@ -133,6 +133,9 @@ def build_manifest(
         "identity": published["identity"],
         "pairs": {k: v for k, v in pairs.items() if k not in ("seconds", "peak_rss_mb")},
         "links": clusters["links"],
+        # Linked in full or incrementally (what changed), and for a full relink after
+        # incremental linkages how far their clusters had drifted from it.
+        "linkage": clusters.get("linkage"),
         # Relative to the manifest's folder: the publication can move, and the manifest does
         # not describe the secure server's file system.
         "outputs": {

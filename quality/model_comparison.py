@@ -5,9 +5,16 @@ other, the pairwise agreement of the two clusterings, and clusters not found unc
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from pipelines.contract import PERSON_ID_COLUMNS
+from linkage_models.project import LoadedProject
+from pipelines.contract import (
+    PERSON_ID_COLUMNS,
+    OutputLayout,
+    clusters_lookup_sql,
+    parquet_source,
+)
 from pipelines.engines import Engine
 from quality.accuracy import pairwise_cluster_metrics
 
@@ -82,3 +89,30 @@ FROM ({links["candidate"]}) c FULL OUTER JOIN ({links["approved"]}) a
             **agreement,
         }
     return result
+
+
+def incremental_drift(
+    engine: Engine, published: OutputLayout, project: LoadedProject
+) -> dict[str, Any] | None:
+    """For a full relink whose previous publication was linked incrementally: per threshold,
+    how far that publication's clusters were from this relink's, on the records in both
+    (None after a full linkage, or when nothing is published)."""
+    if not published.exact_manifest.exists():
+        return None
+    previous = json.loads(published.exact_manifest.read_text())
+    if (previous.get("linkage") or {}).get("linked") != "incremental":
+        return None
+    engine.register_file(
+        "__drift_previous_lookup", parquet_source(published.person_lookup), "parquet"
+    )
+    engine.create_table("__drift_lookup", clusters_lookup_sql())
+    drift = {}
+    for name in project.spec.model.thresholds.as_dict():
+        agreement = cluster_agreement(
+            engine, "__drift_lookup", "__drift_previous_lookup", PERSON_ID_COLUMNS[name]
+        )
+        # Records of both published lookups: a comparison of two publications (exact, as
+        # the churn ledger's counts are), not a count of the population.
+        agreement["records_in_both"] = agreement.pop("records")
+        drift[name] = agreement
+    return {"previous_snapshot": previous["snapshot"], "by_threshold": drift}
