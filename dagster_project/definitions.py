@@ -19,6 +19,7 @@ import dagster as dg
 
 from dagster_project.deliveries import (
     SourceAssets,
+    accepted_delivery_sensor,
     delivery_sensor,
     ingest_job,
     source_assets,
@@ -41,7 +42,7 @@ from dagster_project.resources import (
 )
 from dagster_project.review import review_assets, review_jobs
 from linkage_models.project import LoadedProject, load_project
-from pipelines.contract import RELINK_JOB
+from pipelines.contract import LINK_DELIVERIES_JOB, LINKAGE_INPUTS_STEP, RELINK_JOB
 
 DEFAULT_PROJECT = Path(__file__).resolve().parents[1] / "examples" / "demo_project.yaml"
 
@@ -73,17 +74,28 @@ def build_definitions(project: LoadedProject, engine: str = "duckdb") -> dg.Defi
         description="Combine all accepted deliveries, relink everything, audit and publish "
         "a new snapshot.",
     )
+    link_deliveries = dg.define_asset_job(
+        LINK_DELIVERIES_JOB,
+        selection=dg.AssetSelection.assets(*linked),
+        description="Link only what changed since the latest publication (new, replaced and "
+        "withdrawn deliveries) with its model, audit and publish a new snapshot.",
+        config={"ops": {LINKAGE_INPUTS_STEP: {"config": {"incremental": True}}}},
+    )
     ingest_jobs = [ingest_job(s) for s in sources]
     return dg.Definitions(
         assets=[*per_source, *linked, *model_assets(), *review_assets()],
         asset_checks=[reconciliation, identity_churn, estimated_error_rates, identifier_echoes],
         jobs=[
             relink,
+            link_deliveries,
             *ingest_jobs,
             *review_jobs(),
             *model_jobs(dg.AssetSelection.assets(LINKAGE_INPUTS, CANDIDATE_MODEL)),
         ],
-        sensors=[delivery_sensor(project, s, j) for s, j in zip(sources, ingest_jobs, strict=True)],
+        sensors=[
+            *(delivery_sensor(project, s, j) for s, j in zip(sources, ingest_jobs, strict=True)),
+            accepted_delivery_sensor(ingest_jobs, link_deliveries),
+        ],
         schedules=[
             dg.ScheduleDefinition(
                 name="periodic_relink",

@@ -17,7 +17,7 @@ import dagster as dg
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
 from linkage_models.project import LoadedProject, SourceSpec
-from pipelines.contract import ingest_job_name
+from pipelines.contract import LINKAGE_INPUTS_STEP, ingest_job_name
 from pipelines.deliveries import Delivery, SourceError, discover_deliveries, set_status
 from pipelines.ingest import ingest
 from pipelines.standardise import standardise_delivery
@@ -212,3 +212,28 @@ def delivery_sensor(project: LoadedProject, sa: SourceAssets, job: Any) -> dg.Se
         )
 
     return new_deliveries
+
+
+def accepted_delivery_sensor(ingest_jobs: list[Any], link_job: Any) -> dg.SensorDefinition:
+    """When a delivery has passed its contract and been standardised (its ingest run
+    succeeded), link what changed incrementally. A rejected delivery fails its ingest run,
+    so it starts nothing. Runs queued while one links find nothing more to do, or the next
+    delivery."""
+
+    @dg.run_status_sensor(
+        name="link_accepted_deliveries",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=ingest_jobs,
+        request_job=link_job,
+        description="Links each accepted delivery incrementally (job link_deliveries).",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def link_accepted(context: dg.RunStatusSensorContext) -> dg.RunRequest:
+        run = context.dagster_run
+        return dg.RunRequest(
+            run_key=f"linked-after/{run.run_id}",
+            run_config={"ops": {LINKAGE_INPUTS_STEP: {"config": {"incremental": True}}}},
+            tags={"joinedup/after_ingest_run": run.run_id},
+        )
+
+    return link_accepted

@@ -13,11 +13,12 @@ import dagster as dg
 
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
-from pipelines import linking
+from pipelines import incremental, linking
 from pipelines.contract import OutputLayout, forget_record, load_record
 from pipelines.deliveries import deliveries_for_linkage, withdrawn_deliveries
 from pipelines.publication import begin_staging
 from pipelines.standardise import build_linkage_input
+from quality.model_comparison import incremental_drift
 from quality.quarantine import combine_and_quarantine
 
 LINKAGE_INPUTS = dg.AssetKey(["linkage", "linkage_inputs"])
@@ -34,6 +35,29 @@ def input_tables(layout: OutputLayout) -> dict[str, str]:
 
 def model_path(layout: OutputLayout) -> str:
     return load_record(layout, "train")["path"]
+
+
+class LinkageConfig(dg.Config):
+    """incremental links only what changed since the latest publication (new, changed and
+    withdrawn records: pipelines.incremental), with its model and thresholds; off, every
+    accepted record is linked afresh."""
+
+    incremental: bool = False
+
+
+def linked_incrementally(layout: OutputLayout) -> bool:
+    return bool(load_record(layout, "linkage_inputs").get("incremental"))
+
+
+def linkage_conditions(layout: OutputLayout, project: Any, engine_name: str) -> dict[str, Any]:
+    """The model, thresholds, pair rule and engine this linkage runs under."""
+    spec = project.spec
+    return incremental.linkage_conditions(
+        engine_name,
+        load_record(layout, "train")["version"],
+        spec.model.thresholds.as_dict(),
+        spec.model.probable_twins_rule,
+    )
 
 
 class ModelConfig(dg.Config):
@@ -55,7 +79,10 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
         "deliveries quarantined with reasons; Splink input tables.",
     )
     def linkage_inputs(
-        context: dg.AssetExecutionContext, project: LinkageProjectResource, engine: EngineResource
+        context: dg.AssetExecutionContext,
+        config: LinkageConfig,
+        project: LinkageProjectResource,
+        engine: EngineResource,
     ) -> dg.MaterializeResult:
         # A new build: what this run writes goes to staging until it is audited and published.
         begin_staging(project.layout, context.run_id)
@@ -81,6 +108,7 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                 }
             s.record.update(
                 {
+                    "incremental": config.incremental,
                     "pending_deliveries": pending,
                     "withdrawn_deliveries": list(withdrawn.values()),
                     "sources": sources,
@@ -142,9 +170,18 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
         with step(project, engine, "predict") as s:
-            pairs = linking.predict(
-                s.engine, s.project, model_path(s.layout), input_tables(s.layout)
-            )
+            if linked_incrementally(s.layout):
+                pairs = linking.predict_incremental(
+                    s.engine,
+                    s.project,
+                    model_path(s.layout),
+                    input_tables(s.layout),
+                    linkage_conditions(s.layout, s.project, engine.engine),
+                )
+            else:
+                pairs = linking.predict(
+                    s.engine, s.project, model_path(s.layout), input_tables(s.layout)
+                )
             s.record.update(pairs)
         return dg.MaterializeResult(
             metadata={
@@ -166,10 +203,28 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
         with step(project, engine, "cluster") as s:
-            summary = linking.cluster(
-                s.engine, s.project, model_path(s.layout), input_tables(s.layout)
-            )
+            inputs = input_tables(s.layout)
+            changed = load_record(s.layout, "predict").get("incremental")
+            if changed:
+                summary = linking.cluster_incremental(s.engine, s.project)
+            else:
+                summary = linking.cluster(s.engine, s.project, model_path(s.layout), inputs)
             s.record["links"] = summary
+            s.record["linkage"] = {
+                "linked": "incremental" if changed else "full",
+                "incremental": changed,
+                # A full relink after incremental ones: how far their clusters had drifted.
+                "drift_from_incremental": None
+                if changed
+                else incremental_drift(s.engine, s.layout.published, s.project),
+            }
+            incremental.save_state(
+                s.engine,
+                s.layout,
+                inputs,
+                linkage_conditions(s.layout, s.project, engine.engine),
+                changed,
+            )
         metadata: dict[str, object] = {}
         for name, counts in summary.items():
             metadata[f"{name}_persons"] = counts["persons"]

@@ -19,6 +19,7 @@ from pipelines.contract import OutputLayout, ReconciliationError, measured, save
 from pipelines.deliveries import SourceError
 from pipelines.engines import Engine, error_summary, where_raised
 from pipelines.identity import IdentityError
+from pipelines.incremental import IncrementalUnavailable
 from pipelines.linking import NoApprovedModel
 from pipelines.publication import PublicationError
 from quality.publication_audit import AuditFailure
@@ -32,6 +33,7 @@ EXPECTED_FAILURES = (
     PublicationError,
     NoApprovedModel,
     IdentityError,
+    IncrementalUnavailable,
 )
 
 

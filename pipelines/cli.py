@@ -216,6 +216,12 @@ def run(
         help="The ground truth's own column names, e.g. "
         "'source_dataset=src,source_record_id=rec_id,true_person_id=person'.",
     ),
+    incremental: bool = typer.Option(
+        False,
+        "--incremental",
+        help="Link only what changed since the latest publication (new, replaced and "
+        "withdrawn deliveries), with its model and thresholds, instead of everything.",
+    ),
 ) -> None:
     """Validate, standardise, link and publish one linkage project."""
     try:
@@ -227,6 +233,7 @@ def run(
             engine_name=engine.value,
             model_version=model_version,
             ground_truth=truth,
+            incremental=incremental,
         )
     except STRUCTURAL_ERRORS as exc:
         _fail(exc)

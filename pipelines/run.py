@@ -24,6 +24,8 @@ from linkage_models.project import LoadedProject
 from pipelines.contract import (
     DECISIONS_STEP,
     EVALUATION_STEP,
+    LINK_DELIVERIES_JOB,
+    LINKAGE_INPUTS_STEP,
     MODEL_STEP,
     PROMOTE_JOB,
     PROMOTE_STEP,
@@ -39,6 +41,7 @@ from pipelines.contract import (
 from pipelines.deliveries import delivery_statuses, require_deliveries
 from pipelines.engines import check_engine_name, open_engine
 from pipelines.ground_truth import GroundTruth, check_ground_truth
+from pipelines.ingest import file_sha256
 from pipelines.publication import OutputFolderBusy, current_snapshot, run_lock
 
 CODE_LOCATION_ENTRY_POINTS = "joinedup.code_location"
@@ -221,6 +224,41 @@ def _run_on_all_deliveries(
         raise RunError(str(exc)) from None
 
 
+def _run_on_new_deliveries(
+    project: LoadedProject,
+    engine_name: str,
+    instance: Any,
+    notify: StageCallback,
+    config: dict[str, Any],
+) -> None:
+    """Ingest only the deliveries not yet ingested as they are now (new files, and files
+    replaced under the same name), then link what changed incrementally, holding the
+    output folder throughout. The working database of earlier runs is kept."""
+    deliveries = {s.name: require_deliveries(project, s) for s in project.spec.sources}
+    layout = OutputLayout(project.output_dir)
+    try:
+        with run_lock(layout, project.spec.output.wait_for_running_seconds):
+            layout.work_dir.mkdir(parents=True, exist_ok=True)
+            with open_engine(
+                engine_name, layout.work_dir, memory_limit=project.spec.output.duckdb_memory_limit
+            ) as engine:
+                ingested = {
+                    (r["source"], r["delivery"]): r["sha256"] for r in delivery_statuses(engine)
+                }
+            graph = ProjectGraph(project, engine_name, instance)
+            for source, found in deliveries.items():
+                for delivery in found:
+                    if ingested.get((source, delivery.key)) != file_sha256(delivery.path):
+                        notify(f"{source}: {delivery.key}")
+                        graph.ingest(source, delivery.key)
+            notify("linkage (incremental)")
+            graph.run_or_raise(
+                LINK_DELIVERIES_JOB, {**config, LINKAGE_INPUTS_STEP: {"incremental": True}}
+            )
+    except OutputFolderBusy as exc:
+        raise RunError(str(exc)) from None
+
+
 def run_project(
     project: LoadedProject,
     *,
@@ -229,10 +267,16 @@ def run_project(
     ground_truth: Path | GroundTruth | None = None,
     on_stage: StageCallback | None = None,
     instance: Any = None,
+    incremental: bool = False,
 ) -> RunResult:
     """Link every delivery of every source of `project` with its approved model (a
     project's first run trains and approves one; `model_version` names another registered
     version); returns the manifest.
+
+    `incremental` links only what changed since the latest publication: new and replaced
+    deliveries are ingested, and their records scored against the linked population
+    (pipelines.incremental); withdrawn ones are taken out. It needs a publication linked
+    with the same model, thresholds and engine.
 
     `ground_truth` (a file in the layout of pipelines/ground_truth.py) adds measured accuracy.
     `instance` is the Dagster instance that records the runs (default: an ephemeral one).
@@ -252,10 +296,12 @@ def run_project(
             "columns": truth.columns if truth else {},
         },
     }
+    notify = on_stage or (lambda _: None)
     try:
-        _run_on_all_deliveries(
-            project, engine_name, instance, on_stage or (lambda _: None), RELINK_JOB, config
-        )
+        if incremental:
+            _run_on_new_deliveries(project, engine_name, instance, notify, config)
+        else:
+            _run_on_all_deliveries(project, engine_name, instance, notify, RELINK_JOB, config)
     except RunError as exc:
         raise RunError(f"{exc}\n{still_published(layout)}") from None
     published = layout.published

@@ -175,6 +175,8 @@ def linkage_quality(
         # Persistent ids: the churn ledger against the previous publication (exact: it
         # compares two published lookups; pipelines.disclosure_control).
         "identity": manifest["identity"],
+        # Linked in full or incrementally, and a full relink's drift from incremental ones.
+        "linkage": manifest.get("linkage") or {},
         "bias": _protected_bias(bias_tables(engine, accepted)),
         "clerical_review": _clerical(engine, project),
     }
