@@ -125,6 +125,14 @@ def test_definitions_wire_deliveries_into_one_linkage_graph(
     assert (schedule.job_name, schedule.cron_schedule) == ("relink", "0 2 * * *")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
+    # The incremental job selects the same assets, linking only what changed; a delivery
+    # that passed its ingest job starts it.
+    link_deliveries = defs.resolve_job_def("link_deliveries")
+    assert _names(link_deliveries.asset_layer.selected_asset_keys) == LINKAGE_ASSETS
+    linked = defs.resolve_sensor_def("link_accepted_deliveries")
+    assert linked.job_name == "link_deliveries"
+    assert linked.default_status == dg.DefaultSensorStatus.RUNNING
+
     # Each landing-folder sensor runs its own source's ingest job, and only that.
     for source in SOURCES:
         sensor = defs.resolve_sensor_def(f"new_deliveries_{source}")
@@ -178,7 +186,7 @@ def test_code_location_module_loads_from_the_environment(small_project: LoadedPr
         "out": str(small_project.output_dir),
         "engine": "duckdb",
         "assets": 26,
-        "sensors": sorted(f"new_deliveries_{s}" for s in SOURCES),
+        "sensors": sorted(["link_accepted_deliveries", *(f"new_deliveries_{s}" for s in SOURCES)]),
         "schedules": ["periodic_relink"],
     }
 

@@ -1,0 +1,265 @@
+"""Incremental linkage of new, corrected and withdrawn deliveries: only what changed is
+scored and reclustered, the result is what a full relink gives, and ids carry forward."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+
+from dagster_project.definitions import build_definitions
+from linkage_models import linkage
+from linkage_models.project import LoadedProject, load_project
+from pipelines.contract import (
+    LINK_DELIVERIES_JOB,
+    THRESHOLDS,
+    OutputLayout,
+    ingest_job_name,
+    parquet_source,
+)
+from pipelines.deliveries import withdraw_delivery
+from pipelines.run import ProjectGraph, RunError, RunResult, run_project
+from pipelines.synthetic import GeneratedData
+
+from .test_persistent_ids import (
+    at_snapshot,
+    deliver,
+    ledger_matches,
+    lookup,
+    monthly_project,
+    unchanged_clusters_keep_their_ids,
+)
+
+KEY = ["source_dataset", "source_record_id"]
+ID_COLUMNS_BY_THRESHOLD = ("person_id_high_precision", "person_id", "person_id_high_recall")
+
+
+def members(frame: pd.DataFrame, column: str) -> set[frozenset[str]]:
+    """The clusters of a lookup as sets of record keys (ids mean nothing across folders)."""
+    keys = frame.source_dataset + "|" + frame.source_record_id
+    return set(keys.groupby(frame[column]).agg(frozenset))
+
+
+def rows(folder: Path, name: str) -> pd.DataFrame:
+    path = folder / "data" / name
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.read_parquet(path)
+
+
+FILES = {
+    "magistrates_courts": "magistrates_courts_2026-{:02d}.csv",
+    "prisons": "prisons_2026-{:02d}.parquet",
+}
+
+
+@pytest.fixture(scope="module")
+def sequence(small_data: GeneratedData, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Month 1 linked in full; month 2 ingested and linked by the job the accepted-delivery
+    sensor launches; month 3 linked incrementally from the command line; then one record of
+    month 2 corrected and prisons' month 1 withdrawn, linked incrementally; then a full
+    relink of the same deliveries (to compare with)."""
+    folder = tmp_path_factory.mktemp("incremental")
+    project = load_project(monthly_project(small_data, folder))
+    instance = dg.DagsterInstance.ephemeral()
+    deliver(folder, 1)
+    results: dict[str, RunResult | dict] = {"month1": run_project(project, instance=instance)}
+
+    deliver(folder, 2)
+    graph = ProjectGraph(project, instance=instance)
+    defs = build_definitions(project)
+    sensor = defs.resolve_sensor_def("link_accepted_deliveries")
+    requests = []
+    for source, file in FILES.items():
+        job = defs.resolve_job_def(ingest_job_name(source))
+        instance.add_dynamic_partitions(job.partitions_def.name, [file.format(2)])
+        ingest = graph.execute(job.name, partition=file.format(2))
+        assert ingest.success
+        context = dg.build_run_status_sensor_context(
+            sensor_name=sensor.name,
+            dagster_instance=instance,
+            dagster_run=ingest.dagster_run,
+            dagster_event=ingest.get_run_success_event(),
+        )
+        requests.append(sensor(context))
+    results["requests"] = {"job": sensor.job_name, "run_config": requests[-1].run_config}
+    linked = defs.resolve_job_def(LINK_DELIVERIES_JOB).execute_in_process(
+        run_config=requests[-1].run_config, instance=instance
+    )
+    assert linked.success
+    layout = OutputLayout(project.output_dir).published
+    results["month2"] = RunResult(
+        layout.root, layout.manifest, json.loads(layout.exact_manifest.read_text())
+    )
+
+    deliver(folder, 3)
+    results["month3"] = run_project(project, instance=instance, incremental=True)
+
+    corrected = rows(folder, FILES["magistrates_courts"].format(2))
+    corrected.loc[0, "defendant_name"] = "Corrected Name"
+    corrected.to_csv(folder / "data" / FILES["magistrates_courts"].format(2), index=False)
+    withdraw_delivery(project, "prisons", "prisons_2026-01.parquet", "retracted by its owner")
+    results["changed"] = run_project(project, instance=instance, incremental=True)
+    results["full"] = run_project(project, instance=instance)
+    return {"folder": folder, "project": project, **results}
+
+
+def test_the_accepted_delivery_sensor_links_incrementally(sequence: dict) -> None:
+    assert sequence["requests"]["job"] == LINK_DELIVERIES_JOB
+    month2 = sequence["month2"].manifest
+    assert month2["linkage"]["linked"] == "incremental"
+    change = month2["linkage"]["incremental"]
+    assert change["previous_snapshot"] == sequence["month1"].snapshot
+    added = sum(len(rows(sequence["folder"], file.format(2))) for file in FILES.values())
+    assert change["records_new_or_changed"] == added
+    assert change["records_removed_or_changed"] == 0
+    assert change["records_kept"] == sequence["month1"].manifest["reconciliation"]["rows_linked"]
+    assert month2["reconciliation"]["reconciles"]
+
+
+def test_incremental_months_keep_ids_and_the_ledger_agrees(sequence: dict) -> None:
+    for before, after in (
+        (sequence["month1"], sequence["month2"]),
+        (sequence["month2"], sequence["month3"]),
+    ):
+        assert after.manifest["identity"]["previous_snapshot"] == before.snapshot
+        unchanged_clusters_keep_their_ids(lookup(before), lookup(after))
+        ledger_matches(lookup(before), lookup(after), after.manifest["identity"]["churn"])
+    # Only the new records' pairs were scored, and each month's new records reclustered
+    # with the clusters they touched, not everything.
+    month3 = sequence["month3"].manifest
+    change = month3["linkage"]["incremental"]
+    assert change["new_pairs_scored"] < month3["pairs"]["scored"]
+    for counts in month3["links"].values():
+        assert change["records_new_or_changed"] <= counts["records_reclustered"]
+        assert counts["records_reclustered"] < change["population"]
+    assert "Linked <strong>incrementally</strong>" in (
+        at_snapshot(sequence["month3"]).linkage_report.read_text()
+    )
+
+
+def test_a_corrected_record_and_a_withdrawn_delivery_are_taken_out(sequence: dict) -> None:
+    before, after = sequence["month3"], sequence["changed"]
+    change = after.manifest["linkage"]["incremental"]
+    withdrawn = rows(sequence["folder"], FILES["prisons"].format(1))
+    assert change["records_new_or_changed"] == 1
+    assert change["records_removed_or_changed"] == len(withdrawn) + 1
+    assert change["stored_pairs_dropped"] > 0
+    later = lookup(after)
+    gone = set(withdrawn.prisoner_ref)
+    assert not gone & set(later[later.source_dataset == "prisons"].source_record_id)
+    churn = after.manifest["identity"]["churn"]["balanced"]
+    assert churn["by_source"]["prisons"]["records_withdrawn"] == len(withdrawn)
+    ledger_matches(lookup(before), later, after.manifest["identity"]["churn"])
+    assert after.manifest["reconciliation"]["reconciles"]
+
+
+def components(records: set[str], links: list[tuple[str, str]]) -> set[frozenset[str]]:
+    """Connected components of the records under the links (union-find)."""
+    parent = {r: r for r in records}
+
+    def root(r: str) -> str:
+        while parent[r] != r:
+            parent[r] = parent[parent[r]]
+            r = parent[r]
+        return r
+
+    for a, b in links:
+        parent[root(a)] = root(b)
+    groups: dict[str, set[str]] = {}
+    for r in records:
+        groups.setdefault(root(r), set()).add(r)
+    return {frozenset(g) for g in groups.values()}
+
+
+def together(frame: pd.DataFrame, column: str) -> set[tuple[str, str]]:
+    """Pairs of records a lookup puts in one person."""
+    pairs = set()
+    for group in members(frame, column):
+        ordered = sorted(group)
+        pairs |= {(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1 :]}
+    return pairs
+
+
+def test_incremental_clusters_are_the_components_of_all_its_links(sequence: dict) -> None:
+    """Recomputing only the touched clusters gives exactly the connected components of
+    every pair the incremental state holds (stored and new), at each threshold."""
+    assert_components_of_state_pairs(sequence["changed"], sequence["project"])
+
+
+def assert_components_of_state_pairs(result: RunResult, project: LoadedProject) -> None:
+    state = parquet_source(at_snapshot(result).linkage_state_dir / "pairs.parquet")
+    rule = linkage.probable_twins_condition(project.spec)
+    kept = f"WHERE NOT ({rule})" if rule else ""
+    pairs = duckdb.sql(
+        "SELECT source_dataset_l || '|' || record_id_l, source_dataset_r || '|' || record_id_r, "
+        f"match_probability FROM read_parquet('{state}') {kept}"
+    ).fetchall()
+    frame = lookup(result)
+    records = set(frame.source_dataset + "|" + frame.source_record_id)
+    for name, column in zip(THRESHOLDS, ID_COLUMNS_BY_THRESHOLD, strict=True):
+        p = result.manifest["thresholds"][name]
+        links = [(a, b) for a, b, probability in pairs if probability >= p]
+        assert members(frame, column) == components(records, links), name
+
+
+@pytest.mark.spark
+def test_incremental_linkage_on_spark_gives_the_clusters_it_gives_on_duckdb(
+    spark: object, sequence: dict, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """The same two months on Spark, the second linked incrementally: the clusters are the
+    components of the state's pairs (written as Spark part folders) and those of DuckDB."""
+    project = load_project(monthly_project(small_data, tmp_path))
+    deliver(tmp_path, 1)
+    run_project(project, engine_name="spark")
+    deliver(tmp_path, 2)
+    result = run_project(project, engine_name="spark", incremental=True)
+    assert result.manifest["linkage"]["linked"] == "incremental"
+    assert result.manifest["identity"]["churn"]["balanced"]["ids_kept"] > 0
+    on_spark, on_duckdb = lookup(result), lookup(sequence["month2"])
+    assert_components_of_state_pairs(result, sequence["project"])
+    for column in ID_COLUMNS_BY_THRESHOLD:
+        assert members(on_spark, column) == members(on_duckdb, column), column
+
+
+def test_a_full_relink_reports_its_drift_from_the_incremental_state(sequence: dict) -> None:
+    """The stored pairs keep the term frequencies of their own linkage; a full relink
+    rescores them with today's. Its report of the drift is a direct comparison of the two
+    lookups; here, with the population growing by half each month, it is small."""
+    incremental, full = lookup(sequence["changed"]), lookup(sequence["full"])
+    drift = sequence["full"].manifest["linkage"]["drift_from_incremental"]
+    assert drift["previous_snapshot"] == sequence["changed"].snapshot
+    for name, column in zip(THRESHOLDS, ID_COLUMNS_BY_THRESHOLD, strict=True):
+        a, b = together(incremental, column), together(full, column)
+        agreement = drift["by_threshold"][name]
+        assert agreement["pairwise_agreement"] == round(len(a & b) / len(a | b), 6)
+        assert agreement["pairwise_agreement"] >= 0.99
+        assert agreement["records_in_both"] == len(full)
+    report = at_snapshot(sequence["full"]).linkage_report.read_text()
+    assert "pairwise agreement of the clusters" in report
+    # The same pairs were kept above the floor: only their scores can differ.
+    assert scored_pairs(sequence["changed"]) == scored_pairs(sequence["full"])
+
+
+def scored_pairs(result: RunResult) -> set[tuple[str, str]]:
+    state = at_snapshot(result).linkage_state_dir / "pairs.parquet"
+    keys = ("source_dataset_l || '|' || record_id_l", "source_dataset_r || '|' || record_id_r")
+    return set(
+        duckdb.sql(
+            f"SELECT least({keys[0]}, {keys[1]}), greatest({keys[0]}, {keys[1]}) "
+            f"FROM read_parquet('{state}')"
+        ).fetchall()
+    )
+
+
+def test_incremental_linkage_needs_a_publication_to_extend(
+    small_data: GeneratedData, tmp_path: Path
+) -> None:
+    project = load_project(monthly_project(small_data, tmp_path))
+    deliver(tmp_path, 1)
+    with pytest.raises(RunError, match="nothing is published yet.*full relink"):
+        run_project(project, incremental=True)
