@@ -87,8 +87,11 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
         # A new build: what this run writes goes to staging until it is audited and published.
         begin_staging(project.layout, context.run_id)
         with step(project, engine, "linkage_inputs") as s:
-            # A new linkage starts: an evaluation of the previous one no longer applies.
+            # A new linkage starts: an evaluation of the previous one no longer applies, and
+            # the linkage tables stop being the publication's (what they were is kept in
+            # this record, for an incremental linkage to extend).
             forget_record(s.layout, "evaluate")
+            s.record["stored_linkage"] = incremental.forget_state(s.layout)
             sources: dict[str, Any] = {}
             pending: list[dict[str, Any]] = []
             withdrawn = withdrawn_deliveries(s.layout)
@@ -176,6 +179,7 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                     s.project,
                     model_path(s.layout),
                     input_tables(s.layout),
+                    load_record(s.layout, "linkage_inputs")["stored_linkage"],
                     linkage_conditions(s.layout, s.project, engine.engine),
                 )
             else:
@@ -218,10 +222,10 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                 if changed
                 else incremental_drift(s.engine, s.layout.published, s.project),
             }
-            incremental.save_state(
+            incremental.stage_state(
                 s.engine,
                 s.layout,
-                inputs,
+                None if changed else inputs,
                 linkage_conditions(s.layout, s.project, engine.engine),
                 changed,
             )

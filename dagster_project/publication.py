@@ -12,6 +12,7 @@ from dagster_project.quality import DIAGNOSTICS, LINKAGE_REPORT, QUALITY_REPORTS
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
 from pipelines.contract import load_record
+from pipelines.incremental import commit_state
 from pipelines.publication import publish
 from quality.publication_audit import audit_build
 
@@ -36,6 +37,9 @@ def publication_assets() -> list[dg.AssetsDefinition]:
             linked = [name for name, r in inputs.items() if r.get("linkage_input")]
             audit = audit_build(s.engine, s.project.spec, s.layout, linked)
             record = publish(s.layout, context.run_id, audit)
+            # The linkage tables in the working database are now this publication's: the
+            # next incremental linkage may extend them.
+            record["linkage_state_committed"] = commit_state(s.layout, record["snapshot"])
             s.record.update(record)
         published = project.layout.published
         return dg.MaterializeResult(

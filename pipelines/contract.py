@@ -277,12 +277,6 @@ class OutputLayout:
         ids (pipelines.identity.IdentityFiles names the files in it)."""
         return self.zone_dir("secure") / "identity"
 
-    @property
-    def linkage_state_dir(self) -> Path:
-        """The records, scored pairs and floor sums of this build: what an incremental
-        linkage extends (pipelines.incremental.LinkageStateFiles names the files in it)."""
-        return self.zone_dir("secure") / "linkage_state"
-
     # --- secure: kept across runs --------------------------------------------------------
     @property
     def model_dir(self) -> Path:

@@ -1,90 +1,78 @@
 """Incremental linkage: link what changed since the last publication, not everything.
 
-Each publication leaves its linkage state in its secure snapshot (`linkage_state/`):
+The working database keeps, between runs, what the last linkage built: the scored pairs
+above the floor (PAIRWISE_PREDICTIONS), the pairs clustering may use, every record's person
+ids (the identity step's assignments: one id per cluster at each threshold) and a
+fingerprint of every linked record (STATE_RECORDS: a hash of its linkage input row, so a
+corrected record is seen as changed). `secure/work/linkage_state.json` says which
+publication those tables are, with the model, thresholds, pair rule and engine they were
+linked under and the sums of the pairs below the floor. It is written only once that
+publication is out, and removed as soon as any job starts rebuilding the linkage tables, so
+an incremental linkage never extends tables that are not the latest publication's.
 
-    records.parquet  source_dataset, record_id, fingerprint: every linked record, with a hash
-                     of its linkage input row (so a corrected record is seen as changed)
-    pairs.parquet    the scored pairs above the prediction floor (before pair rules)
-    state.json       engine, model version, thresholds, pair rule, the sums of the pairs
-                     below the floor, and whether this build was linked in full
-
-Its clusters are its identity store's assignments (one person id per cluster at each
-threshold, pipelines.identity).
-
-An incremental linkage compares the accepted records now with the previous state's:
+An incremental linkage compares the accepted records now with the stored fingerprints:
 records *new* (or changed) and records *removed* (withdrawn, replaced or changed). With the
-approved model and the term-frequency tables of the whole current population, it scores the
+approved model and the term-frequency tables of the whole current population it scores the
 new records against the kept ones (Splink's `predict_between`) and among themselves
-(`predict_within`), drops the stored pairs of removed records and adds the new pairs. Then,
-per threshold, only the clusters it touched are recomputed: the previous clusters holding an
-end of a new link or a removed record, with the new records; every other cluster is carried
-as it was. Scoring and clustering cost in proportion to the change.
+(`predict_within`); in place, the stored pairs of removed records are deleted and the new
+pairs inserted. Then, per threshold, only the clusters it touched are recomputed: the
+previous clusters holding an end of a new link or a removed record, with the new records;
+every other cluster is carried as it was. Scoring and clustering cost in proportion to the
+change.
 
-What an incremental state does not hold is what a full relink would give now: the stored
-pairs were scored with the term frequencies of their own time, and a removed record's pairs
-below the floor stay in the floor's sums. The scheduled full relink recomputes everything
-and reports how far the incremental clusters had drifted from it.
+What the stored pairs do not have is what a full relink would give now: they keep the term
+frequencies of their own linkage, and a removed record's pairs below the floor stay in the
+floor's sums. The scheduled full relink recomputes everything and reports how far the
+incremental clusters had drifted from it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from linkage_models import linkage
-from pipelines.contract import OutputLayout, Tables, parquet_source
+from pipelines.contract import OutputLayout, Tables
 from pipelines.engines import Engine
-from pipelines.identity import RECORD_KEY, IdentityFiles
-from pipelines.sql import ident, lit
+from pipelines.identity import RECORD_KEY
+from pipelines.sql import ident
 
 # Engine tables of an incremental linkage.
-PREVIOUS_RECORDS = "__incremental_previous_records"
-PREVIOUS_PAIRS = "__incremental_previous_pairs"
-PREVIOUS_CLUSTERS = "__incremental_previous_clusters"
+STATE_RECORDS = "linkage_state_records"  # kept between runs, with the linkage's tables
 CURRENT_RECORDS = "__incremental_current_records"
 NEW_RECORDS = "__incremental_new_records"
 REMOVED_RECORDS = "__incremental_removed_records"
 NEW_PAIRS = "__incremental_new_pairs"
+TOUCHED = "__incremental_touched_clusters"
 NODES = "__incremental_nodes"
 EDGES = "__incremental_edges"
 KEY_COLUMNS = ("record_id", "source_dataset")
 RECORD_KEY_L = "source_dataset_l || '|' || record_id_l"
 RECORD_KEY_R = "source_dataset_r || '|' || record_id_r"
+FULL_RELINK = "run a full relink instead (`joinedup run`, or the Dagster job `relink`)"
 
 
 class IncrementalUnavailable(RuntimeError):
-    """The previous publication cannot be extended incrementally (says why and what to run)."""
+    """The latest publication cannot be extended incrementally (says why and what to run)."""
 
 
-@dataclass(frozen=True)
-class LinkageStateFiles:
-    """Where one build's linkage state lives (in its secure zone)."""
+def _state_file(layout: OutputLayout) -> Path:
+    return layout.work_dir / "linkage_state.json"
 
-    folder: Path
 
-    @classmethod
-    def of(cls, layout: OutputLayout) -> LinkageStateFiles:
-        return cls(layout.linkage_state_dir)
+def _pending_file(layout: OutputLayout) -> Path:
+    return layout.work_dir / "linkage_state.pending.json"
 
-    @property
-    def records(self) -> Path:
-        return self.folder / "records.parquet"
 
-    @property
-    def pairs(self) -> Path:
-        return self.folder / "pairs.parquet"
-
-    @property
-    def state(self) -> Path:
-        return self.folder / "state.json"
-
-    def exists(self) -> bool:
-        return self.state.exists()
-
-    def read_state(self) -> dict[str, Any]:
-        return json.loads(self.state.read_text())
+def forget_state(layout: OutputLayout) -> dict[str, Any] | None:
+    """The linkage tables are about to be rebuilt: from now on they are not a publication's.
+    Returns the state they were (None when they were no publication's)."""
+    path = _state_file(layout)
+    state = json.loads(path.read_text()) if path.exists() else None
+    path.unlink(missing_ok=True)
+    _pending_file(layout).unlink(missing_ok=True)
+    return state
 
 
 def linkage_conditions(
@@ -115,25 +103,26 @@ def _fingerprints_sql(engine: Engine, input_tables: dict[str, str]) -> str:
     return " UNION ALL ".join(parts)
 
 
-def save_state(
+def stage_state(
     engine: Engine,
     layout: OutputLayout,
-    input_tables: dict[str, str],
+    input_tables: dict[str, str] | None,
     conditions: dict[str, Any],
     incremental: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Leave this build's linkage state for the next incremental linkage: the records
-    linked, the pairs above the floor and the floor's sums. `incremental` is what an
-    incremental linkage changed (None: this build linked everything)."""
-    files = LinkageStateFiles.of(layout)
-    files.folder.mkdir(parents=True, exist_ok=True)
-    engine.write_parquet(_fingerprints_sql(engine, input_tables), files.records)
-    engine.write_parquet(f"SELECT * FROM {Tables.PAIRWISE_PREDICTIONS}", files.pairs)
+    """After clustering: fingerprint the linked records (an incremental linkage did so
+    already: `input_tables` None) and stage the state of this build, to be committed when
+    it is published. `incremental` is what an incremental linkage changed (None: this build
+    linked everything)."""
+    if input_tables is None:
+        engine.create_table(STATE_RECORDS, f"SELECT * FROM {CURRENT_RECORDS}")
+    else:
+        engine.create_table(STATE_RECORDS, _fingerprints_sql(engine, input_tables))
     below = engine.fetch(f"SELECT * FROM {Tables.PAIRS_BELOW_FLOOR}")[0]
     state = {
+        "snapshot": layout.snapshot,
         **conditions,
         "linked": "incremental" if incremental else "full",
-        "incremental": incremental,
         "below_floor": dict(
             zip(
                 ("pairs", "expected_matches", "scored_pairs", "expected_matches_scored"),
@@ -142,39 +131,43 @@ def save_state(
             )
         ),
     }
-    files.state.write_text(json.dumps(state, indent=2))
+    _pending_file(layout).write_text(json.dumps(state, indent=2))
     return state
 
 
-def load_previous_state(
-    engine: Engine, published: OutputLayout, conditions: dict[str, Any]
+def commit_state(layout: OutputLayout, published_snapshot: str) -> bool:
+    """The build staged by the clustering step is now the publication: its tables may be
+    extended. (A publication without a new linkage, e.g. after clerical review, keeps the
+    state as it was.)"""
+    pending = _pending_file(layout)
+    if not pending.exists() or json.loads(pending.read_text())["snapshot"] != published_snapshot:
+        return False
+    pending.replace(_state_file(layout))
+    return True
+
+
+def check_state(
+    published: OutputLayout, state: dict[str, Any] | None, conditions: dict[str, Any]
 ) -> dict[str, Any]:
-    """The latest publication's linkage state and clusters as engine tables; refuses (with
-    what to run instead) when there is none or it was linked under other conditions."""
-    files, identity = LinkageStateFiles.of(published), IdentityFiles.of(published)
-    full_relink = "run a full relink instead (`joinedup run`, or the Dagster job `relink`)"
-    if not published.manifest.exists():
-        raise IncrementalUnavailable(f"nothing is published yet to add to: {full_relink}")
-    if not files.exists() or not identity.exists():
+    """`state` (what `forget_state` returned when this linkage began) when it is the latest
+    publication's and was linked under the same conditions: an incremental linkage may
+    extend it. Otherwise says why not and what to run."""
+    if not published.exact_manifest.exists():
+        raise IncrementalUnavailable(f"nothing is published yet to add to: {FULL_RELINK}")
+    linked = json.loads(published.exact_manifest.read_text())["snapshot"]
+    if state is None or state["snapshot"] != linked:
         raise IncrementalUnavailable(
-            f"the latest publication ({published.snapshot}) has no linkage state to extend: "
-            f"{full_relink}"
+            f"the working database does not hold the linkage of the latest publication "
+            f"({linked}): another job rebuilt its tables, or they were started afresh; "
+            f"{FULL_RELINK}"
         )
-    state = files.read_state()
     changed = [k for k, v in conditions.items() if state.get(k) != v]
     if changed:
         what = ", ".join(f"{k} {state.get(k)!r} -> {conditions[k]!r}" for k in changed)
         raise IncrementalUnavailable(
-            f"the latest publication ({published.snapshot}) was linked under other "
-            f"conditions ({what}): its pairs and clusters cannot be extended; {full_relink}"
+            f"the latest publication ({linked}) was linked under other conditions ({what}): "
+            f"its pairs and clusters cannot be extended; {FULL_RELINK}"
         )
-    for table, path in (
-        (PREVIOUS_RECORDS, files.records),
-        (PREVIOUS_PAIRS, files.pairs),
-        (PREVIOUS_CLUSTERS, identity.assignments),
-    ):
-        engine.register_file(f"{table}__file", parquet_source(path), "parquet")
-        engine.create_table(table, f"SELECT * FROM {table}__file")
     return state
 
 
@@ -182,8 +175,8 @@ def find_changes(engine: Engine, input_tables: dict[str, str]) -> dict[str, int]
     """Records new (or changed) since the previous state, and records removed from it."""
     engine.create_table(CURRENT_RECORDS, _fingerprints_sql(engine, input_tables))
     for table, left, right in (
-        (NEW_RECORDS, CURRENT_RECORDS, PREVIOUS_RECORDS),
-        (REMOVED_RECORDS, PREVIOUS_RECORDS, CURRENT_RECORDS),
+        (NEW_RECORDS, CURRENT_RECORDS, STATE_RECORDS),
+        (REMOVED_RECORDS, STATE_RECORDS, CURRENT_RECORDS),
     ):
         engine.create_table(
             table,
@@ -204,20 +197,21 @@ WHERE b.record_id IS NULL""",
 def _split_inputs(
     engine: Engine, input_tables: dict[str, str]
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Each source's input split into its new records and the records kept."""
+    """Each source's input as two views: its new records and the records kept."""
     new, kept = {}, {}
+    counts = dict(engine.fetch(f"SELECT source_dataset, count(*) FROM {NEW_RECORDS} GROUP BY 1"))
     for source, table in input_tables.items():
         joined = (
             f"FROM {table} i LEFT JOIN {NEW_RECORDS} n ON n.source_dataset = i.source_dataset "
             "AND n.record_id = CAST(i.record_id AS VARCHAR)"
         )
-        new_table, kept_table = f"__incremental_new_{source}", f"__incremental_kept_{source}"
-        engine.create_table(new_table, f"SELECT i.* {joined} WHERE n.record_id IS NOT NULL")
-        engine.create_table(kept_table, f"SELECT i.* {joined} WHERE n.record_id IS NULL")
-        if engine.count(new_table):
-            new[source] = new_table
-        if engine.count(kept_table):
-            kept[source] = kept_table
+        new_view, kept_view = f"__incremental_new_{source}", f"__incremental_kept_{source}"
+        engine.create_view(new_view, f"SELECT i.* {joined} WHERE n.record_id IS NOT NULL")
+        engine.create_view(kept_view, f"SELECT i.* {joined} WHERE n.record_id IS NULL")
+        if counts.get(source):
+            new[source] = new_view
+        if engine.count(table) > counts.get(source, 0):
+            kept[source] = kept_view
     return new, kept
 
 
@@ -268,8 +262,11 @@ def score_new_records(
         scored.append(linker.inference.predict_between(frames["new"], frames["kept"]))
     if frames["new"]:
         scored.append(linker.inference.predict_within(frames["new"]))
-    columns = engine.columns(PREVIOUS_PAIRS)
-    empty = f"SELECT {', '.join(ident(c) for c in columns)} FROM {PREVIOUS_PAIRS} WHERE 1 = 0"
+    columns = engine.columns(Tables.PAIRWISE_PREDICTIONS)
+    empty = (
+        f"SELECT {', '.join(ident(c) for c in columns)} FROM {Tables.PAIRWISE_PREDICTIONS} "
+        "WHERE 1 = 0"
+    )
     engine.create_table(
         NEW_PAIRS,
         " UNION ALL ".join(
@@ -287,73 +284,64 @@ def score_new_records(
 
 
 def extend_pairs(
-    engine: Engine, previous_state: dict[str, Any], new_below: tuple[Any, ...]
+    engine: Engine, state: dict[str, Any], new_below: tuple[Any, ...], pair_rule: str | None
 ) -> dict[str, int]:
-    """PAIRWISE_PREDICTIONS: the stored pairs of records still present, and the new pairs
-    above the floor; PAIRS_BELOW_FLOOR: the stored sums plus the new ones."""
-    columns = ", ".join(ident(c) for c in engine.columns(PREVIOUS_PAIRS))
-    removed = f"SELECT source_dataset || '|' || record_id AS k FROM {REMOVED_RECORDS}"
-    engine.create_table(
-        Tables.PAIRWISE_PREDICTIONS,
-        f"""SELECT {columns} FROM {PREVIOUS_PAIRS}
-WHERE {RECORD_KEY_L} NOT IN ({removed}) AND {RECORD_KEY_R} NOT IN ({removed})
-UNION ALL
-SELECT {columns} FROM {NEW_PAIRS} WHERE match_probability >= {linkage.PREDICTION_FLOOR}""",
-    )
-    stored = previous_state["below_floor"]
+    """In place: the stored pairs of removed records deleted and the new pairs above the
+    floor inserted, into PAIRWISE_PREDICTIONS and (those the pair rule keeps) into
+    PAIRS_FOR_CLUSTERING; PAIRS_BELOW_FLOOR: the stored sums plus the new ones."""
+    columns = ", ".join(ident(c) for c in engine.columns(Tables.PAIRWISE_PREDICTIONS))
+    removed = f"SELECT {RECORD_KEY} FROM {REMOVED_RECORDS}"
+    touches_removed = f"{RECORD_KEY_L} IN ({removed}) OR {RECORD_KEY_R} IN ({removed})"
+    above = f"match_probability >= {linkage.PREDICTION_FLOOR}"
+    kept = f" AND NOT ({pair_rule})" if pair_rule else ""
+    stored = engine.count(Tables.PAIRWISE_PREDICTIONS)
+    for table, condition in (
+        (Tables.PAIRWISE_PREDICTIONS, above),
+        (Tables.PAIRS_FOR_CLUSTERING, above + kept),
+    ):
+        engine.delete_rows(table, touches_removed)
+        engine.insert_rows(table, f"SELECT {columns} FROM {NEW_PAIRS} WHERE {condition}")
+    floor = state["below_floor"]
     engine.create_table(
         Tables.PAIRS_BELOW_FLOOR,
-        f"SELECT CAST({stored['pairs'] + new_below[0]} AS BIGINT) AS pairs, "
-        f"CAST({stored['expected_matches'] + float(new_below[1])} AS DOUBLE) AS expected_matches, "
-        f"CAST({stored['scored_pairs'] + new_below[2]} AS BIGINT) AS scored_pairs, "
-        f"CAST({stored['expected_matches_scored'] + float(new_below[3])} AS DOUBLE) "
+        f"SELECT CAST({floor['pairs'] + new_below[0]} AS BIGINT) AS pairs, "
+        f"CAST({floor['expected_matches'] + float(new_below[1])} AS DOUBLE) "
+        "AS expected_matches, "
+        f"CAST({floor['scored_pairs'] + new_below[2]} AS BIGINT) AS scored_pairs, "
+        f"CAST({floor['expected_matches_scored'] + float(new_below[3])} AS DOUBLE) "
         "AS expected_matches_scored",
     )
-    kept_pairs = engine.count(PREVIOUS_PAIRS)
+    added = engine.fetch(f"SELECT count(*) FROM {NEW_PAIRS} WHERE {above}")[0][0]
     return {
-        "stored_pairs": kept_pairs,
-        "stored_pairs_dropped": kept_pairs
-        + engine.fetch(
-            f"SELECT count(*) FROM {NEW_PAIRS} WHERE match_probability >= "
-            f"{linkage.PREDICTION_FLOOR}"
-        )[0][0]
-        - engine.count(Tables.PAIRWISE_PREDICTIONS),
+        "stored_pairs": stored,
+        "stored_pairs_dropped": stored + added - engine.count(Tables.PAIRWISE_PREDICTIONS),
+        "new_pairs_kept": int(added),
     }
 
 
 def recluster_touched(
     engine: Engine, db_api: Any, threshold: str, probability: float
 ) -> dict[str, int]:
-    """The clusters at one threshold as Tables.clusters(threshold): the previous clusters
-    touched by a new link or a removed record are recomputed with the new records, from the
-    pairs clustering may use; every other previous cluster is kept as it was."""
+    """In place, the clusters at one threshold (Tables.clusters(threshold), the stored
+    linkage's): those touched by a new link or a removed record are recomputed with the new
+    records, from the pairs clustering may use; every other cluster stays as it was."""
     from splink.clustering import cluster_pairwise_predictions_at_threshold
 
-    previous = (
-        f"SELECT source_dataset, CAST(record_id AS VARCHAR) AS record_id, person_id "
-        f"FROM {PREVIOUS_CLUSTERS} WHERE threshold = {lit(threshold)}"
-    )
-    new_links = (
-        f"SELECT source_dataset_l AS source_dataset, CAST(record_id_l AS VARCHAR) AS record_id "
-        f"FROM {NEW_PAIRS} WHERE match_probability >= {probability} UNION ALL "
-        f"SELECT source_dataset_r, CAST(record_id_r AS VARCHAR) FROM {NEW_PAIRS} "
-        f"WHERE match_probability >= {probability}"
-    )
-    touched = (
-        f"SELECT DISTINCT p.person_id FROM ({previous}) p JOIN "
-        f"({new_links} UNION ALL SELECT source_dataset, record_id FROM {REMOVED_RECORDS}) e "
-        "ON e.source_dataset = p.source_dataset AND e.record_id = p.record_id"
-    )
-    kept_previous = (
-        f"SELECT p.* FROM ({previous}) p JOIN {CURRENT_RECORDS} c "
-        "ON c.source_dataset = p.source_dataset AND c.record_id = p.record_id "
-        f"LEFT JOIN {NEW_RECORDS} n ON n.source_dataset = p.source_dataset "
-        "AND n.record_id = p.record_id WHERE n.record_id IS NULL"
+    clusters = Tables.clusters(threshold)
+    linked = f"FROM {NEW_PAIRS} WHERE match_probability >= {probability}"
+    ends = (
+        f"SELECT {RECORD_KEY_L} {linked} UNION ALL SELECT {RECORD_KEY_R} {linked} "
+        f"UNION ALL SELECT {RECORD_KEY} FROM {REMOVED_RECORDS}"
     )
     engine.create_table(
+        TOUCHED, f"SELECT DISTINCT cluster_id FROM {clusters} WHERE {RECORD_KEY} IN ({ends})"
+    )
+    in_touched = f"cluster_id IN (SELECT cluster_id FROM {TOUCHED})"
+    engine.create_table(
         NODES,
-        f"""SELECT source_dataset, record_id, {RECORD_KEY} AS node_id
-FROM ({kept_previous}) k WHERE person_id IN ({touched})
+        f"""SELECT source_dataset, CAST(record_id AS VARCHAR) AS record_id, {RECORD_KEY} AS node_id
+FROM {clusters} WHERE {in_touched}
+  AND {RECORD_KEY} NOT IN (SELECT {RECORD_KEY} FROM {REMOVED_RECORDS})
 UNION ALL SELECT source_dataset, record_id, {RECORD_KEY} FROM {NEW_RECORDS}""",
     )
     engine.create_table(
@@ -373,12 +361,12 @@ WHERE match_probability >= {probability}
         edge_id_column_name_right="node_id_r",
         threshold_match_probability=probability,
     )
-    engine.create_table(
-        Tables.clusters(threshold),
-        f"""SELECT source_dataset, record_id, 'kept:' || person_id AS cluster_id
-FROM ({kept_previous}) k WHERE person_id NOT IN ({touched})
-UNION ALL
-SELECT n.source_dataset, n.record_id, 'new:' || c.cluster_id
+    # A recomputed cluster is named after one of its own records, which no untouched
+    # cluster holds: the names stay unique.
+    engine.delete_rows(clusters, in_touched)
+    engine.insert_rows(
+        clusters,
+        f"""SELECT n.source_dataset, n.record_id, 'i:' || c.cluster_id
 FROM {NODES} n JOIN {reclustered.physical_name} c ON c.node_id = n.node_id""",
     )
     return {"records_reclustered": engine.count(NODES)}

@@ -191,25 +191,25 @@ def predict_incremental(
     project: LoadedProject,
     model_path: str,
     input_tables: dict[str, str],
+    state: dict[str, Any] | None,
     conditions: dict[str, Any],
 ) -> dict[str, Any]:
     """Score only what changed since the latest publication (pipelines.incremental): the
     new records against the kept ones and among themselves; the stored pairs of removed
-    records dropped. The same tables and summary as `predict`, with what changed."""
-    previous = incremental.load_previous_state(
-        engine, OutputLayout(project.output_dir).published, conditions
-    )
+    records dropped. `state` is the stored linkage's (None: there is none to extend). The
+    same tables and summary as `predict`, with what changed."""
+    published = OutputLayout(project.output_dir).published
+    state = incremental.check_state(published, state, conditions)
     changes = incremental.find_changes(engine, input_tables)
     db_api, linker = trained_linker(engine, project, model_path, input_tables)
     trained = json.loads(Path(model_path).read_text())
     scored = incremental.score_new_records(engine, linker, db_api, trained, input_tables)
-    pairs = incremental.extend_pairs(engine, previous, scored["new_below_floor"])
+    pairs = incremental.extend_pairs(
+        engine, state, scored["new_below_floor"], linkage.probable_twins_condition(project.spec)
+    )
     below_pairs, below_expected, scored_pairs, reached = engine.fetch(
         f"SELECT * FROM {Tables.PAIRS_BELOW_FLOOR}"
     )[0]
-    removed = apply_pair_rules(
-        engine, project.spec, Tables.PAIRWISE_PREDICTIONS, Tables.PAIRS_FOR_CLUSTERING
-    )
     return {
         "scored": int(scored_pairs),
         "kept_above_floor": engine.count(Tables.PAIRWISE_PREDICTIONS),
@@ -219,12 +219,13 @@ def predict_incremental(
             "expected_matches": round(float(below_expected), 1),
         },
         "blocking_check": blocking_check(engine, project, model_path, input_tables, float(reached)),
-        "removed_by_probable_twins_rule": removed,
+        "removed_by_probable_twins_rule": engine.count(Tables.PAIRWISE_PREDICTIONS)
+        - engine.count(Tables.PAIRS_FOR_CLUSTERING),
         "probable_twins_rule_cost": pair_rule_cost(
             engine, project.spec, Tables.PAIRWISE_PREDICTIONS
         ),
         "incremental": {
-            "previous_snapshot": OutputLayout(project.output_dir).published.snapshot,
+            "previous_snapshot": state["snapshot"],
             **changes,
             "new_pairs_scored": scored["new_pairs_scored"],
             **pairs,

@@ -104,6 +104,18 @@ class Engine(ABC):
     def drop_table(self, name: str) -> None:
         self.execute(f"DROP TABLE IF EXISTS {name}")
 
+    def create_view(self, name: str, select_sql: str) -> None:
+        """A SELECT under a name, computed when read (nothing is copied)."""
+        self.execute(f"CREATE OR REPLACE VIEW {name} AS {select_sql}")
+
+    def delete_rows(self, table: str, condition: str) -> None:
+        """Remove the rows of a table meeting a condition (in place where the engine can)."""
+        self.create_table(table, f"SELECT * FROM {table} WHERE NOT ({condition})")
+
+    def insert_rows(self, table: str, select_sql: str) -> None:
+        """Add rows to a table; `select_sql` gives the table's columns in its order."""
+        self.create_table(table, f"SELECT * FROM {table} UNION ALL {select_sql}")
+
     def count(self, table: str) -> int:
         return int(self.fetch(f"SELECT count(*) FROM {table}")[0][0])
 

@@ -71,6 +71,20 @@ class DuckDBEngine(Engine):
     def create_table(self, name: str, select_sql: str) -> None:
         self.con.execute(f"CREATE OR REPLACE TABLE {name} AS {select_sql}")
 
+    def create_view(self, name: str, select_sql: str) -> None:
+        # A table of that name (left by an earlier version of a step) gives way to the view.
+        if self.con.execute(
+            "SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [name]
+        ).fetchone():
+            self.con.execute(f"DROP TABLE {name}")
+        self.con.execute(f"CREATE OR REPLACE VIEW {name} AS {select_sql}")
+
+    def delete_rows(self, table: str, condition: str) -> None:
+        self.con.execute(f"DELETE FROM {table} WHERE {condition}")
+
+    def insert_rows(self, table: str, select_sql: str) -> None:
+        self.con.execute(f"INSERT INTO {table} {select_sql}")
+
     def fetch(self, sql: str) -> list[tuple[Any, ...]]:
         return self.con.execute(sql).fetchall()
 

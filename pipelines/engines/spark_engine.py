@@ -291,6 +291,11 @@ class SparkEngine(Engine):
     def create_table(self, name: str, select_sql: str) -> None:
         self._store(name, self._sql(select_sql))
 
+    def create_view(self, name: str, select_sql: str) -> None:
+        """A temporary view of this session (a step's own working view)."""
+        self._sql(select_sql).createOrReplaceTempView(name.lower())
+        self._views.pop(name.lower(), None)
+
     def _store(self, name: str, frame: Any) -> None:
         key = name.lower()
         path = f"{self.tables_dir.rstrip('/')}/{key}/{uuid.uuid4().hex}"
