@@ -16,6 +16,7 @@ from dagster_project.published import MANIFEST
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
 from linkage_models.diagnostics import write_diagnostics, write_label_accuracy
+from pipelines import linking
 from pipelines.contract import Tables, load_record, records_of
 from pipelines.deliveries import delivery_statuses
 from quality.linkage_report import write_linkage_report
@@ -66,6 +67,12 @@ def quality_assets() -> list[dg.AssetsDefinition]:
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
         with step(project, engine, "diagnostics") as s:
+            detailed = None
+            if load_record(s.layout, "predict").get("incremental"):
+                detailed = linking.detailed_pairs_of_changes(
+                    s.engine, s.project, model_path(s.layout), input_tables(s.layout)
+                )
+            s.record["of"] = "every pair" if detailed is None else "new records' pairs"
             written = write_diagnostics(
                 s.engine.splink_api(),
                 s.project.spec,
@@ -76,6 +83,7 @@ def quality_assets() -> list[dg.AssetsDefinition]:
                 s.layout.charts_dir,
                 s.layout.diagnostics_dir,
                 s.layout.relative(s.layout.diagnostics_dir),
+                detailed,
             )
             s.record["written"] = written
         return dg.MaterializeResult(

@@ -46,6 +46,7 @@ def write_diagnostics(
     charts_dir: Path,
     secure_dir: Path,
     secure_dir_as_named: str,
+    detailed_pairs_table: str | None = None,
 ) -> list[dict[str, Any]]:
     """Write every diagnostic: charts of the model and of counts into `charts_dir` (beside
     the linkage report, shareable), those that show identifiers into `secure_dir`.
@@ -73,8 +74,16 @@ def write_diagnostics(
         return folder / name
 
     # Scored again with the intermediate columns the comparison viewer needs (diagnostics
-    # only; the published clusters come from the production predictions).
-    predictions = linker.inference.predict(threshold_match_probability=PREDICTION_FLOOR)
+    # only; the published clusters come from the production predictions). An incremental
+    # linkage passes the pairs of its new records, already scored so: its diagnostics are
+    # those of what it linked.
+    scope = "" if detailed_pairs_table is None else " (pairs of the records this linkage added)"
+    predictions = None
+    if detailed_pairs_table is None:
+        predictions = linker.inference.predict(threshold_match_probability=PREDICTION_FLOOR)
+    elif detailed_pairs_table and _count(db_api, detailed_pairs_table):
+        predictions = db_api.table_to_splink_dataframe("__splink__df_predict", detailed_pairs_table)
+        pairs_table = detailed_pairs_table
     frames = [db_api.table_to_splink_dataframe(f"__diag_{s}", t) for s, t in input_tables.items()]
     records = sum(_count(db_api, t) for t in input_tables.values())
 
@@ -86,10 +95,13 @@ def write_diagnostics(
         linker.visualisations.m_u_parameters_chart(),
         place("m and u probabilities", "m_u_parameters.html"),
     )
-    _save(
-        linker.visualisations.match_weights_histogram(predictions),
-        place("Histogram of match weights of scored pairs", "match_weight_histogram.html"),
-    )
+    if predictions is not None:
+        _save(
+            linker.visualisations.match_weights_histogram(predictions),
+            place(
+                "Histogram of match weights of scored pairs" + scope, "match_weight_histogram.html"
+            ),
+        )
     _save(
         linker.evaluation.unlinkables_chart(),
         place("Unlinkable records (too little information to link)", "unlinkables.html"),
@@ -121,6 +133,8 @@ def write_diagnostics(
         place("Comparisons generated per blocking rule", "blocking_rule_comparisons.html"),
     )
 
+    if predictions is None:  # an incremental linkage that only took records out
+        return written
     for name, probability in project.model.thresholds.as_dict().items():
         weight = math.log2(probability / (1 - probability))
         # The scored pairs nearest the threshold, with Splink's intermediate columns.
@@ -140,24 +154,35 @@ def write_diagnostics(
             _save(
                 linker.visualisations.waterfall_chart(scored),
                 place(
-                    f"Waterfall charts of pairs near the {name} threshold",
+                    f"Waterfall charts of pairs near the {name} threshold{scope}",
                     f"waterfall_{name}.html",
                     identifying=True,
                 ),
             )
 
-    viewer = place("Comparison viewer dashboard", "comparison_viewer.html", identifying=True)
+    viewer = place(
+        "Comparison viewer dashboard" + scope, "comparison_viewer.html", identifying=True
+    )
     linker.visualisations.comparison_viewer_dashboard(
         predictions, str(viewer), overwrite=True, num_example_rows=2
     )
 
     union = " UNION ALL ".join(f"SELECT * FROM {t}" for t in input_tables.values())
-    clusters = db_api.query_sql(
-        f"SELECT c.cluster_id, i.* FROM {balanced_clusters_table} c JOIN ({union}) i "
-        "USING (source_dataset, record_id)"
-    )
+    clustered = f"SELECT c.cluster_id, i.* FROM {balanced_clusters_table} c JOIN ({union}) i "
+    if detailed_pairs_table is not None:  # the clusters holding a record of the pairs shown
+        ends = " UNION ".join(
+            f"SELECT source_dataset_{s} AS source_dataset, record_id_{s} AS record_id "
+            f"FROM {detailed_pairs_table}"
+            for s in ("l", "r")
+        )
+        clustered = (
+            f"SELECT c.cluster_id, i.* FROM (SELECT * FROM {balanced_clusters_table} "
+            f"WHERE cluster_id IN (SELECT cluster_id FROM {balanced_clusters_table} "
+            f"JOIN ({ends}) e USING (source_dataset, record_id))) c JOIN ({union}) i "
+        )
+    clusters = db_api.query_sql(clustered + "USING (source_dataset, record_id)")
     studio = place(
-        "Cluster studio dashboard (sample of clusters by size)",
+        "Cluster studio dashboard (sample of clusters by size)" + scope,
         "cluster_studio.html",
         identifying=True,
     )

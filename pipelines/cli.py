@@ -156,6 +156,22 @@ def _print_summary(result: RunResult) -> None:
             f"{c['records_moved']:,} ({c['share_of_previous_records_moved']:.2%})",
         )
     console.print(churn)
+    linked = m.get("linkage") or {}
+    if linked.get("linked") == "incremental":
+        change = linked["incremental"]
+        reclustered = m["links"]["balanced"]["records_reclustered"]
+        console.print(
+            f"linked incrementally from {change['previous_snapshot']}: "
+            f"{change['records_new_or_changed']:,} new or changed records scored against "
+            f"{change['records_kept']:,}, {change['records_removed_or_changed']:,} taken out; "
+            f"{reclustered:,} records reclustered (balanced)"
+        )
+    elif linked.get("drift_from_incremental"):
+        drift = linked["drift_from_incremental"]["by_threshold"]["balanced"]
+        console.print(
+            "full relink after incremental linkages: balanced clusters agreed on "
+            f"{drift['pairwise_agreement']:.4%} of pairs"
+        )
     measured = m.get("measured_accuracy") or {}
     columns = ["threshold", "precision est.", "recall est."]
     if measured:
@@ -419,7 +435,7 @@ def delivery_withdraw_command(
         _fail(exc)
     console.print(
         f"{source}/{delivery} withdrawn at {entry['withdrawn_at']} ({entry['reason']}); "
-        f"run `joinedup run {config}` to publish without it"
+        f"run `joinedup run {config}` (or with --incremental) to publish without it"
     )
 
 

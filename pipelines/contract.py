@@ -51,6 +51,8 @@ class Tables:
     # scored pairs.
     PAIRS_BELOW_FLOOR = "pairs_below_floor"
     PAIRS_FOR_CLUSTERING = "pairs_for_clustering"  # the pairs clustering may use
+    # An incremental linkage's new pairs with Splink's intermediate columns (diagnostics).
+    DETAILED_PAIRS = "detailed_pairs_of_changes"
     PERSON_LOOKUP = "person_lookup"
     EVENTS = "events"
 

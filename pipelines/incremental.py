@@ -243,13 +243,11 @@ def _oriented_sql(columns: list[str], table: str) -> str:
     return f"SELECT {', '.join(items)} FROM {table}"
 
 
-def score_new_records(
+def score_changes(
     engine: Engine, linker: Any, db_api: Any, trained: dict[str, Any], input_tables: dict[str, str]
-) -> dict[str, Any]:
-    """Score the new records against the kept ones and among themselves (the linker holds
-    the whole current population, whose term frequencies are used); the stored pairs of
-    removed records are dropped and the new pairs above the floor added, as
-    PAIRWISE_PREDICTIONS, with the floor's sums in PAIRS_BELOW_FLOOR."""
+) -> list[Any]:
+    """Splink's scored pairs of the new records: against the kept records, and among
+    themselves (the linker holds the whole population, whose term frequencies are used)."""
     for column in _tf_columns(trained):
         linker.table_management.compute_tf_table(column)
     new, kept = _split_inputs(engine, input_tables)
@@ -262,6 +260,17 @@ def score_new_records(
         scored.append(linker.inference.predict_between(frames["new"], frames["kept"]))
     if frames["new"]:
         scored.append(linker.inference.predict_within(frames["new"]))
+    return scored
+
+
+def score_new_records(
+    engine: Engine, linker: Any, db_api: Any, trained: dict[str, Any], input_tables: dict[str, str]
+) -> dict[str, Any]:
+    """Score the new records against the kept ones and among themselves (the linker holds
+    the whole current population, whose term frequencies are used); the stored pairs of
+    removed records are dropped and the new pairs above the floor added, as
+    PAIRWISE_PREDICTIONS, with the floor's sums in PAIRS_BELOW_FLOOR."""
+    scored = score_changes(engine, linker, db_api, trained, input_tables)
     columns = engine.columns(Tables.PAIRWISE_PREDICTIONS)
     empty = (
         f"SELECT {', '.join(ident(c) for c in columns)} FROM {Tables.PAIRWISE_PREDICTIONS} "

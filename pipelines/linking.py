@@ -233,6 +233,33 @@ def predict_incremental(
     }
 
 
+def detailed_pairs_of_changes(
+    engine: Engine, project: LoadedProject, model_path: str, input_tables: dict[str, str]
+) -> str:
+    """After an incremental linkage: its new records' pairs above the floor scored again
+    with Splink's intermediate columns, for the diagnostics (which otherwise score the whole
+    population again); "" when it added no record."""
+    trained = {
+        **json.loads(Path(model_path).read_text()),
+        "retain_intermediate_calculation_columns": True,
+    }
+    db_api = engine.splink_api()
+    linker = linkage.make_linker(db_api, input_tables, project.spec, trained)
+    scored = incremental.score_changes(engine, linker, db_api, trained, input_tables)
+    if not scored:
+        return ""
+    columns = ", ".join(engine.columns(scored[0].physical_name))
+    engine.create_table(
+        Tables.DETAILED_PAIRS,
+        " UNION ALL ".join(
+            f"SELECT {columns} FROM {frame.physical_name} "
+            f"WHERE match_probability >= {linkage.PREDICTION_FLOOR}"
+            for frame in scored
+        ),
+    )
+    return Tables.DETAILED_PAIRS
+
+
 def blocking_check(
     engine: Engine,
     project: LoadedProject,
