@@ -21,6 +21,7 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +40,13 @@ DEMO_CONFIG = REPO / "examples" / "demo_project.yaml"
 KEY = ["source_dataset", "source_record_id"]
 
 
-def monthly_deliveries(people: int, months: int, folder: Path, seed: int) -> Path:
-    """The demo project over the generator's extracts cut into monthly files; returns the
-    project file (its landing folder starts empty: `deliver` fills it month by month)."""
+def cut_extracts(
+    people: int, folder: Path, seed: int, cut: Callable[[np.random.Generator, int], np.ndarray]
+) -> Path:
+    """The demo project over the generator's extracts, each source's rows cut into files by
+    `cut(rng, rows)` (a label per row): `all/<stem>_<label>.<suffix>`. Returns the project
+    file; its landing folder (`data/`) starts empty and each source's path matches
+    `<stem>_*`, so files put there are its deliveries."""
     data = generate_extracts(folder / "generated", people=people, seed=seed)
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     rng = np.random.default_rng(seed)
@@ -54,11 +59,11 @@ def monthly_deliveries(people: int, months: int, folder: Path, seed: int) -> Pat
             if path.suffix == ".parquet"
             else pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
         )
-        month_of = rng.integers(1, months + 1, len(frame))
+        labels = cut(rng, len(frame))
         stem, suffix = s["path"].rsplit(".", 1)
-        for month in range(1, months + 1):
-            part = frame[month_of == month]
-            target = folder / "all" / f"{stem}_2026-{month:02d}.{suffix}"
+        for label in sorted(set(labels)):
+            part = frame[labels == label]
+            target = folder / "all" / f"{stem}_{label}.{suffix}"
             if suffix == "parquet":
                 part.to_parquet(target, index=False)
             else:
@@ -70,6 +75,15 @@ def monthly_deliveries(people: int, months: int, folder: Path, seed: int) -> Pat
     config = folder / "project.yaml"
     config.write_text(yaml.safe_dump(raw))
     return config
+
+
+def monthly_deliveries(people: int, months: int, folder: Path, seed: int) -> Path:
+    """The extracts cut into monthly files (rows assigned to months at random)."""
+
+    def month_of(rng: np.random.Generator, rows: int) -> np.ndarray:
+        return np.array([f"2026-{m:02d}" for m in rng.integers(1, months + 1, rows)])
+
+    return cut_extracts(people, folder, seed, month_of)
 
 
 def unchanged_cluster_retention(before: pd.DataFrame, after: pd.DataFrame, column: str) -> dict:
