@@ -4,11 +4,12 @@ The working database keeps, between runs, what the last linkage built: the score
 above the floor (PAIRWISE_PREDICTIONS), the pairs clustering may use, every record's person
 ids (the identity step's assignments: one id per cluster at each threshold) and a
 fingerprint of every linked record (STATE_RECORDS: a hash of its linkage input row, so a
-corrected record is seen as changed). `secure/work/linkage_state.json` says which
-publication those tables are, with the model, thresholds, pair rule and engine they were
-linked under and the sums of the pairs below the floor. It is written only once that
-publication is out, and removed as soon as any job starts rebuilding the linkage tables, so
-an incremental linkage never extends tables that are not the latest publication's.
+corrected record is seen as changed; `Engine.row_fingerprint_sql`).
+`secure/work/linkage_state.json` says which publication those tables are, with the model,
+thresholds, pair rule and engine they were linked under and the sums of the pairs below the
+floor. It is written only once that publication is out, and removed as soon as any job
+starts rebuilding the linkage tables, so an incremental linkage never extends tables that
+are not the latest publication's.
 
 An incremental linkage compares the accepted records now with the stored fingerprints:
 records *new* (or changed) and records *removed* (withdrawn, replaced or changed). With the
@@ -91,14 +92,10 @@ def _fingerprints_sql(engine: Engine, input_tables: dict[str, str]) -> str:
     """Every input record's key and a hash of its linkage input row."""
     parts = []
     for table in input_tables.values():
-        values = [
-            f"coalesce(CAST({ident(c)} AS VARCHAR), '<null>')"
-            for c in engine.columns(table)
-            if c not in KEY_COLUMNS
-        ]
+        values = [c for c in engine.columns(table) if c not in KEY_COLUMNS]
         parts.append(
             f"SELECT source_dataset, CAST(record_id AS VARCHAR) AS record_id, "
-            f"md5(concat_ws('|', {', '.join(values)})) AS fingerprint FROM {table}"
+            f"{engine.row_fingerprint_sql(values)} AS fingerprint FROM {table}"
         )
     return " UNION ALL ".join(parts)
 
@@ -114,8 +111,16 @@ def stage_state(
     already: `input_tables` None) and stage the state of this build, to be committed when
     it is published. `incremental` is what an incremental linkage changed (None: this build
     linked everything)."""
-    if input_tables is None:
-        engine.create_table(STATE_RECORDS, f"SELECT * FROM {CURRENT_RECORDS}")
+    if input_tables is None:  # in place: out with the removed, in with the new
+        engine.delete_rows(
+            STATE_RECORDS, f"{RECORD_KEY} IN (SELECT {RECORD_KEY} FROM {REMOVED_RECORDS})"
+        )
+        engine.insert_rows(
+            STATE_RECORDS,
+            f"SELECT c.source_dataset, c.record_id, c.fingerprint FROM {CURRENT_RECORDS} c "
+            f"JOIN {NEW_RECORDS} n ON n.source_dataset = c.source_dataset "
+            "AND n.record_id = c.record_id",
+        )
     else:
         engine.create_table(STATE_RECORDS, _fingerprints_sql(engine, input_tables))
     below = engine.fetch(f"SELECT * FROM {Tables.PAIRS_BELOW_FLOOR}")[0]

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import pandas as pd
 
 from linkage_models.project import CsvOptions
+from pipelines.sql import ident
 
 T = TypeVar("T")
 
@@ -103,6 +104,12 @@ class Engine(ABC):
 
     def drop_table(self, name: str) -> None:
         self.execute(f"DROP TABLE IF EXISTS {name}")
+
+    def row_fingerprint_sql(self, columns: list[str]) -> str:
+        """An expression over a row's `columns` that changes when any of their values does
+        (a changed record is told from an unchanged one by it)."""
+        values = ", ".join(f"coalesce(CAST({ident(c)} AS VARCHAR), '<null>')" for c in columns)
+        return f"md5(concat_ws('|', {values}))"
 
     def create_view(self, name: str, select_sql: str) -> None:
         """A SELECT under a name, computed when read (nothing is copied)."""

@@ -18,7 +18,7 @@ from pipelines.engines.base import (
     Engine,
     wait_for,
 )
-from pipelines.sql import lit
+from pipelines.sql import ident, lit
 
 
 def _connect(database: Path, timeout: float) -> duckdb.DuckDBPyConnection:
@@ -70,6 +70,10 @@ class DuckDBEngine(Engine):
 
     def create_table(self, name: str, select_sql: str) -> None:
         self.con.execute(f"CREATE OR REPLACE TABLE {name} AS {select_sql}")
+
+    def row_fingerprint_sql(self, columns: list[str]) -> str:
+        # DuckDB hashes typed values (lists too) directly: a quarter of md5's cost.
+        return f"hash({', '.join(ident(c) for c in columns)})"
 
     def create_view(self, name: str, select_sql: str) -> None:
         # A table of that name (left by an earlier version of a step) gives way to the view.
