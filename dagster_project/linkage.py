@@ -17,7 +17,7 @@ from pipelines import incremental, linking
 from pipelines.contract import OutputLayout, forget_record, load_record
 from pipelines.deliveries import deliveries_for_linkage, withdrawn_deliveries
 from pipelines.publication import begin_staging
-from pipelines.standardise import build_linkage_input
+from pipelines.standardise import build_linkage_input, extend_linkage_input
 from quality.model_comparison import incremental_drift
 from quality.quarantine import combine_and_quarantine
 
@@ -91,23 +91,45 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
             # the linkage tables stop being the publication's (what they were is kept in
             # this record, for an incremental linkage to extend).
             forget_record(s.layout, "evaluate")
-            s.record["stored_linkage"] = incremental.forget_state(s.layout)
+            stored = s.record["stored_linkage"] = incremental.forget_state(s.layout)
             sources: dict[str, Any] = {}
             pending: list[dict[str, Any]] = []
             withdrawn = withdrawn_deliveries(s.layout)
             for source in s.project.spec.sources:
                 tables, waiting = deliveries_for_linkage(s.engine, source.name, withdrawn)
                 pending += waiting
+                # An incremental linkage adds new deliveries to what the publication
+                # combined, when its deliveries are all still there as they were.
+                held = (
+                    incremental.combination_to_extend(
+                        s.engine, s.layout.published, stored, source.name, tables
+                    )
+                    if config.incremental
+                    else None
+                )
                 result = combine_and_quarantine(
-                    s.engine, source, tables, s.layout.quarantine_file(source.name)
+                    s.engine, source, tables, s.layout.quarantine_file(source.name), held
                 )
-                table = build_linkage_input(
-                    s.engine, s.project.spec, source.name, result.accepted_table
-                )
+                if held and result.added_to_previous:
+                    table = extend_linkage_input(
+                        s.engine,
+                        s.project.spec,
+                        source.name,
+                        held["linkage_input"],
+                        result.appended_rows,
+                    )
+                else:
+                    table = build_linkage_input(
+                        s.engine, s.project.spec, source.name, result.accepted_table
+                    )
                 sources[source.name] = {
                     **asdict(result),
                     "path": str(result.path),
                     "linkage_input": table,
+                    "deliveries": [d.fingerprint() for d in tables],
+                    "combined": "added to the publication's"
+                    if result.added_to_previous
+                    else "afresh",
                 }
             s.record.update(
                 {
@@ -228,6 +250,7 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                 None if changed else inputs,
                 linkage_conditions(s.layout, s.project, engine.engine),
                 changed,
+                load_record(s.layout, "linkage_inputs")["sources"],
             )
         metadata: dict[str, object] = {}
         for name, counts in summary.items():

@@ -74,10 +74,6 @@ class Tables:
         return f"accepted_{source}"
 
     @staticmethod
-    def raw(source: str) -> str:
-        return f"raw_{source}"
-
-    @staticmethod
     def quarantined(source: str) -> str:
         return f"quarantined_{source}"
 
@@ -121,6 +117,11 @@ class DeliveryTables:
     raw_table: str
     standardised_table: str | None
     rejection: str = ""
+    sha256: str = ""  # of the delivered file
+
+    def fingerprint(self) -> list[str]:
+        """What says this is the same delivery, read the same way, as when combined before."""
+        return [self.key, self.sha256, "accepted" if self.standardised_table else "rejected"]
 
 
 STAGING = "staging"

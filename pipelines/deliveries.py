@@ -231,9 +231,11 @@ def deliveries_for_linkage(
         if f"{source}/{d.key}" in (withdrawn or {}):
             continue
         if row["status"] == "standardised":
-            tables.append(DeliveryTables(d.key, d.raw_table, d.standardised_table))
+            tables.append(
+                DeliveryTables(d.key, d.raw_table, d.standardised_table, sha256=row["sha256"])
+            )
         elif row["status"] == "rejected":
-            tables.append(DeliveryTables(d.key, d.raw_table, None, row["detail"]))
+            tables.append(DeliveryTables(d.key, d.raw_table, None, row["detail"], row["sha256"]))
         else:
             pending.append({"source": source, "delivery": d.key, "status": row["status"]})
     return tables, pending

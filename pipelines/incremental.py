@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from linkage_models import linkage
-from pipelines.contract import OutputLayout, Tables
+from pipelines.contract import DeliveryTables, OutputLayout, Tables
 from pipelines.engines import Engine
 from pipelines.identity import RECORD_KEY
 from pipelines.sql import ident
@@ -106,11 +106,13 @@ def stage_state(
     input_tables: dict[str, str] | None,
     conditions: dict[str, Any],
     incremental: dict[str, Any] | None,
+    combined: dict[str, Any],
 ) -> dict[str, Any]:
     """After clustering: fingerprint the linked records (an incremental linkage did so
     already: `input_tables` None) and stage the state of this build, to be committed when
     it is published. `incremental` is what an incremental linkage changed (None: this build
-    linked everything)."""
+    linked everything); `combined`, per source, how its deliveries were combined (the
+    linkage_inputs step's entries, with the deliveries they hold)."""
     if input_tables is None:  # in place: out with the removed, in with the new
         engine.delete_rows(
             STATE_RECORDS, f"{RECORD_KEY} IN (SELECT {RECORD_KEY} FROM {REMOVED_RECORDS})"
@@ -128,6 +130,7 @@ def stage_state(
         "snapshot": layout.snapshot,
         **conditions,
         "linked": "incremental" if incremental else "full",
+        "combined": combined,
         "below_floor": dict(
             zip(
                 ("pairs", "expected_matches", "scored_pairs", "expected_matches_scored"),
@@ -151,12 +154,8 @@ def commit_state(layout: OutputLayout, published_snapshot: str) -> bool:
     return True
 
 
-def check_state(
-    published: OutputLayout, state: dict[str, Any] | None, conditions: dict[str, Any]
-) -> dict[str, Any]:
-    """`state` (what `forget_state` returned when this linkage began) when it is the latest
-    publication's and was linked under the same conditions: an incremental linkage may
-    extend it. Otherwise says why not and what to run."""
+def _check_publication(published: OutputLayout, state: dict[str, Any] | None) -> str:
+    """The latest publication, when `state` is its linkage's (else says why not)."""
     if not published.exact_manifest.exists():
         raise IncrementalUnavailable(f"nothing is published yet to add to: {FULL_RELINK}")
     linked = json.loads(published.exact_manifest.read_text())["snapshot"]
@@ -166,6 +165,16 @@ def check_state(
             f"({linked}): another job rebuilt its tables, or they were started afresh; "
             f"{FULL_RELINK}"
         )
+    return linked
+
+
+def check_state(
+    published: OutputLayout, state: dict[str, Any] | None, conditions: dict[str, Any]
+) -> dict[str, Any]:
+    """`state` (what `forget_state` returned when this linkage began) when it is the latest
+    publication's and was linked under the same conditions: an incremental linkage may
+    extend it. Otherwise says why not and what to run."""
+    linked = _check_publication(published, state)
     changed = [k for k, v in conditions.items() if state.get(k) != v]
     if changed:
         what = ", ".join(f"{k} {state.get(k)!r} -> {conditions[k]!r}" for k in changed)
@@ -174,6 +183,34 @@ def check_state(
             f"its pairs and clusters cannot be extended; {FULL_RELINK}"
         )
     return state
+
+
+def combination_to_extend(
+    engine: Engine,
+    published: OutputLayout,
+    state: dict[str, Any] | None,
+    source: str,
+    deliveries: list[DeliveryTables],
+) -> dict[str, Any] | None:
+    """How the latest publication's linkage combined this source (its linkage_inputs entry),
+    when the working database still holds it and its deliveries are the first of
+    `deliveries`, unchanged: the deliveries after them can be added to it in place. None
+    when the source must be combined afresh (a delivery withdrawn, replaced, re-validated
+    or ordered before a combined one; or nothing to extend)."""
+    try:
+        _check_publication(published, state)
+    except IncrementalUnavailable:
+        return None
+    entry = (state or {}).get("combined", {}).get(source)
+    if not entry or not entry.get("accepted_table") or not entry.get("linkage_input"):
+        return None
+    held = entry["deliveries"]
+    if [d.fingerprint() for d in deliveries[: len(held)]] != held:
+        return None
+    tables = (Tables.checked(source), entry["accepted_table"], Tables.quarantined(source))
+    if not all(engine.table_exists(t) for t in (*tables, entry["linkage_input"])):
+        return None
+    return entry
 
 
 def find_changes(engine: Engine, input_tables: dict[str, str]) -> dict[str, int]:

@@ -135,7 +135,13 @@ def build_manifest(
         "links": clusters["links"],
         # Linked in full or incrementally (what changed), and for a full relink after
         # incremental linkages how far their clusters had drifted from it.
-        "linkage": clusters.get("linkage"),
+        "linkage": clusters.get("linkage")
+        and {
+            **clusters["linkage"],
+            # Per source: its deliveries combined afresh, or new ones added to what the
+            # previous publication combined (incremental linkage).
+            "deliveries_combined": {n: s.get("combined", "afresh") for n, s in sources.items()},
+        },
         # Relative to the manifest's folder: the publication can move, and the manifest does
         # not describe the secure server's file system.
         "outputs": {

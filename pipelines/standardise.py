@@ -568,3 +568,13 @@ def build_linkage_input(
         return None
     engine.create_table(table, linkage_input_sql(project, project.source(source), accepted_table))
     return table
+
+
+def extend_linkage_input(
+    engine: Engine, project: LinkageProject, source: str, table: str, added_rows: str | None
+) -> str:
+    """In place: the source's Splink input table with the accepted rows a combination added
+    to the one it was built from (`added_rows`; None: nothing was added)."""
+    if added_rows:
+        engine.insert_rows(table, linkage_input_sql(project, project.source(source), added_rows))
+    return table

@@ -155,6 +155,11 @@ def test_incremental_months_keep_ids_and_the_ledger_agrees(sequence: dict) -> No
     assert "Linked <strong>incrementally</strong>" in (
         at_snapshot(sequence["month3"]).linkage_report.read_text()
     )
+    # Each month's deliveries were added to what the previous publication had combined:
+    # only the new files were read.
+    for month in ("month2", "month3"):
+        combined = sequence[month].manifest["linkage"]["deliveries_combined"]
+        assert combined == dict.fromkeys(FILES, "added to the publication's")
 
 
 def test_a_corrected_record_and_a_withdrawn_delivery_are_taken_out(sequence: dict) -> None:
@@ -171,6 +176,19 @@ def test_a_corrected_record_and_a_withdrawn_delivery_are_taken_out(sequence: dic
     assert churn["by_source"]["prisons"]["records_withdrawn"] == len(withdrawn)
     ledger_matches(lookup(before), later, after.manifest["identity"]["churn"])
     assert after.manifest["reconciliation"]["reconciles"]
+    # A replaced file and a withdrawn delivery: those sources are combined afresh.
+    assert after.manifest["linkage"]["deliveries_combined"] == dict.fromkeys(FILES, "afresh")
+
+    def counts(result: RunResult) -> dict:
+        by_source = result.manifest["reconciliation"]["by_source"]
+        return {
+            n: {k: v for k, v in s.items() if k != "quarantine_file"} for n, s in by_source.items()
+        }
+
+    assert counts(after) == counts(sequence["full"])
+    assert counts(sequence["month3"])["prisons"]["by_delivery"].keys() > (
+        counts(after)["prisons"]["by_delivery"].keys()
+    )
 
 
 def components(records: set[str], links: list[tuple[str, str]]) -> set[frozenset[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ from pipelines.deliveries import Delivery
 from pipelines.engines import Engine, error_summary
 from pipelines.ingest import SourceError, ingest_delivery
 from pipelines.standardise import load_reference_tables, standardise_table
-from quality.quarantine import DeliveryTables, combine_and_quarantine
+from quality.quarantine import DeliveryTables, QuarantineResult, combine_and_quarantine
 
 SOURCE = SourceSpec.model_validate(
     {
@@ -207,6 +208,61 @@ def test_duplicates_across_deliveries_and_rejected_deliveries(
         "quarantined_by_reason": {"delivery rejected by validation: record_id_unique": 1},
     }
     assert result.reconciles and (result.rows_in, result.rows_accepted) == (4, 2)
+
+
+def test_deliveries_added_in_place_combine_as_all_at_once(engine: Engine, tmp_path: Path) -> None:
+    """An incremental linkage adds new deliveries to the combination the publication holds:
+    rows, reasons (a record id seen in an earlier delivery is a duplicate) and counts are
+    those of combining every delivery afresh, and only the new deliveries are read."""
+    month1 = _ingest(
+        engine,
+        _csv(tmp_path / "2024-01.csv", [GOOD, {**GOOD, "episode_id": "E2", "dob": "x"}]),
+    )
+    month2 = _ingest(
+        engine,
+        _csv(
+            tmp_path / "2024-02.csv",
+            [
+                {**GOOD, "episode_id": "E2", "forename": "Later"},  # seen in January
+                {**GOOD, "episode_id": "E3"},
+                {**GOOD, "episode_id": "E3", "forename": "Again"},  # twice in February
+                {**GOOD, "episode_id": "E4", "forename": "", "surname": "", "postcode": ""},
+                {**GOOD, "episode_id": "E5", "dob": "UNKNOWN"},  # kept without a date
+            ],
+        ),
+    )
+    rejected = _ingest(engine, _csv(tmp_path / "2024-03.csv", [{**GOOD, "episode_id": "E6"}]))
+    deliveries = [
+        _standardised(engine, month1),
+        _standardised(engine, month2),
+        DeliveryTables(rejected.key, rejected.raw_table, None, "record_id_unique"),
+    ]
+
+    def combined(result: QuarantineResult) -> tuple:
+        accepted = engine.fetch(
+            "SELECT _delivery, _row_number, record_id, given_name FROM accepted_hospital "
+            "ORDER BY 1, 2"
+        )
+        quarantined = pd.read_parquet(result.path)[["delivery", "row_number", "quarantine_reason"]]
+        counts = asdict(result)
+        for k in ("path", "added_to_previous", "appended_rows"):
+            counts.pop(k)
+        return accepted, sorted(map(tuple, quarantined.to_numpy().tolist())), counts
+
+    at_once = combined(combine_and_quarantine(engine, SOURCE, deliveries, tmp_path / "q1"))
+    first = combine_and_quarantine(engine, SOURCE, deliveries[:1], tmp_path / "q2")
+    added = combine_and_quarantine(engine, SOURCE, deliveries, tmp_path / "q3", asdict(first))
+    assert added.added_to_previous and not first.added_to_previous
+    assert combined(added) == at_once
+    assert at_once[2]["by_reason"] == {
+        "delivery rejected by validation: record_id_unique": 1,
+        "duplicate record id": 2,
+        "insufficient identifiers": 1,
+    }
+    assert at_once[2]["cleaning"]["date_of_birth_unparseable_set_missing"] == 1
+    # Nothing new: the combination is kept as it was.
+    again = combine_and_quarantine(engine, SOURCE, deliveries, tmp_path / "q4", asdict(added))
+    assert combined(again) == at_once
 
 
 def test_a_row_with_several_problems_gets_the_first_reason_and_its_location(
