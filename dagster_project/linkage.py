@@ -45,6 +45,15 @@ class LinkageConfig(dg.Config):
     incremental: bool = False
 
 
+def rows_added(layout: OutputLayout) -> dict[str, str | None] | None:
+    """When every source's new deliveries were added to the publication's combination, the
+    table of the rows added per source (None: some source was combined afresh)."""
+    sources = load_record(layout, "linkage_inputs")["sources"]
+    if not all(s.get("added_to_previous") for s in sources.values()):
+        return None
+    return {name: s["appended_rows"] for name, s in sources.items()}
+
+
 def linked_incrementally(layout: OutputLayout) -> bool:
     return bool(load_record(layout, "linkage_inputs").get("incremental"))
 
@@ -203,6 +212,7 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                     input_tables(s.layout),
                     load_record(s.layout, "linkage_inputs")["stored_linkage"],
                     linkage_conditions(s.layout, s.project, engine.engine),
+                    rows_added(s.layout),
                 )
             else:
                 pairs = linking.predict(

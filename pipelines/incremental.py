@@ -88,14 +88,21 @@ def linkage_conditions(
     }
 
 
-def _fingerprints_sql(engine: Engine, input_tables: dict[str, str]) -> str:
-    """Every input record's key and a hash of its linkage input row."""
+def _fingerprints_sql(
+    engine: Engine, input_tables: dict[str, str], only: dict[str, str | None] | None = None
+) -> str:
+    """Every input record's key and a hash of its linkage input row (`only`: just the
+    records whose ids a table per source holds; a source without one has none)."""
     parts = []
-    for table in input_tables.values():
+    for source, table in input_tables.items():
         values = [c for c in engine.columns(table) if c not in KEY_COLUMNS]
+        where = ""
+        if only is not None:
+            ids = only.get(source)
+            where = f" WHERE record_id IN (SELECT record_id FROM {ids})" if ids else " WHERE 1 = 0"
         parts.append(
             f"SELECT source_dataset, CAST(record_id AS VARCHAR) AS record_id, "
-            f"{engine.row_fingerprint_sql(values)} AS fingerprint FROM {table}"
+            f"{engine.row_fingerprint_sql(values)} AS fingerprint FROM {table}{where}"
         )
     return " UNION ALL ".join(parts)
 
@@ -213,26 +220,40 @@ def combination_to_extend(
     return entry
 
 
-def find_changes(engine: Engine, input_tables: dict[str, str]) -> dict[str, int]:
-    """Records new (or changed) since the previous state, and records removed from it."""
-    engine.create_table(CURRENT_RECORDS, _fingerprints_sql(engine, input_tables))
-    for table, left, right in (
-        (NEW_RECORDS, CURRENT_RECORDS, STATE_RECORDS),
-        (REMOVED_RECORDS, STATE_RECORDS, CURRENT_RECORDS),
-    ):
-        engine.create_table(
-            table,
-            f"""SELECT a.source_dataset, a.record_id FROM {left} a
+def find_changes(
+    engine: Engine, input_tables: dict[str, str], added: dict[str, str | None] | None = None
+) -> dict[str, int]:
+    """Records new (or changed) since the previous state, and records removed from it.
+
+    `added`: when every source's new deliveries were added to the publication's combination
+    in place, each source's table of the rows added (None: none). Those are then the new
+    records (their ids were not combined before) and none was removed, so only they are
+    fingerprinted; otherwise every record is, and compared with the stored fingerprints."""
+    if added is not None:
+        engine.create_table(CURRENT_RECORDS, _fingerprints_sql(engine, input_tables, added))
+        engine.create_table(NEW_RECORDS, f"SELECT source_dataset, record_id FROM {CURRENT_RECORDS}")
+        engine.create_table(REMOVED_RECORDS, f"SELECT * FROM {NEW_RECORDS} WHERE 1 = 0")
+        population = sum(engine.count(t) for t in input_tables.values())
+    else:
+        engine.create_table(CURRENT_RECORDS, _fingerprints_sql(engine, input_tables))
+        for table, left, right in (
+            (NEW_RECORDS, CURRENT_RECORDS, STATE_RECORDS),
+            (REMOVED_RECORDS, STATE_RECORDS, CURRENT_RECORDS),
+        ):
+            engine.create_table(
+                table,
+                f"""SELECT a.source_dataset, a.record_id FROM {left} a
 LEFT JOIN {right} b ON b.source_dataset = a.source_dataset AND b.record_id = a.record_id
  AND b.fingerprint = a.fingerprint
 WHERE b.record_id IS NULL""",
-        )
+            )
+        population = engine.count(CURRENT_RECORDS)
     new, removed = engine.count(NEW_RECORDS), engine.count(REMOVED_RECORDS)
     return {
-        "population": engine.count(CURRENT_RECORDS),
+        "population": population,
         "records_new_or_changed": new,
         "records_removed_or_changed": removed,
-        "records_kept": engine.count(CURRENT_RECORDS) - new,
+        "records_kept": population - new,
     }
 
 

@@ -193,14 +193,16 @@ def predict_incremental(
     input_tables: dict[str, str],
     state: dict[str, Any] | None,
     conditions: dict[str, Any],
+    added: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Score only what changed since the latest publication (pipelines.incremental): the
     new records against the kept ones and among themselves; the stored pairs of removed
-    records dropped. `state` is the stored linkage's (None: there is none to extend). The
-    same tables and summary as `predict`, with what changed."""
+    records dropped. `state` is the stored linkage's (None: there is none to extend);
+    `added`, when every source's new rows were added to the publication's combination, the
+    table of them per source. The same tables and summary as `predict`, with what changed."""
     published = OutputLayout(project.output_dir).published
     state = incremental.check_state(published, state, conditions)
-    changes = incremental.find_changes(engine, input_tables)
+    changes = incremental.find_changes(engine, input_tables, added)
     db_api, linker = trained_linker(engine, project, model_path, input_tables)
     trained = json.loads(Path(model_path).read_text())
     scored = incremental.score_new_records(engine, linker, db_api, trained, input_tables)

@@ -90,7 +90,7 @@ class QuarantineResult:
     # Per delivery, in the order combined.
     by_delivery: dict[str, dict[str, Any]] = field(default_factory=dict)
     # True when the deliveries were added to a previous combination's tables in place;
-    # appended_rows then names the accepted rows added (None: none).
+    # appended_rows then names a table of the accepted rows added (None: none).
     added_to_previous: bool = False
     appended_rows: str | None = None
 
@@ -184,7 +184,8 @@ def combine_and_quarantine(
         kept = ", ".join(ident(c) for c in engine.columns(rows_now) if c not in bookkeeping)
         if held:
             appended_rows = f"__accepted_new_{source.name}"
-            engine.create_view(appended_rows, accepted_rows.format(columns=kept))
+            # A table, not a view: the linkage's later steps read which records are new.
+            engine.create_table(appended_rows, accepted_rows.format(columns=kept))
             engine.insert_rows(checked, f"SELECT * FROM {rows_now}")
             engine.insert_rows(accepted, f"SELECT * FROM {appended_rows}")
         else:
