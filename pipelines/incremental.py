@@ -44,7 +44,8 @@ STATE_RECORDS = "linkage_state_records"  # kept between runs, with the linkage's
 CURRENT_RECORDS = "__incremental_current_records"
 NEW_RECORDS = "__incremental_new_records"
 REMOVED_RECORDS = "__incremental_removed_records"
-NEW_PAIRS = "__incremental_new_pairs"
+SCORED_PAIRS = "__incremental_scored_pairs"  # every new pair scored (a view)
+NEW_PAIRS = "__incremental_new_pairs"  # those at or above the prediction floor
 TOUCHED = "__incremental_touched_clusters"
 NODES = "__incremental_nodes"
 EDGES = "__incremental_edges"
@@ -339,8 +340,8 @@ def score_new_records(
         f"SELECT {', '.join(ident(c) for c in columns)} FROM {Tables.PAIRWISE_PREDICTIONS} "
         "WHERE 1 = 0"
     )
-    engine.create_table(
-        NEW_PAIRS,
+    engine.create_view(
+        SCORED_PAIRS,
         " UNION ALL ".join(
             [empty, *(_oriented_sql(columns, frame.physical_name) for frame in scored)]
         ),
@@ -350,8 +351,10 @@ def score_new_records(
     new_below = engine.fetch(
         f"SELECT count(*) FILTER (WHERE {below}), "
         f"coalesce(sum(match_probability) FILTER (WHERE {below}), 0), count(*), "
-        f"coalesce(sum(match_probability), 0) FROM {NEW_PAIRS}"
+        f"coalesce(sum(match_probability), 0) FROM {SCORED_PAIRS}"
     )[0]
+    # Below the floor a pair is only summed, as in a full linkage: only the others are kept.
+    engine.create_table(NEW_PAIRS, f"SELECT * FROM {SCORED_PAIRS} WHERE NOT ({below})")
     return {"new_pairs_scored": int(new_below[2]), "new_below_floor": new_below}
 
 
@@ -364,15 +367,16 @@ def extend_pairs(
     columns = ", ".join(ident(c) for c in engine.columns(Tables.PAIRWISE_PREDICTIONS))
     removed = f"SELECT {RECORD_KEY} FROM {REMOVED_RECORDS}"
     touches_removed = f"{RECORD_KEY_L} IN ({removed}) OR {RECORD_KEY_R} IN ({removed})"
-    above = f"match_probability >= {linkage.PREDICTION_FLOOR}"
-    kept = f" AND NOT ({pair_rule})" if pair_rule else ""
+    kept = f" WHERE NOT ({pair_rule})" if pair_rule else ""
     stored = engine.count(Tables.PAIRWISE_PREDICTIONS)
+    any_removed = engine.count(REMOVED_RECORDS) > 0
     for table, condition in (
-        (Tables.PAIRWISE_PREDICTIONS, above),
-        (Tables.PAIRS_FOR_CLUSTERING, above + kept),
+        (Tables.PAIRWISE_PREDICTIONS, ""),
+        (Tables.PAIRS_FOR_CLUSTERING, kept),
     ):
-        engine.delete_rows(table, touches_removed)
-        engine.insert_rows(table, f"SELECT {columns} FROM {NEW_PAIRS} WHERE {condition}")
+        if any_removed:
+            engine.delete_rows(table, touches_removed)
+        engine.insert_rows(table, f"SELECT {columns} FROM {NEW_PAIRS}{condition}")
     floor = state["below_floor"]
     engine.create_table(
         Tables.PAIRS_BELOW_FLOOR,
@@ -383,7 +387,7 @@ def extend_pairs(
         f"CAST({floor['expected_matches_scored'] + float(new_below[3])} AS DOUBLE) "
         "AS expected_matches_scored",
     )
-    added = engine.fetch(f"SELECT count(*) FROM {NEW_PAIRS} WHERE {above}")[0][0]
+    added = engine.count(NEW_PAIRS)
     return {
         "stored_pairs": stored,
         "stored_pairs_dropped": stored + added - engine.count(Tables.PAIRWISE_PREDICTIONS),
@@ -419,10 +423,10 @@ UNION ALL SELECT source_dataset, record_id, {RECORD_KEY} FROM {NEW_RECORDS}""",
     engine.create_table(
         EDGES,
         f"""SELECT {RECORD_KEY_L} AS node_id_l, {RECORD_KEY_R} AS node_id_r, match_probability
-FROM {Tables.PAIRS_FOR_CLUSTERING}
-WHERE match_probability >= {probability}
-  AND {RECORD_KEY_L} IN (SELECT node_id FROM {NODES})
-  AND {RECORD_KEY_R} IN (SELECT node_id FROM {NODES})""",
+FROM {Tables.PAIRS_FOR_CLUSTERING} p
+SEMI JOIN {NODES} l ON l.source_dataset = p.source_dataset_l AND l.record_id = p.record_id_l
+SEMI JOIN {NODES} r ON r.source_dataset = p.source_dataset_r AND r.record_id = p.record_id_r
+WHERE match_probability >= {probability}""",
     )
     reclustered = cluster_pairwise_predictions_at_threshold(
         db_api.table_to_splink_dataframe(NODES, NODES),
