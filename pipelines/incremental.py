@@ -16,10 +16,10 @@ records *new* (or changed) and records *removed* (withdrawn, replaced or changed
 approved model and the term-frequency tables of the whole current population it scores the
 new records against the kept ones (Splink's `predict_between`) and among themselves
 (`predict_within`); in place, the stored pairs of removed records are deleted and the new
-pairs inserted. Then, per threshold, only the clusters it touched are recomputed: the
-previous clusters holding an end of a new link or a removed record, with the new records;
-every other cluster is carried as it was. Scoring and clustering cost in proportion to the
-change.
+pairs inserted. Then only the clusters it touched are recomputed: the previous clusters
+holding an end of a new link or a removed record, with the new records (one set for all
+three thresholds, `recluster_touched`); every other cluster is carried as it was. Scoring
+and clustering cost in proportion to the change.
 
 What the stored pairs do not have is what a full relink would give now: they keep the term
 frequencies of their own linkage, and a removed record's pairs below the floor stay in the
@@ -396,27 +396,33 @@ def extend_pairs(
 
 
 def recluster_touched(
-    engine: Engine, db_api: Any, threshold: str, probability: float
-) -> dict[str, int]:
-    """In place, the clusters at one threshold (Tables.clusters(threshold), the stored
+    engine: Engine, db_api: Any, thresholds: dict[str, float]
+) -> dict[str, dict[str, int]]:
+    """In place, the clusters at each threshold (Tables.clusters(name), the stored
     linkage's): those touched by a new link or a removed record are recomputed with the new
-    records, from the pairs clustering may use; every other cluster stays as it was."""
+    records, from the pairs clustering may use; every other cluster stays as it was.
+
+    One set of records is reclustered at every threshold: the clusters touched at the
+    lowest one, with the new records. Clusters at a higher threshold nest inside those at a
+    lower one, and a link at or above a higher threshold is one at or above the lowest, so
+    that set holds every cluster touched at any threshold and consists of whole clusters at
+    each: no link at or above a threshold leaves it, and its components are exact."""
     from splink.clustering import cluster_pairwise_predictions_at_threshold
 
-    clusters = Tables.clusters(threshold)
-    linked = f"FROM {NEW_PAIRS} WHERE match_probability >= {probability}"
+    lowest = min(thresholds.values())
+    widest = Tables.clusters(min(thresholds, key=lambda name: thresholds[name]))
+    linked = f"FROM {NEW_PAIRS} WHERE match_probability >= {lowest}"
     ends = (
         f"SELECT {RECORD_KEY_L} {linked} UNION ALL SELECT {RECORD_KEY_R} {linked} "
         f"UNION ALL SELECT {RECORD_KEY} FROM {REMOVED_RECORDS}"
     )
     engine.create_table(
-        TOUCHED, f"SELECT DISTINCT cluster_id FROM {clusters} WHERE {RECORD_KEY} IN ({ends})"
+        TOUCHED, f"SELECT DISTINCT cluster_id FROM {widest} WHERE {RECORD_KEY} IN ({ends})"
     )
-    in_touched = f"cluster_id IN (SELECT cluster_id FROM {TOUCHED})"
     engine.create_table(
         NODES,
         f"""SELECT source_dataset, CAST(record_id AS VARCHAR) AS record_id, {RECORD_KEY} AS node_id
-FROM {clusters} WHERE {in_touched}
+FROM {widest} WHERE cluster_id IN (SELECT cluster_id FROM {TOUCHED})
   AND {RECORD_KEY} NOT IN (SELECT {RECORD_KEY} FROM {REMOVED_RECORDS})
 UNION ALL SELECT source_dataset, record_id, {RECORD_KEY} FROM {NEW_RECORDS}""",
     )
@@ -426,23 +432,32 @@ UNION ALL SELECT source_dataset, record_id, {RECORD_KEY} FROM {NEW_RECORDS}""",
 FROM {Tables.PAIRS_FOR_CLUSTERING} p
 SEMI JOIN {NODES} l ON l.source_dataset = p.source_dataset_l AND l.record_id = p.record_id_l
 SEMI JOIN {NODES} r ON r.source_dataset = p.source_dataset_r AND r.record_id = p.record_id_r
-WHERE match_probability >= {probability}""",
+WHERE match_probability >= {lowest}""",
     )
-    reclustered = cluster_pairwise_predictions_at_threshold(
-        db_api.table_to_splink_dataframe(NODES, NODES),
-        db_api.table_to_splink_dataframe(EDGES, EDGES),
-        db_api,
-        node_id_column_name="node_id",
-        edge_id_column_name_left="node_id_l",
-        edge_id_column_name_right="node_id_r",
-        threshold_match_probability=probability,
+    nodes = db_api.table_to_splink_dataframe(NODES, NODES)
+    edges = db_api.table_to_splink_dataframe(EDGES, EDGES)
+    # The records whose clusters are replaced: the set, and the removed records.
+    replaced = (
+        f"{RECORD_KEY} IN (SELECT node_id FROM {NODES}) "
+        f"OR {RECORD_KEY} IN (SELECT {RECORD_KEY} FROM {REMOVED_RECORDS})"
     )
-    # A recomputed cluster is named after one of its own records, which no untouched
-    # cluster holds: the names stay unique.
-    engine.delete_rows(clusters, in_touched)
-    engine.insert_rows(
-        clusters,
-        f"""SELECT n.source_dataset, n.record_id, 'i:' || c.cluster_id
-FROM {NODES} n JOIN {reclustered.physical_name} c ON c.node_id = n.node_id""",
-    )
-    return {"records_reclustered": engine.count(NODES)}
+    reclustered = engine.count(NODES)
+    for name, probability in thresholds.items():
+        clusters = cluster_pairwise_predictions_at_threshold(
+            nodes,
+            edges,
+            db_api,
+            node_id_column_name="node_id",
+            edge_id_column_name_left="node_id_l",
+            edge_id_column_name_right="node_id_r",
+            threshold_match_probability=probability,
+        )
+        # A recomputed cluster is named after one of its own records, which no untouched
+        # cluster holds: the names stay unique.
+        engine.delete_rows(Tables.clusters(name), replaced)
+        engine.insert_rows(
+            Tables.clusters(name),
+            f"""SELECT n.source_dataset, n.record_id, 'i:' || c.cluster_id
+FROM {NODES} n JOIN {clusters.physical_name} c ON c.node_id = n.node_id""",
+        )
+    return {name: {"records_reclustered": reclustered} for name in thresholds}

@@ -343,10 +343,7 @@ def cluster_incremental(engine: Engine, project: LoadedProject) -> dict[str, dic
     carried from the latest publication (after `predict_incremental`)."""
     db_api = engine.splink_api()
     thresholds = project.spec.model.thresholds.as_dict()
-    reclustered = {
-        name: incremental.recluster_touched(engine, db_api, name, thresholds[name])
-        for name in THRESHOLDS
-    }
+    reclustered = incremental.recluster_touched(engine, db_api, thresholds)
     summary = cluster_summary(engine, project)
     for name in THRESHOLDS:
         summary[name].update(reclustered[name])
