@@ -101,20 +101,21 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
             # this record, for an incremental linkage to extend).
             forget_record(s.layout, "evaluate")
             stored = s.record["stored_linkage"] = incremental.forget_state(s.layout)
+            # An incremental linkage adds new deliveries to what the publication combined,
+            # for each source whose combined deliveries are all still there as they were.
+            combined = (
+                incremental.stored_combinations(s.layout.published, stored)
+                if config.incremental
+                else {}
+            )
             sources: dict[str, Any] = {}
             pending: list[dict[str, Any]] = []
             withdrawn = withdrawn_deliveries(s.layout)
             for source in s.project.spec.sources:
                 tables, waiting = deliveries_for_linkage(s.engine, source.name, withdrawn)
                 pending += waiting
-                # An incremental linkage adds new deliveries to what the publication
-                # combined, when its deliveries are all still there as they were.
-                held = (
-                    incremental.combination_to_extend(
-                        s.engine, s.layout.published, stored, source.name, tables
-                    )
-                    if config.incremental
-                    else None
+                held = incremental.combination_to_extend(
+                    s.engine, combined.get(source.name), source.name, tables
                 )
                 result = combine_and_quarantine(
                     s.engine, source, tables, s.layout.quarantine_file(source.name), held
@@ -136,9 +137,6 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                     "path": str(result.path),
                     "linkage_input": table,
                     "deliveries": [d.fingerprint() for d in tables],
-                    "combined": "added to the publication's"
-                    if result.added_to_previous
-                    else "afresh",
                 }
             s.record.update(
                 {

@@ -193,23 +193,26 @@ def check_state(
     return state
 
 
-def combination_to_extend(
-    engine: Engine,
-    published: OutputLayout,
-    state: dict[str, Any] | None,
-    source: str,
-    deliveries: list[DeliveryTables],
-) -> dict[str, Any] | None:
-    """How the latest publication's linkage combined this source (its linkage_inputs entry),
-    when the working database still holds it and its deliveries are the first of
-    `deliveries`, unchanged: the deliveries after them can be added to it in place. None
-    when the source must be combined afresh (a delivery withdrawn, replaced, re-validated
-    or ordered before a combined one; or nothing to extend)."""
+def stored_combinations(
+    published: OutputLayout, state: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """Per source, how the latest publication's linkage combined it (its linkage_inputs
+    entry), when `state` is that publication's; else none to extend."""
     try:
         _check_publication(published, state)
     except IncrementalUnavailable:
-        return None
-    entry = (state or {}).get("combined", {}).get(source)
+        return {}
+    return (state or {}).get("combined", {})
+
+
+def combination_to_extend(
+    engine: Engine, entry: dict[str, Any] | None, source: str, deliveries: list[DeliveryTables]
+) -> dict[str, Any] | None:
+    """`entry` (one of `stored_combinations`) when the working database still holds it and
+    its deliveries are the first of `deliveries`, unchanged: the deliveries after them can
+    be added to it in place. None when the source must be combined afresh (a delivery
+    withdrawn, replaced, re-validated or ordered before a combined one; or nothing to
+    extend)."""
     if not entry or not entry.get("accepted_table") or not entry.get("linkage_input"):
         return None
     held = entry["deliveries"]

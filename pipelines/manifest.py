@@ -140,7 +140,10 @@ def build_manifest(
             **clusters["linkage"],
             # Per source: its deliveries combined afresh, or new ones added to what the
             # previous publication combined (incremental linkage).
-            "deliveries_combined": {n: s.get("combined", "afresh") for n, s in sources.items()},
+            "deliveries_combined": {
+                n: "added to the publication's" if s.get("added_to_previous") else "afresh"
+                for n, s in sources.items()
+            },
         },
         # Relative to the manifest's folder: the publication can move, and the manifest does
         # not describe the secure server's file system.
