@@ -410,9 +410,11 @@ def records_of(layout: OutputLayout, step: str) -> list[dict[str, Any]]:
 
 @contextmanager
 def measured() -> Iterator[dict[str, float]]:
-    """Seconds taken, and the process's peak memory so far, for a stage record."""
+    """Seconds taken, when it finished (epoch seconds) and the process's peak memory so far,
+    for a stage record."""
     figures: dict[str, float] = {}
     start = time.perf_counter()
     yield figures
     figures["seconds"] = round(time.perf_counter() - start, 3)
+    figures["finished_at"] = round(time.time(), 3)
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

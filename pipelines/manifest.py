@@ -54,12 +54,7 @@ def build_manifest(
     statuses = [
         r for r in delivery_statuses(engine) if f"{r['source']}/{r['delivery']}" not in withdrawn
     ]
-    stages: dict[str, dict[str, float]] = {}
-    for name in STEPS:
-        for rec in records_of(layout, name):
-            entry = stages.setdefault(name, {"seconds": 0.0, "peak_rss_mb": 0.0})
-            entry["seconds"] = round(entry["seconds"] + rec.get("seconds", 0.0), 3)
-            entry["peak_rss_mb"] = max(entry["peak_rss_mb"], rec.get("peak_rss_mb", 0.0))
+    stages = stage_timings(layout)
     document = {
         "run_id": run_id or str(uuid.uuid4()),
         # The publication this manifest belongs to: <zone>/snapshots/<snapshot>.
@@ -157,6 +152,37 @@ def build_manifest(
         "stages": stages,
     }
     return document
+
+
+def stage_timings(layout: OutputLayout) -> dict[str, dict[str, float]]:
+    """Seconds and peak memory of each step for this publication: the linkage steps of this
+    run, and the per-delivery steps (ingest, validate, standardise; one record each) done
+    since the previous publication, so an incremental run reports the deliveries it added,
+    not every delivery ever ingested. `steps` counts the records summed."""
+    since = _previous_publication_time(layout)
+    stages: dict[str, dict[str, float]] = {}
+    for name in STEPS:
+        records = records_of(layout, name)
+        if not records:
+            continue
+        entry = stages.setdefault(name, {"seconds": 0.0, "peak_rss_mb": 0.0, "steps": 0})
+        for rec in records:
+            if rec.get("finished_at", float("inf")) <= since:
+                continue
+            entry["seconds"] = round(entry["seconds"] + rec.get("seconds", 0.0), 3)
+            entry["peak_rss_mb"] = max(entry["peak_rss_mb"], rec.get("peak_rss_mb", 0.0))
+            entry["steps"] += 1
+    return stages
+
+
+def _previous_publication_time(layout: OutputLayout) -> float:
+    """When the latest publication's manifest was written (epoch seconds; -inf before the
+    first publication)."""
+    previous = layout.published.exact_manifest
+    if not previous.exists():
+        return float("-inf")
+    written = json.loads(previous.read_text())["written_at"]
+    return datetime.fromisoformat(written).timestamp()
 
 
 def write_manifest(layout: OutputLayout, document: dict[str, Any]) -> None:

@@ -191,6 +191,20 @@ def test_a_corrected_record_and_a_withdrawn_delivery_are_taken_out(sequence: dic
     )
 
 
+def test_each_run_reports_the_time_of_the_deliveries_it_added(sequence: dict) -> None:
+    """The manifest's per-delivery stages are the deliveries ingested for this publication
+    (one file per source each month; then only the corrected file), not every delivery the
+    folder ever took; the linkage steps are this run's."""
+    for month, files in (("month1", 2), ("month2", 2), ("month3", 2), ("changed", 1)):
+        stages = sequence[month].manifest["stages"]
+        for step in ("ingest", "validate", "standardise"):
+            assert stages[step]["steps"] == files, (month, step)
+        assert stages["predict"]["steps"] == 1
+    # The full relink ingests and checks every delivery again (all but the withdrawn one).
+    delivered = len(list((sequence["folder"] / "data").iterdir())) - 1
+    assert sequence["full"].manifest["stages"]["validate"]["steps"] == delivered == 5
+
+
 def components(records: set[str], links: list[tuple[str, str]]) -> set[frozenset[str]]:
     """Connected components of the records under the links (union-find)."""
     parent = {r: r for r in records}
