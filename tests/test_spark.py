@@ -171,6 +171,27 @@ def _assert_scored_alike(on_spark: pd.DataFrame, on_duckdb: pd.DataFrame) -> Non
 
 
 @pytest.mark.spark
+def test_a_project_never_takes_another_projects_tables_for_its_own(
+    spark: Any, tmp_path: Path
+) -> None:
+    """Two projects in one Spark session (one Dagster process): a table one of them made
+    is not there for the other, though the session holds its temporary view."""
+    with SparkEngine(spark, tmp_path / "one", SPARK_TEST_SETTINGS) as one:
+        one.create_table("accepted_prisons", "SELECT 1 AS record_id")
+        one.create_view("__working_view", "SELECT 2 AS record_id")
+        assert one.table_exists("accepted_prisons") and one.table_exists("__working_view")
+    with SparkEngine(spark, tmp_path / "other", SPARK_TEST_SETTINGS) as other:
+        assert not other.table_exists("accepted_prisons")
+        assert not other.table_exists("__working_view")
+        other.create_table("accepted_prisons", "SELECT 3 AS record_id")
+        assert other.fetch("SELECT record_id FROM accepted_prisons") == [(3,)]
+    with SparkEngine(spark, tmp_path / "one", SPARK_TEST_SETTINGS) as again:
+        assert again.fetch("SELECT record_id FROM accepted_prisons") == [(1,)]
+        again.drop_table("accepted_prisons")
+        assert not again.table_exists("accepted_prisons")
+
+
+@pytest.mark.spark
 def test_a_model_trained_on_duckdb_scores_the_same_pairs_alike_on_spark(
     spark: Any,
     spark_run: RunResult,

@@ -249,6 +249,9 @@ class SparkEngine(Engine):
         )
         # Views are registered when a statement first names them (opening stays cheap).
         self._views: dict[str, str] = _SESSION_VIEWS.setdefault(id(self.spark), {})
+        # The working views this engine made (create_view). The session may hold other
+        # temporary views, of another project or of Splink: they are not this project's.
+        self._own_views: set[str] = set()
 
     @classmethod
     def open(cls, work_dir: Path, settings: SparkSettings) -> SparkEngine:
@@ -295,6 +298,7 @@ class SparkEngine(Engine):
         """A temporary view of this session (a step's own working view)."""
         self._sql(select_sql).createOrReplaceTempView(name.lower())
         self._views.pop(name.lower(), None)
+        self._own_views.add(name.lower())
 
     def _store(self, name: str, frame: Any) -> None:
         key = name.lower()
@@ -335,12 +339,15 @@ class SparkEngine(Engine):
         return list(self.spark.table(table).columns)
 
     def table_exists(self, name: str) -> bool:
-        return name.lower() in self._catalog or bool(self.spark.catalog.tableExists(name))
+        """A table of this project's catalog, or a view this engine made; never a temporary
+        view the shared session holds for someone else."""
+        return name.lower() in self._catalog or name.lower() in self._own_views
 
     def drop_table(self, name: str) -> None:
         key = name.lower()
         self.spark.catalog.dropTempView(key)
         self._views.pop(key, None)
+        self._own_views.discard(key)
         old = self._catalog.pop(key, None)
         if old:
             self._save_catalog()
