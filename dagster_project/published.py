@@ -18,6 +18,7 @@ from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
 from pipelines.contract import PERSON_ID_COLUMNS, Tables, forget_record, load_record
 from pipelines.ground_truth import GroundTruth, check_ground_truth, register_ground_truth
+from pipelines.incremental import RECLUSTERED_RECORDS
 from pipelines.manifest import build_manifest, write_manifest
 from pipelines.publish import publish_linked_dataset
 from quality.accuracy import pairwise_cluster_metrics
@@ -116,6 +117,9 @@ def published_assets() -> list[dg.AssetsDefinition]:
                 sum(r["rows_accepted"] for r in sources.values()),
                 date.today(),
                 load_record(s.layout, "train")["version"],
+                RECLUSTERED_RECORDS
+                if load_record(s.layout, "cluster")["linkage"]["linked"] == "incremental"
+                else None,
             )
             s.record.update(result)
         churn = result["identity"]["churn"]

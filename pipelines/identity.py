@@ -25,6 +25,13 @@ records it holds:
 4. A cluster that is nobody's home gets a new id: a *split* when it holds records of a
    previous person, *new* when it holds only new records.
 
+After an incremental linkage only the records it reclustered (and those it removed) can
+have changed person: every other cluster is a previous person's, whole and unchanged, and
+keeps its id. The rules above are then applied to those records alone, and the rest of the
+store is carried over as it was. The result is the same as applying them to every record;
+when the records given do not hold whole clusters and whole previous persons (they always
+should), every record is recomputed instead.
+
 A new id is 'P' and 16 hex digits of sha256(secret, threshold, generation, the cluster's
 smallest record key): without the secret nobody can compute it from record ids; the same
 sequence of deliveries and linkages gives the same ids; the generation keeps ids from being
@@ -49,8 +56,11 @@ from pipelines.engines import Engine
 from pipelines.sql import lit
 
 # Engine tables of the identity step.
-CLUSTERS = "__identity_clusters"
+CLUSTERS = "__identity_clusters"  # the clusters of the records recomputed
+CHANGED = "__identity_changed_records"
 PREVIOUS_ASSIGNMENTS = "__identity_previous_assignments"
+PREVIOUS_OF_CHANGED = "__identity_previous_of_changed"
+ASSIGNMENTS_OF_CHANGED = "__identity_assignments_of_changed"
 PREVIOUS_REGISTER = "__identity_previous_register"
 OVERLAP = "__identity_overlap"
 HOME = "__identity_home"
@@ -71,6 +81,19 @@ RECORD_KEY = "source_dataset || '|' || record_id"
 
 class IdentityError(RuntimeError):
     """The identity store cannot be carried forward (names the file or the problem)."""
+
+
+@dataclass(frozen=True)
+class CarriedForward:
+    """What `carry_forward` did: the generation, and which records it recomputed (every
+    record, or only those an incremental linkage reclustered or removed) with the tables
+    of their previous and new ids, which the churn ledger compares."""
+
+    generation: int
+    recomputed: str  # "every record" | "reclustered records"
+    records_recomputed: int
+    previous_assignments: str
+    assignments: str
 
 
 @dataclass(frozen=True)
@@ -132,11 +155,19 @@ def _load_previous(engine: Engine, previous: IdentityFiles | None) -> int:
     return int(previous.read_state()["generation"])
 
 
-def _clusters_sql(cluster_tables: dict[str, str]) -> str:
+def _clusters_sql(cluster_tables: dict[str, str], only: str | None = None) -> str:
+    """Every record's cluster at each threshold, named by its smallest record key; `only`:
+    a table of the records to take (whole clusters)."""
+    within = (
+        f" SEMI JOIN {only} o ON o.source_dataset = CAST(t.source_dataset AS VARCHAR)"
+        " AND o.record_id = CAST(t.record_id AS VARCHAR)"
+        if only
+        else ""
+    )
     parts = [
-        f"SELECT {lit(t)} AS threshold, CAST(source_dataset AS VARCHAR) AS source_dataset, "
-        f"CAST(record_id AS VARCHAR) AS record_id, CAST(cluster_id AS VARCHAR) AS cluster_id "
-        f"FROM {cluster_tables[t]}"
+        f"SELECT {lit(t)} AS threshold, CAST(t.source_dataset AS VARCHAR) AS source_dataset, "
+        f"CAST(t.record_id AS VARCHAR) AS record_id, CAST(t.cluster_id AS VARCHAR) AS cluster_id "
+        f"FROM {cluster_tables[t]} t{within}"
         for t in THRESHOLDS
     ]
     return (
@@ -146,23 +177,73 @@ def _clusters_sql(cluster_tables: dict[str, str]) -> str:
     )
 
 
+def _holds_whole_clusters(engine: Engine, cluster_tables: dict[str, str]) -> bool:
+    """Whether the records in CHANGED hold whole clusters at every threshold, and every
+    previous person of theirs whole: then no other record changed person."""
+    on_key = "c.source_dataset = {0}.source_dataset AND c.record_id = {0}.record_id"
+    for table in cluster_tables.values():
+        outside = engine.fetch(
+            f"""SELECT count(*) FROM (
+    SELECT CAST(source_dataset AS VARCHAR) AS source_dataset,
+           CAST(record_id AS VARCHAR) AS record_id, cluster_id FROM {table}) t
+SEMI JOIN (SELECT DISTINCT x.cluster_id FROM {table} x
+           SEMI JOIN {CHANGED} c ON c.source_dataset = CAST(x.source_dataset AS VARCHAR)
+                                AND c.record_id = CAST(x.record_id AS VARCHAR)) k
+  ON k.cluster_id = t.cluster_id
+ANTI JOIN {CHANGED} c ON {on_key.format("t")}"""
+        )[0][0]
+        if outside:
+            return False
+    outside = engine.fetch(
+        f"""SELECT count(*) FROM {PREVIOUS_ASSIGNMENTS} p
+SEMI JOIN (SELECT DISTINCT threshold, person_id FROM {PREVIOUS_OF_CHANGED}) k
+  ON k.threshold = p.threshold AND k.person_id = p.person_id
+ANTI JOIN {CHANGED} c ON {on_key.format("p")}"""
+    )[0][0]
+    return not outside
+
+
 def carry_forward(
     engine: Engine,
     cluster_tables: dict[str, str],
     previous: IdentityFiles | None,
     key: str,
     snapshot: str,
-) -> int:
+    changed: str | None = None,
+) -> CarriedForward:
     """Give every clustered record its person id at each threshold (table ASSIGNMENTS) and
-    carry the register of ids forward (table REGISTER); returns this generation."""
+    carry the register of ids forward (table REGISTER).
+
+    `changed`: after an incremental linkage, a table (source_dataset, record_id) of the
+    records it reclustered or removed; only their ids are recomputed (see the module's
+    docstring), and every other record keeps its previous id."""
     generation = _load_previous(engine, previous) + 1
-    engine.create_table(CLUSTERS, _clusters_sql(cluster_tables))
+    recomputed = "every record"
+    if changed is not None and generation > 1:
+        engine.create_table(
+            CHANGED,
+            f"SELECT DISTINCT CAST(source_dataset AS VARCHAR) AS source_dataset, "
+            f"CAST(record_id AS VARCHAR) AS record_id FROM {changed}",
+        )
+        engine.create_table(
+            PREVIOUS_OF_CHANGED,
+            f"""SELECT p.* FROM {PREVIOUS_ASSIGNMENTS} p
+SEMI JOIN {CHANGED} c ON c.source_dataset = p.source_dataset AND c.record_id = p.record_id""",
+        )
+        if _holds_whole_clusters(engine, cluster_tables):
+            recomputed = "reclustered records"
+    if recomputed == "every record":
+        engine.create_table(CLUSTERS, _clusters_sql(cluster_tables))
+        previous_assignments = PREVIOUS_ASSIGNMENTS
+    else:
+        engine.create_table(CLUSTERS, _clusters_sql(cluster_tables, only=CHANGED))
+        previous_assignments = PREVIOUS_OF_CHANGED
     # How many records of each previous person each new cluster holds (one join of the
     # new clusters with the previous assignments; everything below reads this).
     engine.create_table(
         OVERLAP,
         f"""SELECT c.threshold, c.cluster_key, p.person_id, count(*) AS shared
-FROM {CLUSTERS} c JOIN {PREVIOUS_ASSIGNMENTS} p
+FROM {CLUSTERS} c JOIN {previous_assignments} p
   ON p.threshold = c.threshold AND p.source_dataset = c.source_dataset
  AND p.record_id = c.record_id
 GROUP BY c.threshold, c.cluster_key, p.person_id""",
@@ -206,14 +287,33 @@ FROM (SELECT c.threshold, c.cluster_key, coalesce(max(o.shared), 0) AS old_recor
 LEFT JOIN {SURVIVORS} s ON s.threshold = k.threshold AND s.cluster_key = k.cluster_key""",
     )
     _refuse_reissued_ids(engine)
-    engine.create_table(
-        ASSIGNMENTS,
-        f"""SELECT c.threshold, c.source_dataset, c.record_id, i.person_id
+    assigned = f"""SELECT c.threshold, c.source_dataset, c.record_id, i.person_id
 FROM {CLUSTERS} c JOIN {CLUSTER_IDS} i
-  ON i.threshold = c.threshold AND i.cluster_key = c.cluster_key""",
+  ON i.threshold = c.threshold AND i.cluster_key = c.cluster_key"""
+    if recomputed == "every record":
+        engine.create_table(ASSIGNMENTS, assigned)
+        assignments = ASSIGNMENTS
+    else:
+        engine.create_table(ASSIGNMENTS_OF_CHANGED, assigned)
+        engine.create_table(
+            ASSIGNMENTS,
+            f"""SELECT p.threshold, p.source_dataset, p.record_id, p.person_id
+FROM {PREVIOUS_ASSIGNMENTS} p
+ANTI JOIN {CHANGED} c ON c.source_dataset = p.source_dataset AND c.record_id = p.record_id
+UNION ALL SELECT threshold, source_dataset, record_id, person_id FROM {ASSIGNMENTS_OF_CHANGED}""",
+        )
+        assignments = ASSIGNMENTS_OF_CHANGED
+    engine.create_table(
+        REGISTER,
+        _register_sql(generation, snapshot, only_changed=recomputed != "every record"),
     )
-    engine.create_table(REGISTER, _register_sql(generation, snapshot))
-    return generation
+    return CarriedForward(
+        generation,
+        recomputed,
+        engine.count(CLUSTERS),
+        previous_assignments,
+        assignments,
+    )
 
 
 def _refuse_reissued_ids(engine: Engine) -> None:
@@ -234,16 +334,25 @@ def _refuse_reissued_ids(engine: Engine) -> None:
         )
 
 
-def _register_sql(generation: int, snapshot: str) -> str:
+def _register_sql(generation: int, snapshot: str, only_changed: bool) -> str:
     """The previous register with this generation's retirements and current ids, and the
-    ids issued in it."""
+    ids issued in it. `only_changed`: only the previous persons of the changed records
+    were recomputed; every other active id is kept."""
+    recomputed = (
+        f"LEFT JOIN (SELECT DISTINCT threshold, person_id FROM {PREVIOUS_OF_CHANGED}) a\n"
+        "      ON a.threshold = r.threshold AND a.person_id = r.person_id"
+        if only_changed
+        else ""
+    )
+    untouched = "a.person_id IS NULL" if only_changed else "FALSE"
     return f"""WITH now_of AS (  -- what each previously active id is now
     SELECT r.threshold, r.person_id,
-           CASE WHEN s.person_id IS NOT NULL THEN 'kept'
+           CASE WHEN {untouched} OR s.person_id IS NOT NULL THEN 'kept'
                 WHEN h.person_id IS NOT NULL THEN 'merged' ELSE 'withdrawn' END AS fate,
-           CASE WHEN s.person_id IS NOT NULL THEN r.person_id
+           CASE WHEN {untouched} OR s.person_id IS NOT NULL THEN r.person_id
                 ELSE home_survivor.person_id END AS now_id
     FROM {PREVIOUS_REGISTER} r
+    {recomputed}
     LEFT JOIN {SURVIVORS} s ON s.threshold = r.threshold AND s.person_id = r.person_id
     LEFT JOIN {HOME} h ON h.threshold = r.threshold AND h.person_id = r.person_id
     LEFT JOIN {SURVIVORS} home_survivor
@@ -270,23 +379,64 @@ SELECT threshold, person_id, {generation} AS created_generation,
 FROM {CLUSTER_IDS} WHERE NOT kept"""
 
 
-def churn_ledger(engine: Engine, generation: int, snapshot: str) -> dict[str, Any]:
+def _records_by_source(engine: Engine, carried: CarriedForward, threshold: str) -> dict:
+    """Per source, the records added, kept, moved and withdrawn at one threshold: the
+    recomputed records' previous and new ids compared; every other record was kept."""
+    t = lit(threshold)
+    counts: dict[str, dict[str, int]] = {
+        source: {
+            "records_added": int(added),
+            "records_kept": int(kept),
+            "records_moved": int(moved),
+            "records_withdrawn": int(withdrawn),
+        }
+        for source, added, kept, moved, withdrawn in engine.fetch(
+            f"""SELECT coalesce(n.source_dataset, p.source_dataset) AS source,
+       count(*) FILTER (WHERE p.person_id IS NULL),
+       count(*) FILTER (WHERE n.person_id = p.person_id),
+       count(*) FILTER (WHERE n.person_id <> p.person_id),
+       count(*) FILTER (WHERE n.person_id IS NULL)
+FROM (SELECT * FROM {carried.assignments} WHERE threshold = {t}) n
+FULL OUTER JOIN (SELECT * FROM {carried.previous_assignments} WHERE threshold = {t}) p
+  ON p.source_dataset = n.source_dataset AND p.record_id = n.record_id
+GROUP BY 1"""
+        )
+    }
+    if carried.assignments != ASSIGNMENTS:
+        for source, untouched in engine.fetch(
+            f"""SELECT a.source_dataset, count(*) FROM {ASSIGNMENTS} a
+ANTI JOIN {CHANGED} c ON c.source_dataset = a.source_dataset AND c.record_id = a.record_id
+WHERE a.threshold = {t} GROUP BY 1"""
+        ):
+            entry = counts.setdefault(
+                source,
+                dict.fromkeys(
+                    ("records_added", "records_kept", "records_moved", "records_withdrawn"), 0
+                ),
+            )
+            entry["records_kept"] += int(untouched)
+    return dict(sorted(counts.items()))
+
+
+def churn_ledger(engine: Engine, carried: CarriedForward, snapshot: str) -> dict[str, Any]:
     """What this linkage did to the ids, per threshold: ids created (new, split), kept,
     merged, split and retired; records added, kept, moved to another person and withdrawn
     (also per source), with rates of the previous records still present."""
+    generation = carried.generation
     ledger: dict[str, Any] = {}
     for t in THRESHOLDS:
         ids = engine.fetch(
-            f"""SELECT count(*) FILTER (WHERE kept),
-       count(*) FILTER (WHERE origin IN ('new', 'first')),
+            f"""SELECT count(*) FILTER (WHERE origin IN ('new', 'first')),
        count(*) FILTER (WHERE origin = 'split')
-FROM {CLUSTER_IDS} WHERE threshold = {lit(t)}"""
+FROM {CLUSTER_IDS} WHERE threshold = {lit(t)} AND NOT kept"""
         )[0]
-        retired = engine.fetch(
-            f"""SELECT count(*) FILTER (WHERE retired_reason = 'merged'),
-       count(*) FILTER (WHERE retired_reason = 'withdrawn')
-FROM {REGISTER} WHERE threshold = {lit(t)} AND created_generation < {generation}
-  AND retired_snapshot = {lit(snapshot)}"""
+        kept, merged, withdrawn = engine.fetch(
+            f"""SELECT count(*) FILTER (WHERE retired_snapshot IS NULL),
+       count(*) FILTER (WHERE retired_snapshot = {lit(snapshot)}
+                          AND retired_reason = 'merged'),
+       count(*) FILTER (WHERE retired_snapshot = {lit(snapshot)}
+                          AND retired_reason = 'withdrawn')
+FROM {REGISTER} WHERE threshold = {lit(t)} AND created_generation < {generation}"""
         )[0]
         merges = engine.fetch(
             f"SELECT count(*) FROM (SELECT cluster_key FROM {HOME} WHERE threshold = {lit(t)} "
@@ -296,25 +446,7 @@ FROM {REGISTER} WHERE threshold = {lit(t)} AND created_generation < {generation}
             f"SELECT count(*) FROM (SELECT person_id FROM {OVERLAP} WHERE threshold = {lit(t)} "
             "GROUP BY person_id HAVING count(*) > 1) s"
         )[0][0]
-        by_source = {
-            source: {
-                "records_added": int(added),
-                "records_kept": int(kept),
-                "records_moved": int(moved),
-                "records_withdrawn": int(withdrawn),
-            }
-            for source, added, kept, moved, withdrawn in engine.fetch(
-                f"""SELECT coalesce(n.source_dataset, p.source_dataset) AS source,
-       count(*) FILTER (WHERE p.person_id IS NULL),
-       count(*) FILTER (WHERE n.person_id = p.person_id),
-       count(*) FILTER (WHERE n.person_id <> p.person_id),
-       count(*) FILTER (WHERE n.person_id IS NULL)
-FROM (SELECT * FROM {ASSIGNMENTS} WHERE threshold = {lit(t)}) n
-FULL OUTER JOIN (SELECT * FROM {PREVIOUS_ASSIGNMENTS} WHERE threshold = {lit(t)}) p
-  ON p.source_dataset = n.source_dataset AND p.record_id = n.record_id
-GROUP BY 1 ORDER BY 1"""
-            )
-        }
+        by_source = _records_by_source(engine, carried, t)
         records = {
             k: sum(s[k] for s in by_source.values())
             for k in ("records_added", "records_kept", "records_moved", "records_withdrawn")
@@ -322,14 +454,14 @@ GROUP BY 1 ORDER BY 1"""
         still_present = records["records_kept"] + records["records_moved"]
         ledger[t] = {
             "id_column": PERSON_ID_COLUMNS[t],
-            "ids_kept": int(ids[0]),
-            "ids_created": int(ids[1]) + int(ids[2]),
-            "ids_created_for_new_records": int(ids[1]),
-            "ids_created_by_splits": int(ids[2]),
+            "ids_kept": int(kept),
+            "ids_created": int(ids[0]) + int(ids[1]),
+            "ids_created_for_new_records": int(ids[0]),
+            "ids_created_by_splits": int(ids[1]),
             "merges": int(merges),
-            "ids_retired_by_merges": int(retired[0]),
+            "ids_retired_by_merges": int(merged),
             "persons_split": int(split),
-            "ids_retired_withdrawn": int(retired[1]),
+            "ids_retired_withdrawn": int(withdrawn),
             **records,
             "share_of_previous_records_moved": round(records["records_moved"] / still_present, 6)
             if still_present

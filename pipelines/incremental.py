@@ -48,6 +48,9 @@ SCORED_PAIRS = "__incremental_scored_pairs"  # every new pair scored (a view)
 NEW_PAIRS = "__incremental_new_pairs"  # those at or above the prediction floor
 TOUCHED = "__incremental_touched_clusters"
 NODES = "__incremental_nodes"
+# The records an incremental linkage reclustered or removed: only their person ids can
+# have changed (pipelines.identity).
+RECLUSTERED_RECORDS = "__incremental_reclustered_records"
 EDGES = "__incremental_edges"
 KEY_COLUMNS = ("record_id", "source_dataset")
 RECORD_KEY_L = "source_dataset_l || '|' || record_id_l"
@@ -445,6 +448,11 @@ WHERE match_probability >= {lowest}""",
         f"OR {RECORD_KEY} IN (SELECT {RECORD_KEY} FROM {REMOVED_RECORDS})"
     )
     reclustered = engine.count(NODES)
+    engine.create_table(
+        RECLUSTERED_RECORDS,
+        f"SELECT source_dataset, record_id FROM {NODES} "
+        f"UNION ALL SELECT source_dataset, record_id FROM {REMOVED_RECORDS}",
+    )
     for name, probability in thresholds.items():
         clusters = cluster_pairwise_predictions_at_threshold(
             nodes,

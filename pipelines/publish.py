@@ -114,15 +114,19 @@ def publish_linked_dataset(
     rows_accepted: int,
     snapshot: date,
     model_version: int,
+    changed_records: str | None = None,
 ) -> dict[str, Any]:
     """Carry the person ids of the previous publication forward to the clusters at each
     threshold, then write the person lookup, the event timeline and the register of ids;
-    refuses to publish a lookup that does not hold exactly the accepted records."""
+    refuses to publish a lookup that does not hold exactly the accepted records.
+
+    `changed_records`: after an incremental linkage, the table of the records it reclustered
+    or removed, the only ones whose ids need recomputing."""
     clusters = {t: Tables.clusters(t) for t in THRESHOLDS}
     key, kept_in = person_id_key(layout)
     previous = IdentityFiles.of(layout.published)  # none before the first publication
     previous_state = previous.read_state() if previous.exists() else None
-    generation = carry_forward(engine, clusters, previous, key, layout.snapshot)
+    carried = carry_forward(engine, clusters, previous, key, layout.snapshot, changed_records)
     engine.create_table(Tables.PERSON_LOOKUP, person_lookup_sql(ASSIGNMENTS, snapshot))
     rows = engine.count(Tables.PERSON_LOOKUP)
     if rows != rows_accepted:
@@ -134,7 +138,7 @@ def publish_linked_dataset(
     engine.write_parquet(f"SELECT * FROM {Tables.EVENTS}", layout.events)
     engine.write_parquet(published_register_sql(), layout.person_ids)
     identity = {
-        "generation": generation,
+        "generation": carried.generation,
         "snapshot": layout.snapshot,
         "previous_snapshot": layout.published.snapshot if previous_state else None,
         "model_version": model_version,
@@ -154,7 +158,14 @@ def publish_linked_dataset(
         "share_linked_across_sources": round(float(linked_share or 0), 4),
         "snapshot_date": snapshot.isoformat(),
         "person_id_key": kept_in,
-        "identity": {**identity, "churn": churn_ledger(engine, generation, layout.snapshot)},
+        "identity": {
+            **identity,
+            # Whose ids were worked out again: every record's, or (after an incremental
+            # linkage) only those of the records it reclustered or removed.
+            "ids_recomputed_for": carried.recomputed,
+            "records_recomputed": carried.records_recomputed,
+            "churn": churn_ledger(engine, carried, layout.snapshot),
+        },
         "outputs": {
             "person_lookup": str(layout.person_lookup),
             "events": str(layout.events),

@@ -31,6 +31,7 @@ class Generation:
     ids: dict[str, str]  # record key ("src|rec") -> balanced person id
     register: pd.DataFrame  # balanced threshold's register, by person id
     ledger: dict[str, Any]  # balanced threshold's ledger
+    recomputed: str  # whose ids were recomputed: "every record" or "reclustered records"
 
 
 def link(
@@ -40,9 +41,11 @@ def link(
     clusters: list[list[str]],
     previous: Generation | None,
     key: str = KEY,
+    changed: list[str] | None = None,
 ) -> Generation:
     """One linkage whose clusters (lists of "src|rec" keys) are the same at every threshold,
-    carried forward from `previous`."""
+    carried forward from `previous`; `changed`: the records an incremental linkage
+    reclustered or removed (only their ids are recomputed)."""
     rows = [
         {"source_dataset": k.split("|")[0], "record_id": k.split("|")[1], "cluster_id": f"c{i}"}
         for i, members in enumerate(clusters)
@@ -52,21 +55,36 @@ def link(
         engine.load_frame(f"clusters_{t}", pd.DataFrame(rows))
     files = IdentityFiles(folder / f"generation{number}")
     snapshot = f"snapshot{number}"
-    generation = carry_forward(
+    if changed is not None:
+        engine.load_frame(
+            "changed_records",
+            pd.DataFrame(
+                [k.split("|") for k in changed] or [["", ""]],
+                columns=["source_dataset", "record_id"],
+            ).iloc[: len(changed)],
+        )
+    carried = carry_forward(
         engine,
         {t: f"clusters_{t}" for t in THRESHOLDS},
         previous.files if previous else None,
         key,
         snapshot,
+        "changed_records" if changed is not None else None,
     )
-    ledger = churn_ledger(engine, generation, snapshot)
-    write_store(engine, files, {"generation": generation, "snapshot": snapshot})
+    ledger = churn_ledger(engine, carried, snapshot)
+    write_store(engine, files, {"generation": carried.generation, "snapshot": snapshot})
     assigned = engine.fetch(
         f"SELECT source_dataset || '|' || record_id, person_id FROM {ASSIGNMENTS} "
         "WHERE threshold = 'balanced'"
     )
     register = engine.fetch_df(f"SELECT * FROM {REGISTER} WHERE threshold = 'balanced'")
-    return Generation(files, dict(assigned), register.set_index("person_id"), ledger["balanced"])
+    return Generation(
+        files,
+        dict(assigned),
+        register.set_index("person_id").sort_index(),
+        ledger["balanced"],
+        carried.recomputed,
+    )
 
 
 def new_id(threshold: str, generation: int, cluster_key: str, key: str = KEY) -> str:
@@ -194,3 +212,48 @@ def test_the_same_sequence_gives_the_same_ids_and_the_ledger_matches_the_lookups
         assert after.ledger["records_withdrawn"] == len(before.ids.keys() - after.ids.keys())
         assert after.ledger["records_moved"] == sum(before.ids[k] != after.ids[k] for k in common)
         assert after.ledger["ids_kept"] == len(set(before.ids.values()) & set(after.ids.values()))
+
+
+def changed_between(before: list[list[str]], after: list[list[str]]) -> list[str]:
+    """What an incremental linkage would hand the identity step: the records of every
+    cluster that is not exactly a previous one, and of every previous cluster gone."""
+    old, new = {frozenset(c) for c in before}, {frozenset(c) for c in after}
+    return sorted(set().union(*(old ^ new)))
+
+
+# Ten clusters nobody touches, beside the merge, split, withdrawal and new record of SECOND.
+UNTOUCHED = [[f"u|{i}", f"v|{i}"] for i in range(10)]
+
+
+def test_recomputing_only_the_reclustered_records_gives_the_ids_of_recomputing_all(
+    any_engine: Engine, tmp_path: Path
+) -> None:
+    """After an incremental linkage only the records it reclustered or removed are worked
+    out again; ids, register and ledger are those of working out every record."""
+    steps = (FIRST + UNTOUCHED, SECOND + UNTOUCHED, THIRD + UNTOUCHED)
+    full, only = None, None
+    for number, clusters in enumerate(steps, start=1):
+        changed = changed_between(steps[number - 2], clusters) if number > 1 else None
+        full = link(any_engine, tmp_path / "all", number, clusters, full)
+        only = link(any_engine, tmp_path / "only", number, clusters, only, changed=changed)
+        assert only.recomputed == ("reclustered records" if changed else "every record")
+        assert only.ids == full.ids
+        pd.testing.assert_frame_equal(only.register, full.register)
+        assert only.ledger == full.ledger
+    # THIRD: A and C merge (A survives), c|3 and e|1 stay; the ten untouched are kept.
+    assert full.ledger["ids_kept"] == 10 + 3 and full.ledger["records_kept"] == 20 + 5
+    assert full.ledger["records_moved"] == 2
+
+
+def test_records_that_do_not_hold_whole_clusters_make_every_id_recomputed(
+    any_engine: Engine, tmp_path: Path
+) -> None:
+    """Given changed records that split a cluster or a previous person (a linkage that
+    reclustered more than it said), the identity step recomputes every record instead."""
+    first = link(any_engine, tmp_path / "a", 1, FIRST + UNTOUCHED, None)
+    right = link(any_engine, tmp_path / "a", 2, SECOND + UNTOUCHED, first)
+    for partial in (["a|1", "b|1"], ["c|3"]):  # half of A+B; a part of previous C
+        first = link(any_engine, tmp_path / "b", 1, FIRST + UNTOUCHED, None)
+        second = link(any_engine, tmp_path / "b", 2, SECOND + UNTOUCHED, first, changed=partial)
+        assert second.recomputed == "every record"
+        assert second.ids == right.ids and second.ledger == right.ledger
