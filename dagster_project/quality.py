@@ -16,7 +16,6 @@ from dagster_project.published import MANIFEST
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
 from linkage_models.diagnostics import write_diagnostics, write_label_accuracy
-from pipelines import linking
 from pipelines.contract import Tables, load_record, records_of
 from pipelines.deliveries import delivery_statuses
 from quality.linkage_report import write_linkage_report
@@ -67,11 +66,10 @@ def quality_assets() -> list[dg.AssetsDefinition]:
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
         with step(project, engine, "diagnostics") as s:
-            detailed = None
-            if load_record(s.layout, "predict").get("incremental"):
-                detailed = linking.detailed_pairs_of_changes(
-                    s.engine, s.project, model_path(s.layout), input_tables(s.layout)
-                )
+            # After an incremental linkage: the pairs of the records it added, as its
+            # predict step scored them ("" when it added none); else every pair.
+            predicted = load_record(s.layout, "predict")
+            detailed = predicted.get("detailed_pairs") if predicted.get("incremental") else None
             s.record["of"] = "every pair" if detailed is None else "new records' pairs"
             written = write_diagnostics(
                 s.engine.splink_api(),

@@ -339,7 +339,9 @@ def score_new_records(
     """Score the new records against the kept ones and among themselves (the linker holds
     the whole current population, whose term frequencies are used); the stored pairs of
     removed records are dropped and the new pairs above the floor added, as
-    PAIRWISE_PREDICTIONS, with the floor's sums in PAIRS_BELOW_FLOOR."""
+    PAIRWISE_PREDICTIONS, with the floor's sums in PAIRS_BELOW_FLOOR; the new pairs above
+    the floor with all of Splink's columns as DETAILED_PAIRS ("detailed_pairs": "" when no
+    record was new)."""
     scored = score_changes(engine, linker, db_api, trained, input_tables)
     columns = engine.columns(Tables.PAIRWISE_PREDICTIONS)
     empty = (
@@ -361,7 +363,22 @@ def score_new_records(
     )[0]
     # Below the floor a pair is only summed, as in a full linkage: only the others are kept.
     engine.create_table(NEW_PAIRS, f"SELECT * FROM {SCORED_PAIRS} WHERE NOT ({below})")
-    return {"new_pairs_scored": int(new_below[2]), "new_below_floor": new_below}
+    detailed = ""
+    if scored:  # with every column Splink gave them (intermediate ones when it kept them)
+        detailed = Tables.DETAILED_PAIRS
+        frame_columns = ", ".join(ident(c) for c in engine.columns(scored[0].physical_name))
+        engine.create_table(
+            detailed,
+            " UNION ALL ".join(
+                f"SELECT {frame_columns} FROM {frame.physical_name} WHERE NOT ({below})"
+                for frame in scored
+            ),
+        )
+    return {
+        "new_pairs_scored": int(new_below[2]),
+        "new_below_floor": new_below,
+        "detailed_pairs": detailed,
+    }
 
 
 def extend_pairs(

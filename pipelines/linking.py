@@ -133,11 +133,18 @@ def model_for_linkage(
 
 
 def trained_linker(
-    engine: Engine, project: LoadedProject, model_path: str, input_tables: dict[str, str]
+    engine: Engine,
+    project: LoadedProject,
+    model_path: str,
+    input_tables: dict[str, str],
+    detailed: bool = False,
 ) -> tuple[Any, Any]:
-    """Splink's database API over the engine and a linker with the trained model."""
+    """Splink's database API over the engine and a linker with the trained model;
+    `detailed`: its predictions keep Splink's intermediate columns (for the diagnostics)."""
     db_api = engine.splink_api()
     trained = json.loads(Path(model_path).read_text())
+    if detailed:
+        trained["retain_intermediate_calculation_columns"] = True
     return db_api, linkage.make_linker(db_api, input_tables, project.spec, trained)
 
 
@@ -203,7 +210,9 @@ def predict_incremental(
     published = OutputLayout(project.output_dir).published
     state = incremental.check_state(published, state, conditions)
     changes = incremental.find_changes(engine, input_tables, added)
-    db_api, linker = trained_linker(engine, project, model_path, input_tables)
+    # Scored with Splink's intermediate columns: the new pairs are what the diagnostics
+    # show after an incremental linkage, and they are not scored a second time for them.
+    db_api, linker = trained_linker(engine, project, model_path, input_tables, detailed=True)
     trained = json.loads(Path(model_path).read_text())
     scored = incremental.score_new_records(engine, linker, db_api, trained, input_tables)
     pairs = incremental.extend_pairs(
@@ -232,34 +241,8 @@ def predict_incremental(
             "new_pairs_scored": scored["new_pairs_scored"],
             **pairs,
         },
+        "detailed_pairs": scored["detailed_pairs"],
     }
-
-
-def detailed_pairs_of_changes(
-    engine: Engine, project: LoadedProject, model_path: str, input_tables: dict[str, str]
-) -> str:
-    """After an incremental linkage: its new records' pairs above the floor scored again
-    with Splink's intermediate columns, for the diagnostics (which otherwise score the whole
-    population again); "" when it added no record."""
-    trained = {
-        **json.loads(Path(model_path).read_text()),
-        "retain_intermediate_calculation_columns": True,
-    }
-    db_api = engine.splink_api()
-    linker = linkage.make_linker(db_api, input_tables, project.spec, trained)
-    scored = incremental.score_changes(engine, linker, db_api, trained, input_tables)
-    if not scored:
-        return ""
-    columns = ", ".join(engine.columns(scored[0].physical_name))
-    engine.create_table(
-        Tables.DETAILED_PAIRS,
-        " UNION ALL ".join(
-            f"SELECT {columns} FROM {frame.physical_name} "
-            f"WHERE match_probability >= {linkage.PREDICTION_FLOOR}"
-            for frame in scored
-        ),
-    )
-    return Tables.DETAILED_PAIRS
 
 
 def blocking_check(

@@ -32,6 +32,10 @@ STEPS = (
     "evaluate",
 )
 
+# Keys of the predict step's record that are not linkage metadata: its timings (reported
+# under `stages`) and the working table the diagnostics read.
+PAIRS_NOT_REPORTED = ("seconds", "peak_rss_mb", "finished_at", "detailed_pairs")
+
 
 def build_manifest(
     engine: Engine, project: LoadedProject, run_id: str | None = None
@@ -126,7 +130,7 @@ def build_manifest(
         # Persistent ids: this publication's generation, the one it carried ids forward
         # from, and the churn ledger per threshold (pipelines.identity).
         "identity": published["identity"],
-        "pairs": {k: v for k, v in pairs.items() if k not in ("seconds", "peak_rss_mb")},
+        "pairs": {k: v for k, v in pairs.items() if k not in PAIRS_NOT_REPORTED},
         "links": clusters["links"],
         # Linked in full or incrementally (what changed), and for a full relink after
         # incremental linkages how far their clusters had drifted from it.

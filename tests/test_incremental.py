@@ -152,9 +152,12 @@ def test_incremental_months_keep_ids_and_the_ledger_agrees(sequence: dict) -> No
     for counts in month3["links"].values():
         assert change["records_new_or_changed"] <= counts["records_reclustered"]
         assert counts["records_reclustered"] < change["population"]
-    assert "Linked <strong>incrementally</strong>" in (
-        at_snapshot(sequence["month3"]).linkage_report.read_text()
-    )
+    report = at_snapshot(sequence["month3"]).linkage_report.read_text()
+    assert "Linked <strong>incrementally</strong>" in report
+    # Its diagnostics show the pairs of the records it added, as its predict step scored
+    # them (with Splink's intermediate columns: the comparison viewer needs them).
+    assert "(pairs of the records this linkage added)" in report
+    assert (at_snapshot(sequence["month3"]).diagnostics_dir / "comparison_viewer.html").exists()
     # Each month's deliveries were added to what the previous publication had combined:
     # only the new files were read.
     for month in ("month2", "month3"):
