@@ -69,6 +69,10 @@ CLUSTER_IDS = "__identity_cluster_ids"
 ASSIGNMENTS = "person_id_assignments"
 REGISTER = "person_id_register"
 
+# Whose ids a carry-forward worked out again.
+EVERY_RECORD = "every record"
+RECLUSTERED_ONLY = "reclustered records"
+
 ASSIGNMENT_COLUMNS = "threshold, source_dataset, record_id, person_id"
 REGISTER_COLUMNS = (
     "threshold, person_id, created_generation, created_snapshot, origin, "
@@ -90,7 +94,7 @@ class CarriedForward:
     of their previous and new ids, which the churn ledger compares."""
 
     generation: int
-    recomputed: str  # "every record" | "reclustered records"
+    recomputed: str  # EVERY_RECORD or RECLUSTERED_ONLY
     records_recomputed: int
     previous_assignments: str
     assignments: str
@@ -218,7 +222,7 @@ def carry_forward(
     records it reclustered or removed; only their ids are recomputed (see the module's
     docstring), and every other record keeps its previous id."""
     generation = _load_previous(engine, previous) + 1
-    recomputed = "every record"
+    recomputed = EVERY_RECORD
     if changed is not None and generation > 1:
         engine.create_table(
             CHANGED,
@@ -231,8 +235,8 @@ def carry_forward(
 SEMI JOIN {CHANGED} c ON c.source_dataset = p.source_dataset AND c.record_id = p.record_id""",
         )
         if _holds_whole_clusters(engine, cluster_tables):
-            recomputed = "reclustered records"
-    if recomputed == "every record":
+            recomputed = RECLUSTERED_ONLY
+    if recomputed == EVERY_RECORD:
         engine.create_table(CLUSTERS, _clusters_sql(cluster_tables))
         previous_assignments = PREVIOUS_ASSIGNMENTS
     else:
@@ -290,7 +294,7 @@ LEFT JOIN {SURVIVORS} s ON s.threshold = k.threshold AND s.cluster_key = k.clust
     assigned = f"""SELECT c.threshold, c.source_dataset, c.record_id, i.person_id
 FROM {CLUSTERS} c JOIN {CLUSTER_IDS} i
   ON i.threshold = c.threshold AND i.cluster_key = c.cluster_key"""
-    if recomputed == "every record":
+    if recomputed == EVERY_RECORD:
         engine.create_table(ASSIGNMENTS, assigned)
         assignments = ASSIGNMENTS
     else:
@@ -305,7 +309,7 @@ UNION ALL SELECT threshold, source_dataset, record_id, person_id FROM {ASSIGNMEN
         assignments = ASSIGNMENTS_OF_CHANGED
     engine.create_table(
         REGISTER,
-        _register_sql(generation, snapshot, only_changed=recomputed != "every record"),
+        _register_sql(generation, snapshot, only_changed=recomputed == RECLUSTERED_ONLY),
     )
     return CarriedForward(
         generation,
