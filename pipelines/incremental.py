@@ -459,17 +459,14 @@ WHERE match_probability >= {lowest}""",
     )
     nodes = db_api.table_to_splink_dataframe(NODES, NODES)
     edges = db_api.table_to_splink_dataframe(EDGES, EDGES)
-    # The records whose clusters are replaced: the set, and the removed records.
-    replaced = (
-        f"{RECORD_KEY} IN (SELECT node_id FROM {NODES}) "
-        f"OR {RECORD_KEY} IN (SELECT {RECORD_KEY} FROM {REMOVED_RECORDS})"
-    )
     reclustered = engine.count(NODES)
+    # The records whose clusters are replaced: the set, and the removed records.
     engine.create_table(
         RECLUSTERED_RECORDS,
         f"SELECT source_dataset, record_id FROM {NODES} "
         f"UNION ALL SELECT source_dataset, record_id FROM {REMOVED_RECORDS}",
     )
+    replaced = f"{RECORD_KEY} IN (SELECT {RECORD_KEY} FROM {RECLUSTERED_RECORDS})"
     for name, probability in thresholds.items():
         clusters = cluster_pairwise_predictions_at_threshold(
             nodes,

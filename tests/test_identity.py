@@ -58,10 +58,7 @@ def link(
     if changed is not None:
         engine.load_frame(
             "changed_records",
-            pd.DataFrame(
-                [k.split("|") for k in changed] or [["", ""]],
-                columns=["source_dataset", "record_id"],
-            ).iloc[: len(changed)],
+            pd.DataFrame([k.split("|") for k in changed], columns=["source_dataset", "record_id"]),
         )
     carried = carry_forward(
         engine,
