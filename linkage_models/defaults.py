@@ -30,6 +30,21 @@ from typing import Any
 # weights add up to a link between two different people of one household.
 HOUSEHOLD = "household"
 
+# The standardised columns each standard comparison reads (linkage_models/settings.py). An
+# EM session cannot estimate a comparison that reads any column it blocks on (Splink
+# switches such comparisons off): the given name's "names swapped" and "known by a middle
+# name" levels read the family and middle names, so blocking on the family name fixes it.
+COMPARED_COLUMNS = {
+    "given_name": ("given_name", "given_name_aliases", "middle_names", "family_name"),
+    "middle_names": ("middle_names",),
+    "family_name": ("family_name", "family_name_soundex", "family_name_tokens"),
+    "date_of_birth": ("date_of_birth", "dob_day", "dob_month", "dob_year"),
+    "sex": ("sex",),
+    "postcode": ("postcode", "postcode_area", "postcode_district", "postcode_sector"),
+}
+HOUSEHOLD_POSTCODE_COLUMNS = ("postcode", "postcode_district")
+ADDRESS_SUFFIXES = ("", "_tokens", "_number", "_street", "_house")
+
 TERM_FREQUENCY_PRIMITIVES = ("given_name", "family_name", "postcode")
 PRIMITIVE_ORDER = ("given_name", "middle_names", "family_name", "date_of_birth", "sex", "postcode")
 SWAPPED_NAMES = "l.given_name = r.family_name AND l.family_name = r.given_name"
@@ -109,8 +124,7 @@ def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str)
         if names:
             deterministic.append(["given_name", "family_name", address])
 
-    columns = {name: [name] for name in comparisons}
-    columns[HOUSEHOLD] = sorted(in_household)
+    columns = {name: compared_columns(name, place) for name in comparisons}
     sessions = _em_sessions(has, birth, full_dob, person_ids, addresses, columns, household)
     if not blocking:
         blocking = list(sessions)
@@ -123,11 +137,17 @@ def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str)
     }
 
 
-def _blocks(rule: list[str], compared: list[str]) -> bool:
-    """Whether an EM blocking rule fixes a comparison of these identifiers (so EM cannot
-    train it there)."""
-    prefixes = ["dob_" if c == "date_of_birth" else c for c in compared]
-    return any(c.startswith(p) for c in rule for p in prefixes)
+def compared_columns(name: str, place: list[str]) -> set[str]:
+    """The standardised columns a comparison reads; `place`: the household's (see
+    household_place)."""
+    if name == HOUSEHOLD:
+        where = set(HOUSEHOLD_POSTCODE_COLUMNS) if place == ["postcode"] else set()
+        for address in () if place == ["postcode"] else place:
+            where |= {address + suffix for suffix in ADDRESS_SUFFIXES}
+        return {"family_name", "family_name_soundex", *where}
+    if name in COMPARED_COLUMNS:
+        return set(COMPARED_COLUMNS[name])
+    return {name + suffix for suffix in ADDRESS_SUFFIXES}  # another identifier's columns
 
 
 def _em_sessions(
@@ -136,10 +156,11 @@ def _em_sessions(
     full_dob: bool,
     person_ids: list[str],
     addresses: list[str],
-    comparisons: dict[str, list[str]],
+    comparisons: dict[str, set[str]],
     household: bool,
 ) -> list[list[str]]:
-    """At least two EM blocking rules, each comparison free in at least one of them.
+    """At least two EM blocking rules, each comparison free in at least one of them (a
+    session frees a comparison when it blocks on none of the columns it reads).
 
     With a household comparison, the first sessions block on identifiers that admit few
     non-matches and leave family name and place free (each person identifier, then given
@@ -164,10 +185,13 @@ def _em_sessions(
     sessions: list[list[str]] = []
     for rule in candidates:
         untrained = [
-            c for c, compared in comparisons.items() if all(_blocks(s, compared) for s in sessions)
+            c for c, compared in comparisons.items() if all(set(s) & compared for s in sessions)
         ]
         if len(sessions) >= 2 and not untrained:
             break
-        if rule not in sessions:
+        if rule not in sessions and any(not set(rule) & comparisons[c] for c in untrained):
+            sessions.append(rule)  # it lets EM estimate a comparison no session has yet
+    for rule in candidates:  # Splink's EM wants two sessions at least
+        if len(sessions) < 2 and rule not in sessions:
             sessions.append(rule)
     return sessions

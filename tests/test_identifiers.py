@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from linkage_models.blocking import choose_blocking_rules
+from linkage_models.defaults import compared_columns
 from linkage_models.linkage import make_linker
 from linkage_models.project import ComparisonSpec, ConfigError, LinkageProject, parse_project
 from linkage_models.settings import comparison
@@ -266,12 +267,34 @@ def test_a_project_without_a_model_gets_one_from_what_it_maps() -> None:
     assert ["address_house"] in model.blocking_rules
     # No full date of birth in one source, so the year blocks.
     assert ["date_of_birth", "family_name_soundex"] in model.blocking_rules
-    sessions = model.training.em_blocking_rules
+    _assert_em_can_estimate_every_comparison(project)
+
+
+def _assert_em_can_estimate_every_comparison(project: LinkageProject) -> None:
+    """Splink's EM switches off, in a session, every comparison that reads a column the
+    session blocks on; each comparison must be on in at least one session, or its m
+    probabilities stay at Splink's defaults. The columns are asked of Splink's own
+    comparison objects (a private attribute: the test must see what EM sees)."""
+    sessions = project.model.training.em_blocking_rules
     assert len(sessions) >= 2
-    compared = {"date_of_birth": ["dob_"], "household": ["family_name", "address"]}
-    for name in model.comparisons:  # each comparison free in at least one EM session
-        columns = compared.get(name, [name])
-        assert any(not any(c.startswith(p) for c in s for p in columns) for s in sessions), name
+    for name, spec in project.model.comparisons.items():
+        built = comparison(project, name, spec).get_comparison("duckdb")
+        reads = {c.input_name for c in built._input_columns_used_by_case_statement}
+        assert reads <= compared_columns(name, project.household_place()), name
+        assert any(not set(s) & reads for s in sessions), f"{name}: blocked in every session"
+
+
+def test_a_project_with_only_the_six_primitives_gets_every_comparison_estimated() -> None:
+    """Names, date of birth, sex and postcode only (no person identifier, no address): the
+    given name reads the family name too, so sessions that block on the family name or
+    the date of birth alone would leave it, or the date of birth, untrained."""
+    raw = _project().model_dump(mode="json", exclude={"model"})
+    for source in raw["sources"]:
+        source["identifiers"]["other"] = {}
+    project = parse_project(raw, "test.yaml")
+    assert "household" in project.model.comparisons
+    assert {"given_name", "date_of_birth"} <= set(project.model.comparisons)
+    _assert_em_can_estimate_every_comparison(project)
 
 
 def test_the_household_is_family_name_with_the_postcode_where_no_address_is_mapped() -> None:
