@@ -15,6 +15,7 @@ corrupted subsets (character typos), so 1M records generate in well under two mi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -303,9 +304,13 @@ class _Records:
             [pp[k] for pp, k in zip(parts, pick, strict=True)], dtype=object
         )
 
+        # Informal given names: some from the nickname list the standardisation also knows,
+        # the rest shortened or pet forms nobody listed (Jul, Jules, Sammie...), which a
+        # linkage has to survive without a lookup.
         nick = _nickname_lookup()
         wants_nick = rng.random(n) < e.nickname
-        has_nick = np.array([g in nick for g in self.given]) & wants_nick
+        listed = np.array([g in nick for g in self.given]) & (rng.random(n) < 0.6)
+        has_nick = wants_nick & listed
         choice = rng.random(n)
         self.given[has_nick] = np.array(
             [
@@ -314,6 +319,8 @@ class _Records:
             ],
             dtype=object,
         )
+        informal = wants_nick & ~listed
+        self.given[informal] = _informal_forms(self.given[informal], choice[informal])
         m = rng.random(n) < e.given_typo
         self.given[m] = _typo(self.given[m], rng)
         m = rng.random(n) < e.family_typo
@@ -331,10 +338,14 @@ class _Records:
         u = rng.random(n)
         swap_dm = (u < e.dob_day_month_swap) & (day <= 12) & (day != month)
         self.dob[swap_dm] = _ymd(year[swap_dm], day[swap_dm], month[swap_dm])
+        # A mistyped digit lands in the day, the month or the year alike.
         typo = (u >= e.dob_day_month_swap) & (u < e.dob_day_month_swap + e.dob_digit_typo)
         shift = rng.choice(np.array([-10, -1, 1, 10]), size=n)
-        new_day = np.clip(day + shift, 1, 28)
-        self.dob[typo] = _ymd(year[typo], month[typo], new_day[typo])
+        part = rng.integers(0, 3, size=n)
+        new_day = np.where(part == 0, np.clip(day + shift, 1, 28), np.minimum(day, 28))
+        new_month = np.where(part == 1, np.clip(month + np.sign(shift), 1, 12), month)
+        new_year = np.where(part == 2, year + shift, year)
+        self.dob[typo] = _ymd(new_year[typo], new_month[typo], new_day[typo])
         u2 = rng.random(n)
         imputed = u2 < e.dob_imputed_first_jan
         self.dob[imputed] = _ymd(
@@ -385,6 +396,24 @@ def _nickname_lookup() -> dict[str, list[str]]:
         table = _reference_csv("nicknames.csv")
         _NICKNAMES = table.groupby("canonical").variant.apply(list).to_dict()
     return _NICKNAMES
+
+
+def _informal_forms(names: np.ndarray, choice: np.ndarray) -> np.ndarray:
+    """Shortened and pet forms made by rule, not taken from any list: the first syllable
+    (Julian -> Jul, Christopher -> Chris), or it with a pet ending (Julie, Sammy, Emmie)."""
+    out = names.copy()
+    for i, name in enumerate(names):  # only the small informal subset reaches here
+        if not isinstance(name, str) or len(name) < 4:
+            continue
+        stem = re.match(r"^[^aeiouy]*[aeiouy]+[^aeiouy]", name.lower())
+        if stem is None or len(stem.group(0)) >= len(name):
+            continue
+        form, c = stem.group(0), choice[i]
+        if c >= 1 / 3:  # a pet ending, the last consonant doubled half the time
+            form += form[-1] if c >= 2 / 3 else ""
+            form += "ie" if (c * 6) % 1 < 0.5 else "y"
+        out[i] = form.title()
+    return out
 
 
 def _title(values: np.ndarray) -> pd.Series:
