@@ -146,8 +146,10 @@ def model_card_markdown(
         "## Limitations",
         "",
         "- Fellegi-Sunter assumes comparisons are independent given match status; people who "
-        "share a household, surname and birth date (twins) break this: they score as "
-        "strong links unless the project opts in to the probable-twins rule.",
+        "share a household, surname and birth date (twins) break this. The household "
+        "comparison weighs family name and place together, which keeps most twins apart; "
+        "without it they score as strong links unless the project opts in to the "
+        "probable-twins rule.",
         "- Women who changed surname and moved address between records are hard to link.",
         "- Parameters are estimated without labels; see the manifest for measured accuracy "
         "where ground truth exists.",

@@ -25,12 +25,21 @@ from quality.accuracy import pairwise_cluster_metrics
 from .conftest import DEMO_CONFIG
 from .helpers import identifiers_of, published
 
-
-def small_run_project() -> LinkageProject:
-    return load_project(DEMO_CONFIG).spec
-
-
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def twins_rule_run(
+    small_data: GeneratedData, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[RunResult, LinkageProject]:
+    """The demo with the opt-in probable-twins rule turned on."""
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw["model"]["probable_twins_rule"] = "exclude"
+    folder = tmp_path_factory.mktemp("twins_rule")
+    config = folder / "twins.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    project = load_project(config, data_dir=small_data.out_dir, output_dir=folder / "out")
+    return run_project(project, ground_truth=small_data.ground_truth), project.spec
 
 
 def test_outputs_follow_the_contract(small_run: RunResult) -> None:
@@ -138,26 +147,36 @@ def test_nothing_meant_to_leave_holds_an_identifier(
         assert (zone.diagnostics_dir / name).exists()
 
 
-def test_probable_twins_rule_count_is_the_pairs_it_removed(small_run: RunResult) -> None:
-    removed = small_run.manifest["pairs"]["removed_by_probable_twins_rule"]
+def test_the_demo_removes_no_pairs_by_rule(small_run: RunResult) -> None:
+    """The demo links on the model's evidence alone: twins are kept apart by the household
+    comparison, not by the opt-in rule."""
+    assert small_run.manifest["pairs"]["removed_by_probable_twins_rule"] == 0
     with DuckDBEngine(published(small_run.output_dir).work_dir / "joinedup.duckdb") as engine:
+        assert engine.count("pairs_for_clustering") == engine.count("pairwise_predictions")
+
+
+def test_probable_twins_rule_count_is_the_pairs_it_removed(
+    twins_rule_run: tuple[RunResult, LinkageProject],
+) -> None:
+    run, project = twins_rule_run
+    removed = run.manifest["pairs"]["removed_by_probable_twins_rule"]
+    with DuckDBEngine(published(run.output_dir).work_dir / "joinedup.duckdb") as engine:
         kept = engine.count("pairs_for_clustering")
         scored = engine.count("pairwise_predictions")
         twins_left = engine.fetch(
-            "SELECT count(*) FROM pairs_for_clustering "
-            f"WHERE {probable_twins_condition(small_run_project())}"
+            f"SELECT count(*) FROM pairs_for_clustering WHERE {probable_twins_condition(project)}"
         )[0][0]
         removed_links = engine.fetch(
             "SELECT count(*) FROM pairwise_predictions WHERE match_probability >= 0.99 "
-            f"AND {probable_twins_condition(small_run_project())}"
+            f"AND {probable_twins_condition(project)}"
         )[0][0]
     assert removed > 0 and removed == scored - kept
     assert twins_left == 0
     # What the opt-in rule cost is published: the links it removed at each threshold.
-    cost = small_run.manifest["pairs"]["probable_twins_rule_cost"]
+    cost = run.manifest["pairs"]["probable_twins_rule_cost"]
     assert cost["balanced"]["pairs_removed"] == removed_links > 0
     assert 0 < cost["balanced"]["expected_same_person"] <= removed_links
-    html = (published(small_run.output_dir).linkage_report).read_text()
+    html = (published(run.output_dir).linkage_report).read_text()
     assert "opted in to the probable-twins" in html
 
 

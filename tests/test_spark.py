@@ -145,7 +145,7 @@ def test_scoring_and_clustering_again_gives_the_same_person_ids(
 
 
 # Comparisons with Jaro-Winkler levels: the only place the engines' functions differ.
-JARO_WINKLER_COMPARISONS = ("gamma_given_name", "gamma_family_name")
+JARO_WINKLER_COMPARISONS = ("gamma_given_name", "gamma_household")
 GAMMAS = (*JARO_WINKLER_COMPARISONS, "gamma_middle_names", "gamma_date_of_birth", "gamma_sex")
 
 
