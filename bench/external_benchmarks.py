@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -310,6 +311,12 @@ def _generator_comparisons() -> list:
     ]
 
 
+def _given_and_middle(forenames: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """'Given Middle More' -> 'GIVEN', 'MIDDLE MORE'."""
+    parts = forenames.fillna("").str.upper().str.strip().str.split(" ", n=1)
+    return parts.str[0], parts.str[1]
+
+
 def _split_full_name(names: pd.Series, surname_first: bool) -> pd.DataFrame:
     """'SURNAME, Given Middle' or 'Given Middle Surname' -> given, middle, family."""
     names = names.fillna("").str.upper().str.strip()
@@ -317,49 +324,25 @@ def _split_full_name(names: pd.Series, surname_first: bool) -> pd.DataFrame:
         family, rest = names.str.split(",", n=1).str[0], names.str.split(",", n=1).str[1]
     else:
         family, rest = names.str.rsplit(" ", n=1).str[1], names.str.rsplit(" ", n=1).str[0]
-    rest = rest.fillna("").str.strip()
-    return pd.DataFrame(
-        {
-            "given_name": rest.str.split(" ", n=1).str[0],
-            "middle_names": rest.str.split(" ", n=1).str[1],
-            "family_name": family.str.strip(),
-        }
-    )
+    given, middle = _given_and_middle(rest)
+    return pd.DataFrame({"given_name": given, "middle_names": middle, "family_name": family})
 
 
 def generator(people: int, seed: int = 99, written_model: bool = False) -> Dataset:
     """The project's own synthetic extracts, linked with the demo project's mapping: with
     the demo's written model (`written_model`) or with the model joinedup derives itself."""
-    import tempfile
-
     from pipelines.synthetic import generate_extracts
 
-    generated = generate_extracts(tempfile.mkdtemp(prefix="joinedup-gen-"), people, seed)
+    with tempfile.TemporaryDirectory(prefix="joinedup-generator-") as folder:
+        generated = generate_extracts(folder, people, seed)
+        frames, script = _generator_frames(generated.files)
+        truth = pd.read_parquet(generated.ground_truth)
     demo = yaml.safe_load((REPO / "examples" / "demo_project.yaml").read_text())
     specs = {s["name"]: s for s in demo["sources"]}
-    frames = {}
-    script = {}
-    for name, path in generated.files.items():
-        spec = specs[name]
-        raw = (
-            pd.read_parquet(path)
-            if path.suffix == ".parquet"
-            else pd.read_csv(
-                path, dtype=str, keep_default_na=False, sep=";" if name == "benefits" else ","
-            )
-        )
-        frames[name] = raw.rename(columns={spec["record_id"]: "rec_id"})
-        frames[name] = frames[name].astype(str).replace({"None": "", "nan": "", "NaT": ""})
-        script[name] = _generator_script_frame(name, frames[name]).drop_duplicates("rec_id")
-    truth = pd.read_parquet(generated.ground_truth)
-    model = None
-    if written_model:
-        model = demo["model"]
-    identifiers = {name: specs[name]["identifiers"] for name in frames}
     return Dataset(
         link_type="link_and_dedupe",
         frames=frames,
-        identifiers=identifiers,
+        identifiers={name: specs[name]["identifiers"] for name in frames},
         truth=truth,
         script_frames=script,
         script_comparisons=_generator_comparisons,
@@ -371,8 +354,28 @@ def generator(people: int, seed: int = 99, written_model: bool = False) -> Datas
             ["postcode", "given_name"],
         ],
         script_deterministic=[["given_name", "family_name", "dob"]],
-        model=model,
+        model=demo["model"] if written_model else None,
     )
+
+
+def _generator_frames(
+    files: dict[str, Path],
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """The extracts as text frames with the record id as rec_id (re-written as CSV for
+    joinedup, mapped as the demo maps them), and the script's harmonised frames."""
+    demo = yaml.safe_load((REPO / "examples" / "demo_project.yaml").read_text())
+    record_ids = {s["name"]: s["record_id"] for s in demo["sources"]}
+    frames, script = {}, {}
+    for name, path in files.items():
+        if path.suffix == ".parquet":
+            raw = pd.read_parquet(path)
+        else:
+            sep = ";" if name == "benefits" else ","
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+        frame = raw.rename(columns={record_ids[name]: "rec_id"}).astype(str)
+        frames[name] = frame.replace({"None": "", "nan": "", "NaT": ""})
+        script[name] = _generator_script_frame(name, frames[name]).drop_duplicates("rec_id")
+    return frames, script
 
 
 def _generator_script_frame(name: str, f: pd.DataFrame) -> pd.DataFrame:
@@ -395,8 +398,10 @@ def _generator_script_frame(name: str, f: pd.DataFrame) -> pd.DataFrame:
         )
         dob, sex = _iso_date(f.date_of_birth, "%Y-%m-%d"), f.sex
     else:
-        names = _split_full_name(f.claimant_forenames + " X", surname_first=False)
-        names["family_name"] = f.claimant_surname
+        given, middle = _given_and_middle(f.claimant_forenames)
+        names = pd.DataFrame(
+            {"given_name": given, "middle_names": middle, "family_name": f.claimant_surname}
+        )
         dob = _iso_date(f.birth_date, "%d-%b-%Y")
         sex = f.sex_code.map({"1": "M", "2": "F"})
     out = names.apply(lambda c: c.fillna("").str.upper().str.strip())
