@@ -19,7 +19,11 @@ from pipelines.publish import person_id_key, person_lookup_sql
 
 from .conftest import DEMO_CONFIG
 
-PROJECT = load_project(DEMO_CONFIG).spec
+DEMO = load_project(DEMO_CONFIG).spec
+# The demo with the opt-in rule turned on.
+PROJECT = DEMO.model_copy(
+    update={"model": DEMO.model.model_copy(update={"probable_twins_rule": "exclude"})}
+)
 DOB_EXACT = exact_match_gamma(PROJECT, "date_of_birth")
 GIVEN_EXACT = exact_match_gamma(PROJECT, "given_name")
 
