@@ -129,8 +129,11 @@ def test_the_accepted_delivery_sensor_links_incrementally(sequence: dict) -> Non
     assert month2["linkage"]["linked"] == "incremental"
     change = month2["linkage"]["incremental"]
     assert change["previous_snapshot"] == sequence["month1"].snapshot
-    added = sum(len(rows(sequence["folder"], file.format(2))) for file in FILES.values())
-    assert change["records_new_or_changed"] == added
+    delivered = sum(len(rows(sequence["folder"], file.format(2))) for file in FILES.values())
+    linked = [sequence[m].manifest["reconciliation"]["rows_linked"] for m in ("month1", "month2")]
+    # Every delivered row is new, but for rows quarantined (a re-delivered copy of a row).
+    assert change["records_new_or_changed"] == linked[1] - linked[0]
+    assert 0.99 * delivered <= change["records_new_or_changed"] <= delivered
     assert change["records_removed_or_changed"] == 0
     assert change["records_kept"] == sequence["month1"].manifest["reconciliation"]["rows_linked"]
     assert month2["reconciliation"]["reconciles"]
