@@ -141,9 +141,10 @@ def compared_columns(name: str, place: list[str]) -> set[str]:
     """The standardised columns a comparison reads; `place`: the household's (see
     household_place)."""
     if name == HOUSEHOLD:
-        where = set(HOUSEHOLD_POSTCODE_COLUMNS) if place == ["postcode"] else set()
-        for address in () if place == ["postcode"] else place:
-            where |= {address + suffix for suffix in ADDRESS_SUFFIXES}
+        if place == ["postcode"]:
+            where = set(HOUSEHOLD_POSTCODE_COLUMNS)
+        else:
+            where = {address + suffix for address in place for suffix in ADDRESS_SUFFIXES}
         return {"family_name", "family_name_soundex", *where}
     if name in COMPARED_COLUMNS:
         return set(COMPARED_COLUMNS[name])

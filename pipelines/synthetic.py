@@ -305,7 +305,7 @@ class _Records:
         )
 
         # Informal given names: some from the nickname list the standardisation also knows,
-        # the rest shortened or pet forms nobody listed (Jul, Jules, Sammie...), which a
+        # the rest shortened or pet forms nobody listed (Jul, Jullie, Sammie...), which a
         # linkage has to survive without a lookup.
         nick = _nickname_lookup()
         wants_nick = rng.random(n) < e.nickname
