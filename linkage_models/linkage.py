@@ -157,6 +157,29 @@ def floor_m_probabilities(model: dict[str, Any]) -> list[str]:
     return changed
 
 
+def bound_unobserved_u_probabilities(model: dict[str, Any], pairs_sampled: float) -> list[str]:
+    """Give each level that no randomly sampled pair fell into (in place) the u that the
+    sample still allows, 3 / pairs sampled (a level never seen in n pairs occurs at most
+    that often, at 95% confidence); returns the levels changed, as 'comparison: level'.
+
+    Splink leaves such a level's u unset and saves no value for it, so a rare level of
+    strong agreement (a similar family name at the same postcode) was scored with a
+    default and weighed less than weaker levels. The bound is conservative: the true u is
+    smaller, so the level's weight is if anything understated."""
+    bound = 3.0 / pairs_sampled
+    changed = []
+    for comparison in model.get("comparisons", []):
+        for level in comparison.get("comparison_levels", []):
+            if level.get("is_null_level") or level.get("fix_u_probability"):
+                continue
+            if level.get("u_probability") is None:
+                level["u_probability"] = bound
+                changed.append(
+                    f"{comparison.get('output_column_name')}: {level.get('label_for_charts')}"
+                )
+    return changed
+
+
 def untrained_levels(model: dict[str, Any]) -> dict[str, list[str]]:
     """Levels Splink could not estimate, as 'comparison: level' under "m" and "u" (the ones
     behind its "m values not fully trained" warning): a saved model leaves out a parameter it

@@ -91,6 +91,15 @@ def model_card_markdown(
             + (", ".join(floored) if floored else "none")
             + "."
         )
+        bounded = training_summary.get("u_probabilities_bounded") or []
+        lines.append("")
+        lines.append(
+            "Levels no randomly sampled pair fell into were given u = 3 / pairs sampled, the "
+            "most often they can occur among non-matches and still go unseen (95% bound), "
+            "so their weight is if anything understated, not a default: "
+            + (", ".join(bounded) if bounded else "none")
+            + "."
+        )
         untrained = training_summary.get("untrained") or {}
         lines += [
             "",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ def train_model(
     summary["blocking"] = blocking
     trained = linker.misc.save_model_to_json()
     summary["m_probabilities_floored"] = linkage.floor_m_probabilities(trained)
+    # Splink samples about u_max_pairs random pairs, or every pair when there are fewer.
+    sampled = min(spec.model.training.u_max_pairs, blocking["total_possible_pairs"] or math.inf)
+    summary["u_probabilities_bounded"] = linkage.bound_unobserved_u_probabilities(trained, sampled)
     summary["untrained"] = linkage.untrained_levels(trained)
     entry = ModelRegistry(OutputLayout(project.output_dir).model_dir).register(
         trained,

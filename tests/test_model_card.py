@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from linkage_models.linkage import untrained_levels
+import pytest
+
+from linkage_models.linkage import bound_unobserved_u_probabilities, untrained_levels
 from linkage_models.model_card import model_card_markdown
 from linkage_models.registry import ModelVersion
 
@@ -53,3 +55,26 @@ def test_card_is_silent_when_every_level_was_estimated() -> None:
     card = _card(model)
     assert "not fully trained" not in card
     assert "every level's m and u was estimated" in card
+
+
+def test_a_level_no_sampled_pair_fell_into_is_weighed_from_the_sample_not_a_default() -> None:
+    """Splink saves no u for such a level and scores it with a default; a rare, strong
+    agreement then weighed less than weaker ones. It gets the bound the sample allows."""
+    model = _model(dob_exact_m=0.9)
+    levels = model["comparisons"][0]["comparison_levels"]
+    levels[2]["m_probability"] = 0.04
+    del levels[1]["u_probability"]  # exact date of birth: never seen among sampled pairs
+    bounded = bound_unobserved_u_probabilities(model, pairs_sampled=1e6)
+    assert bounded == ["date_of_birth: Exact match"]
+    assert levels[1]["u_probability"] == pytest.approx(3e-6)
+    assert levels[2]["u_probability"] == 0.01  # estimated levels keep their estimate
+    assert untrained_levels(model) == {"m": [], "u": []}
+    card = model_card_markdown(
+        "p",
+        ModelVersion(1, "model_v1.json", "2026-11-21", "c", "f", "5.0", 1e-4),
+        model,
+        {"balanced": 0.95},
+        {"em_sessions": [], "untrained": {}, "u_probabilities_bounded": bounded},
+        "off",
+    )
+    assert "3 / pairs sampled" in card and ": date_of_birth: Exact match." in card
