@@ -15,7 +15,6 @@ corrupted subsets (character typos), so 1M records generate in well under two mi
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -401,18 +400,16 @@ def _nickname_lookup() -> dict[str, list[str]]:
 def _informal_forms(names: np.ndarray, choice: np.ndarray) -> np.ndarray:
     """Shortened and pet forms made by rule, not taken from any list: the first syllable
     (Julian -> Jul, Christopher -> Chris), or it with a pet ending (Julie, Sammy, Emmie)."""
+    lower = pd.Series(names, dtype="object").str.lower()
+    stem = lower.str.extract(r"^([^aeiouy]*[aeiouy]+[^aeiouy])", expand=False)
+    shortened = stem.notna() & (lower.str.len() >= 4) & (stem.str.len() < lower.str.len())
+    c = pd.Series(choice)
+    # A pet ending for two in three, the last consonant doubled for half of those.
+    doubled = stem.str[-1].where(c >= 2 / 3, "")
+    ending = pd.Series(np.where((c * 6) % 1 < 0.5, "ie", "y"))
+    form = stem + (doubled + ending).where(c >= 1 / 3, "")
     out = names.copy()
-    for i, name in enumerate(names):  # only the small informal subset reaches here
-        if not isinstance(name, str) or len(name) < 4:
-            continue
-        stem = re.match(r"^[^aeiouy]*[aeiouy]+[^aeiouy]", name.lower())
-        if stem is None or len(stem.group(0)) >= len(name):
-            continue
-        form, c = stem.group(0), choice[i]
-        if c >= 1 / 3:  # a pet ending, the last consonant doubled half the time
-            form += form[-1] if c >= 2 / 3 else ""
-            form += "ie" if (c * 6) % 1 < 0.5 else "y"
-        out[i] = form.title()
+    out[shortened.to_numpy()] = form[shortened].str.title().to_numpy()
     return out
 
 
