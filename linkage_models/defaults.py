@@ -125,7 +125,7 @@ def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str)
             deterministic.append(["given_name", "family_name", address])
 
     columns = {name: compared_columns(name, place) for name in comparisons}
-    sessions = _em_sessions(has, birth, full_dob, person_ids, addresses, columns, household)
+    sessions = _em_sessions(has, birth, full_dob, person_ids, addresses, columns, place)
     if not blocking:
         blocking = list(sessions)
     if not deterministic:
@@ -158,7 +158,7 @@ def _em_sessions(
     person_ids: list[str],
     addresses: list[str],
     comparisons: dict[str, set[str]],
-    household: bool,
+    place: list[str],
 ) -> list[list[str]]:
     """At least two EM blocking rules, each comparison free in at least one of them (a
     session frees a comparison when it blocks on none of the columns it reads).
@@ -167,13 +167,20 @@ def _em_sessions(
     non-matches and leave family name and place free (each person identifier, then given
     name with date of birth), so that EM learns how family name and place agree among true
     matches; blocking on the given name alone lets EM settle on "same given name in the
-    same area" as its match class."""
+    same area" as its match class. Where no person identifier frees the given name, it is
+    learnt among records of one household born the same day: there twins, the only
+    non-matches, differ in given name and nothing else, so EM tells them from matches by
+    it. Blocking on the date of birth alone counts twins among the matches (their family
+    name and place agree), and so learns unrelated given names as common among matches
+    (3.5 times too common at 1M generated records)."""
     candidates: list[list[str]] = []
-    if household:
+    if place:
         candidates += [[p] for p in person_ids]
         if has("given_name", "dob_year"):
             candidates.append(["given_name", birth])
         candidates.append(["family_name", birth] if has("dob_year") else ["family_name"])
+        if full_dob:
+            candidates.append(["family_name_soundex", _place_key(place), birth])
     if has("dob_year"):
         candidates.append([birth] if full_dob else [birth, "family_name"])
     if has("given_name", "family_name"):
@@ -196,3 +203,9 @@ def _em_sessions(
         if len(sessions) < 2 and rule not in sessions:
             sessions.append(rule)
     return sessions
+
+
+def _place_key(place: list[str]) -> str:
+    """The column on which records of one household agree exactly: the postcode, or the
+    first address's house (number and street)."""
+    return "postcode" if place == ["postcode"] else f"{place[0]}_house"
