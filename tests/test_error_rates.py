@@ -1,0 +1,45 @@
+"""The label-free error-rate estimator on a hand-made cluster, where the answer is known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.engines.duckdb_engine import DuckDBEngine
+from quality.error_rates import estimate_error_rates
+
+
+def test_a_pair_in_a_cluster_counts_the_path_that_put_it_there(tmp_path: Path) -> None:
+    """Records a, b, c form one cluster through two strong links; a and c compared alone
+    look unlike (0.2), yet if both links are true they are one person. d joined the cluster
+    without ever being compared with a: nothing says that pair is one person."""
+    engine = DuckDBEngine(tmp_path / "estimates.duckdb")
+    engine.create_table(
+        "scored",
+        """SELECT * FROM (VALUES
+             ('s', 'a', 's', 'b', 0.99), ('s', 'b', 's', 'c', 0.98), ('s', 'a', 's', 'c', 0.2),
+             ('s', 'c', 's', 'd', 0.995), ('s', 'b', 's', 'd', 0.5)
+           ) AS t(source_dataset_l, record_id_l, source_dataset_r, record_id_r,
+                  match_probability)""",
+    )
+    engine.create_table(
+        "lookup",
+        """SELECT 's' AS source_dataset, id AS source_record_id, 'p1' AS person_id
+           FROM (VALUES ('a'), ('b'), ('c'), ('d')) AS t(id)""",
+    )
+    estimates = estimate_error_rates(
+        engine,
+        threshold_columns={"balanced": "person_id"},
+        pairs_table="scored",
+        lookup_table="lookup",
+        below_floor_table=None,
+    )["balanced"]
+    # a-b, b-c, c-d as scored; a-c through b (0.99 * 0.98); b-d through c (0.98 * 0.995);
+    # a-d never scored.
+    expected = 0.99 + 0.98 + 0.99 * 0.98 + 0.995 + 0.98 * 0.995
+    assert estimates["pairs_within_clusters"] == 6
+    assert estimates["within_cluster_pairs_not_scored"] == 1
+    assert estimates["precision"] == pytest.approx(expected / 6, abs=1e-6)
+    # Every scored pair is in the cluster: nothing is expected to be missed.
+    assert estimates["recall"] == pytest.approx(1.0)
