@@ -50,14 +50,15 @@ def _pairs_sql(pairs_table: str) -> str:
     FROM {pairs_table}"""
 
 
-def _within_cluster_true_sql() -> str:
-    """For each scored pair of one cluster, the probability it is one person: the larger of
-    its own match probability and that of its best path through one other record of the
-    cluster (both links true: p1 * p2). A pair scored below the threshold sits in the
-    cluster because of such a path, which its own comparison does not see: on every data
-    set measured, far more of these pairs were one person than their own probabilities
-    said. Counting unscored pairs through paths too was optimistic where false links
-    join two people (pseudopeople at 0.9: 469 expected, 163 true)."""
+def _within_cluster_sums_sql() -> str:
+    """Over the scored pairs of one cluster: how many, the sum of p and of p(1 - p), and the
+    same two sums of q, the probability each is one person: the larger of its own match
+    probability and that of its best path through one other record of the cluster (both
+    links true: p1 * p2). A pair scored below the threshold sits in the cluster because of
+    such a path, which its own comparison does not see: on every data set measured, far
+    more of these pairs were one person than their own probabilities said. Counting
+    unscored pairs through paths too was optimistic where false links join two people
+    (pseudopeople at 0.9: 469 expected, 163 true)."""
     return """
     WITH links AS (
         SELECT a AS x, b AS y, p FROM __within_scored
@@ -69,8 +70,12 @@ def _within_cluster_true_sql() -> str:
         WHERE l1.x < l2.y
         GROUP BY l1.x, l2.y
     )
-    SELECT greatest(s.p, coalesce(t.h, 0)) AS q
-    FROM __within_scored s LEFT JOIN paths t ON s.a = t.a AND s.b = t.b"""
+    SELECT count(*), coalesce(sum(p), 0), coalesce(sum(p * (1 - p)), 0),
+           coalesce(sum(q), 0), coalesce(sum(q * (1 - q)), 0)
+    FROM (
+        SELECT s.p, greatest(s.p, coalesce(t.h, 0)) AS q
+        FROM __within_scored s LEFT JOIN paths t ON s.a = t.a AND s.b = t.b
+    ) AS counted"""
 
 
 def estimate_error_rates(
@@ -108,18 +113,9 @@ def estimate_error_rates(
             """SELECT s.a, s.b, s.p FROM __scored_pairs s JOIN __records ra ON ra.id = s.a
                JOIN __records rb ON rb.id = s.b WHERE ra.c = rb.c""",
         )
-        scored_n, scored_p, scored_var = engine.fetch(
-            "SELECT count(*), coalesce(sum(p), 0), coalesce(sum(p * (1 - p)), 0) "
-            "FROM __within_scored"
-        )[0]
-        scored_n, scored_p, scored_var = int(scored_n), float(scored_p), float(scored_var)
-        engine.create_table("__within_true", _within_cluster_true_sql())
-        expected_tp, tp_var = (
-            float(v)
-            for v in engine.fetch(
-                "SELECT coalesce(sum(q), 0), coalesce(sum(q * (1 - q)), 0) FROM __within_true"
-            )[0]
-        )
+        sums = engine.fetch(_within_cluster_sums_sql())[0]
+        scored_n = int(sums[0])
+        scored_p, scored_var, expected_tp, tp_var = (float(v) for v in sums[1:])
         unscored = within_pairs - scored_n
         expected_missed = max(float(total_p) - scored_p, 0.0)
         missed_var = max(float(total_var) - scored_var, 0.0)
@@ -151,6 +147,6 @@ def estimate_error_rates(
             "expected_missed_below_floor": round(below, 1),
             "within_cluster_pairs_not_scored": unscored,
         }
-    for table in ("__scored_pairs", "__records", "__within_scored", "__within_true"):
+    for table in ("__scored_pairs", "__records", "__within_scored"):
         engine.execute(f"DROP TABLE IF EXISTS {table}")
     return estimates
