@@ -43,3 +43,35 @@ def test_a_pair_in_a_cluster_counts_the_path_that_put_it_there(tmp_path: Path) -
     assert estimates["precision"] == pytest.approx(expected / 6, abs=1e-6)
     # Every scored pair is in the cluster: nothing is expected to be missed.
     assert estimates["recall"] == pytest.approx(1.0)
+
+
+def test_a_pair_across_clusters_is_capped_by_what_its_clustermates_say(tmp_path: Path) -> None:
+    """a and b agree on a coincidence (0.5), but a is one person with a2 (0.99) and b
+    scored 0.02 against a2: at most 0.02 + 0.01 of a-b is a missed match. c and d (0.4)
+    have no such check: c's clustermate c2 was never compared with d."""
+    engine = DuckDBEngine(tmp_path / "estimates.duckdb")
+    engine.create_table(
+        "scored",
+        """SELECT * FROM (VALUES
+             ('s', 'a', 's', 'a2', 0.99), ('s', 'a', 's', 'b', 0.5), ('s', 'a2', 's', 'b', 0.02),
+             ('s', 'c', 's', 'c2', 0.995), ('s', 'c', 's', 'd', 0.4)
+           ) AS t(source_dataset_l, record_id_l, source_dataset_r, record_id_r,
+                  match_probability)""",
+    )
+    engine.create_table(
+        "lookup",
+        """SELECT 's' AS source_dataset, id AS source_record_id, person AS person_id
+           FROM (VALUES ('a', 'p1'), ('a2', 'p1'), ('b', 'p2'), ('c', 'p3'), ('c2', 'p3'),
+                        ('d', 'p4')) AS t(id, person)""",
+    )
+    estimates = estimate_error_rates(
+        engine,
+        threshold_columns={"balanced": "person_id"},
+        pairs_table="scored",
+        lookup_table="lookup",
+        below_floor_table=None,
+    )["balanced"]
+    # Missed: a-b capped at 0.02 + 1 - 0.99; a2-b (0.02) is below its own caps; c-d as scored.
+    missed = (0.02 + 1 - 0.99) + 0.02 + 0.4
+    assert estimates["expected_missed_pairs"] == pytest.approx(missed, abs=0.05)
+    assert estimates["recall"] == pytest.approx((0.99 + 0.995) / (0.99 + 0.995 + missed), abs=1e-6)
