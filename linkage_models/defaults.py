@@ -105,6 +105,8 @@ def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str)
         blocking += [[n, "postcode"] for n in ("family_name", "given_name") if has(n)]
     for address in addresses:
         blocking.append([f"{address}_house"])
+        if has("postcode"):
+            blocking.append(["postcode", f"{address}_number"])
         if has("family_name"):
             blocking.append(["family_name", f"{address}_street"])
     if names and has("dob_year"):

@@ -265,6 +265,8 @@ def test_a_project_without_a_model_gets_one_from_what_it_maps() -> None:
     }
     assert model.blocking_rules[0] == ["ni_number"]
     assert ["address_house"] in model.blocking_rules
+    # A house number within the postcode finds a house whose street is mistyped.
+    assert ["postcode", "address_number"] in model.blocking_rules
     # No full date of birth in one source, so the year blocks.
     assert ["date_of_birth", "family_name_soundex"] in model.blocking_rules
     _assert_em_can_estimate_every_comparison(project)
