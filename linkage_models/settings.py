@@ -49,14 +49,15 @@ class NamesSwappedLevel(ComparisonLevelCreator):
 
 
 class HouseholdLevel(ComparisonLevelCreator):
-    """One cell of family name x place: `family` is "same", "similar" or None (differs or
-    missing); `place` is a key of `places` (SQL per tier), "unknown" (no place on both
-    records) or None (on both, and different). Written per dialect for the Jaro-Winkler
-    function's name."""
+    """One cell of family name x place: `family` is "same", "similar", "missing" (on one
+    record only) or None (differs or missing); `place` is a key of `places` (SQL per
+    tier), "unknown" (no place on both records) or None (on both, and different). Written
+    per dialect for the Jaro-Winkler function's name."""
 
     FAMILY_LABELS = {
         "same": "Same family name",
         "similar": "Similar family name",
+        "missing": "Family name not known",
         None: "Family name differs or missing",
     }
     PLACE_LABELS = {
@@ -79,6 +80,7 @@ class HouseholdLevel(ComparisonLevelCreator):
                 f"{jw}(family_name_l, family_name_r) >= 0.88 "
                 "OR family_name_soundex_l = family_name_soundex_r"
             ),
+            "missing": "family_name_l IS NULL OR family_name_r IS NULL",
         }
         parts = []
         if self.family:
@@ -141,6 +143,8 @@ def household_comparison(project: LinkageProject) -> ComparisonCreator:
         HouseholdLevel("same", None, places),
         HouseholdLevel("similar", None, places),
         *(HouseholdLevel(None, p, places) for p in tiers),
+        # A family name missing on one record is no evidence; only the place differs.
+        HouseholdLevel("missing", None, places),
         cll.ElseLevel(),
     ]
     return cl.CustomComparison(
