@@ -157,6 +157,28 @@ def floor_m_probabilities(model: dict[str, Any]) -> list[str]:
     return changed
 
 
+def neutralise_unobserved_levels(model: dict[str, Any], pairs_sampled: float) -> list[str]:
+    """Score as no evidence (m = u, in place) each level that neither EM nor the random
+    sample saw: returns them, as 'comparison: level'.
+
+    Splink would score such a level with its default m over whatever u it gets; over the
+    sampled bound (see bound_unobserved_u_probabilities) a level no data ever reached, such
+    as a family name missing beside a different place in extracts that always carry one,
+    weighed +13.9 bits: a link on its own, the first time a delivery held such a pair."""
+    bound = 3.0 / pairs_sampled
+    changed = []
+    for comparison in model.get("comparisons", []):
+        for level in comparison.get("comparison_levels", []):
+            if level.get("is_null_level"):
+                continue
+            if level.get("m_probability") is None and level.get("u_probability") is None:
+                level["m_probability"] = level["u_probability"] = bound
+                changed.append(
+                    f"{comparison.get('output_column_name')}: {level.get('label_for_charts')}"
+                )
+    return changed
+
+
 def bound_unobserved_u_probabilities(model: dict[str, Any], pairs_sampled: float) -> list[str]:
     """Give each level that no randomly sampled pair fell into (in place) the u that the
     sample still allows, 3 / pairs sampled (a level never seen in n pairs occurs at most

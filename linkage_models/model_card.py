@@ -100,6 +100,13 @@ def model_card_markdown(
             + (", ".join(bounded) if bounded else "none")
             + "."
         )
+        unseen = training_summary.get("levels_never_seen") or []
+        if unseen:
+            lines.append("")
+            lines.append(
+                "Levels neither EM nor the random sample ever saw are scored as no evidence "
+                "(m = u, weight 0), not with Splink's default m: " + ", ".join(unseen) + "."
+            )
         untrained = training_summary.get("untrained") or {}
         lines += [
             "",

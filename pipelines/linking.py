@@ -70,6 +70,7 @@ def train_model(
     summary["m_probabilities_floored"] = linkage.floor_m_probabilities(trained)
     # Splink samples about u_max_pairs random pairs, or every pair when there are fewer.
     sampled = min(spec.model.training.u_max_pairs, blocking["total_possible_pairs"] or math.inf)
+    summary["levels_never_seen"] = linkage.neutralise_unobserved_levels(trained, sampled)
     summary["u_probabilities_bounded"] = linkage.bound_unobserved_u_probabilities(trained, sampled)
     summary["untrained"] = linkage.untrained_levels(trained)
     entry = ModelRegistry(OutputLayout(project.output_dir).model_dir).register(

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from linkage_models.linkage import bound_unobserved_u_probabilities, untrained_levels
+from linkage_models.linkage import (
+    bound_unobserved_u_probabilities,
+    neutralise_unobserved_levels,
+    untrained_levels,
+)
 from linkage_models.model_card import model_card_markdown
 from linkage_models.registry import ModelVersion
 
@@ -78,3 +82,24 @@ def test_a_level_no_sampled_pair_fell_into_is_weighed_from_the_sample_not_a_defa
         "off",
     )
     assert "3 / pairs sampled" in card and ": date_of_birth: Exact match." in card
+
+
+def test_a_level_nothing_ever_reached_is_scored_as_no_evidence() -> None:
+    """Neither EM nor the u sample saw it: Splink's default m over the sampled u bound made
+    it a link on its own. It weighs nothing, and the card says so."""
+    model = _model(dob_exact_m=0.9)
+    levels = model["comparisons"][0]["comparison_levels"]
+    del levels[2]["u_probability"]  # "One character": no m and no u
+    unseen = neutralise_unobserved_levels(model, pairs_sampled=1e6)
+    assert unseen == ["date_of_birth: One character"]
+    assert levels[2]["m_probability"] == levels[2]["u_probability"]
+    assert bound_unobserved_u_probabilities(model, pairs_sampled=1e6) == []
+    card = model_card_markdown(
+        "p",
+        ModelVersion(1, "model_v1.json", "2026-11-21", "c", "f", "5.0", 1e-4),
+        model,
+        {"balanced": 0.95},
+        {"em_sessions": [], "untrained": {}, "levels_never_seen": unseen},
+        "off",
+    )
+    assert "scored as no evidence" in card and "date_of_birth: One character." in card
