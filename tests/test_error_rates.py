@@ -10,31 +10,39 @@ from pipelines.engines.duckdb_engine import DuckDBEngine
 from quality.error_rates import estimate_error_rates
 
 
-def test_a_pair_in_a_cluster_counts_the_path_that_put_it_there(tmp_path: Path) -> None:
-    """Records a, b, c form one cluster through two strong links; a and c compared alone
-    look unlike (0.2), yet if both links are true they are one person. d joined the cluster
-    without ever being compared with a: nothing says that pair is one person."""
+def _estimate(tmp_path: Path, pairs: str, people: str) -> dict:
+    """The balanced estimates for scored pairs (rows of record, record, p) and a lookup
+    (rows of record, person), all in one source."""
     engine = DuckDBEngine(tmp_path / "estimates.duckdb")
     engine.create_table(
         "scored",
-        """SELECT * FROM (VALUES
-             ('s', 'a', 's', 'b', 0.99), ('s', 'b', 's', 'c', 0.98), ('s', 'a', 's', 'c', 0.2),
-             ('s', 'c', 's', 'd', 0.995), ('s', 'b', 's', 'd', 0.5)
-           ) AS t(source_dataset_l, record_id_l, source_dataset_r, record_id_r,
-                  match_probability)""",
+        f"""SELECT 's' AS source_dataset_l, l AS record_id_l, 's' AS source_dataset_r,
+                   r AS record_id_r, p AS match_probability
+            FROM (VALUES {pairs}) AS t(l, r, p)""",
     )
     engine.create_table(
         "lookup",
-        """SELECT 's' AS source_dataset, id AS source_record_id, 'p1' AS person_id
-           FROM (VALUES ('a'), ('b'), ('c'), ('d')) AS t(id)""",
+        f"""SELECT 's' AS source_dataset, id AS source_record_id, person AS person_id
+            FROM (VALUES {people}) AS t(id, person)""",
     )
-    estimates = estimate_error_rates(
+    return estimate_error_rates(
         engine,
         threshold_columns={"balanced": "person_id"},
         pairs_table="scored",
         lookup_table="lookup",
         below_floor_table=None,
     )["balanced"]
+
+
+def test_a_pair_in_a_cluster_counts_the_path_that_put_it_there(tmp_path: Path) -> None:
+    """Records a, b, c form one cluster through two strong links; a and c compared alone
+    look unlike (0.2), yet if both links are true they are one person. d joined the cluster
+    without ever being compared with a: nothing says that pair is one person."""
+    estimates = _estimate(
+        tmp_path,
+        "('a', 'b', 0.99), ('b', 'c', 0.98), ('a', 'c', 0.2), ('c', 'd', 0.995), ('b', 'd', 0.5)",
+        "('a', 'p1'), ('b', 'p1'), ('c', 'p1'), ('d', 'p1')",
+    )
     # a-b, b-c, c-d as scored; a-c through b (0.99 * 0.98); b-d through c (0.98 * 0.995);
     # a-d never scored.
     expected = 0.99 + 0.98 + 0.99 * 0.98 + 0.995 + 0.98 * 0.995
@@ -49,28 +57,12 @@ def test_a_pair_across_clusters_is_capped_by_what_its_clustermates_say(tmp_path:
     """a and b agree on a coincidence (0.5), but a is one person with a2 (0.99) and b
     scored 0.02 against a2: at most 0.02 + 0.01 of a-b is a missed match. c and d (0.4)
     have no such check: c's clustermate c2 was never compared with d."""
-    engine = DuckDBEngine(tmp_path / "estimates.duckdb")
-    engine.create_table(
-        "scored",
-        """SELECT * FROM (VALUES
-             ('s', 'a', 's', 'a2', 0.99), ('s', 'a', 's', 'b', 0.5), ('s', 'a2', 's', 'b', 0.02),
-             ('s', 'c', 's', 'c2', 0.995), ('s', 'c', 's', 'd', 0.4)
-           ) AS t(source_dataset_l, record_id_l, source_dataset_r, record_id_r,
-                  match_probability)""",
+    estimates = _estimate(
+        tmp_path,
+        "('a', 'a2', 0.99), ('a', 'b', 0.5), ('a2', 'b', 0.02),"
+        " ('c', 'c2', 0.995), ('c', 'd', 0.4)",
+        "('a', 'p1'), ('a2', 'p1'), ('b', 'p2'), ('c', 'p3'), ('c2', 'p3'), ('d', 'p4')",
     )
-    engine.create_table(
-        "lookup",
-        """SELECT 's' AS source_dataset, id AS source_record_id, person AS person_id
-           FROM (VALUES ('a', 'p1'), ('a2', 'p1'), ('b', 'p2'), ('c', 'p3'), ('c2', 'p3'),
-                        ('d', 'p4')) AS t(id, person)""",
-    )
-    estimates = estimate_error_rates(
-        engine,
-        threshold_columns={"balanced": "person_id"},
-        pairs_table="scored",
-        lookup_table="lookup",
-        below_floor_table=None,
-    )["balanced"]
     # Missed: a-b capped at 0.02 + 1 - 0.99; a2-b (0.02) is below its own caps; c-d as scored.
     missed = (0.02 + 1 - 0.99) + 0.02 + 0.4
     assert estimates["expected_missed_pairs"] == pytest.approx(missed, abs=0.05)

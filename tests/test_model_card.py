@@ -33,9 +33,10 @@ def _model(dob_exact_m: float | None) -> dict:
     }
 
 
-def _card(model: dict) -> str:
+def _card(model: dict, **training: list[str]) -> str:
+    """The card for `model`, with what training found (`training`: summary keys)."""
     entry = ModelVersion(1, "model_v1.json", "2026-11-21", "c", "f", "5.0", 1e-4)
-    summary = {"em_sessions": [], "untrained": untrained_levels(model)}
+    summary = {"em_sessions": [], "untrained": untrained_levels(model), **training}
     return model_card_markdown("p", entry, model, {"balanced": 0.95}, summary, "off")
 
 
@@ -73,14 +74,7 @@ def test_a_level_no_sampled_pair_fell_into_is_weighed_from_the_sample_not_a_defa
     assert levels[1]["u_probability"] == pytest.approx(3e-6)
     assert levels[2]["u_probability"] == 0.01  # estimated levels keep their estimate
     assert untrained_levels(model) == {"m": [], "u": []}
-    card = model_card_markdown(
-        "p",
-        ModelVersion(1, "model_v1.json", "2026-11-21", "c", "f", "5.0", 1e-4),
-        model,
-        {"balanced": 0.95},
-        {"em_sessions": [], "untrained": {}, "u_probabilities_bounded": bounded},
-        "off",
-    )
+    card = _card(model, u_probabilities_bounded=bounded)
     assert "3 / pairs sampled" in card and ": date_of_birth: Exact match." in card
 
 
@@ -94,12 +88,5 @@ def test_a_level_nothing_ever_reached_is_scored_as_no_evidence() -> None:
     assert unseen == ["date_of_birth: One character"]
     assert levels[2]["m_probability"] == levels[2]["u_probability"]
     assert bound_unobserved_u_probabilities(model, pairs_sampled=1e6) == []
-    card = model_card_markdown(
-        "p",
-        ModelVersion(1, "model_v1.json", "2026-11-21", "c", "f", "5.0", 1e-4),
-        model,
-        {"balanced": 0.95},
-        {"em_sessions": [], "untrained": {}, "levels_never_seen": unseen},
-        "off",
-    )
+    card = _card(model, levels_never_seen=unseen)
     assert "scored as no evidence" in card and "date_of_birth: One character." in card
