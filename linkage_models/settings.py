@@ -8,6 +8,7 @@ dates imputed as 1 January, and address moves (postcode sector/district/area lev
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import splink.comparison_level_library as cll
@@ -437,6 +438,20 @@ def blocking_rule(rule: BlockingRule) -> BlockingRuleCreator | str:
     if isinstance(rule, list):
         return block_on(*rule)
     return rule
+
+
+_SIDE_COLUMN = re.compile(r'\b([lr])\."?(\w+)"?')
+
+
+def pair_condition(rule: BlockingRule) -> tuple[str, set[str]]:
+    """A rule as SQL over a scored pair's row (`x_l`, `x_r` columns), with the columns it
+    reads there."""
+    if isinstance(rule, list):
+        return " AND ".join(f"{c}_l = {c}_r" for c in rule), {
+            f"{c}_{side}" for c in rule for side in "lr"
+        }
+    read = {f"{column}_{side}" for side, column in _SIDE_COLUMN.findall(rule)}
+    return _SIDE_COLUMN.sub(r"\2_\1", rule), read
 
 
 def comparison(project: LinkageProject, name: str, spec: ComparisonSpec) -> ComparisonCreator:

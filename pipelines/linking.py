@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from linkage_models import linkage
+from linkage_models import linkage, settings
 from linkage_models.blocking import choose_blocking_rules
 from linkage_models.model_card import model_card_markdown
 from linkage_models.project import LinkageProject, LoadedProject
@@ -269,12 +269,40 @@ def blocking_check(
     else:
         all_pairs = total * (total - 1) // 2
     expected = prior * all_pairs
+    training = project.spec.model.training
     return {
         "all_pairs": all_pairs,
         "expected_matches_from_prior": round(expected, 1),
         "expected_matches_in_blocked_pairs": round(reached, 1),
         "share_reached": round(min(reached / expected, 1.0), 4) if expected else None,
+        "deterministic_rules_recall": {
+            "declared": training.deterministic_rules_recall,
+            "implied_by_scored_pairs": implied_rules_recall(
+                engine, training.deterministic_rules, Tables.PAIRWISE_PREDICTIONS
+            ),
+        },
     }
+
+
+def implied_rules_recall(engine: Engine, rules: list[Any], pairs_table: str) -> float | None:
+    """The share of the matches the scored pairs hold (sum of p) that the prior's
+    deterministic rules accept: their recall by the model's own account (None when the
+    pairs do not carry a column the rules read).
+
+    The prior is the pairs the rules accept over their declared recall, so it is off by
+    about declared / implied. At 1M generated records: declared 0.7, implied 0.83, true
+    0.84; the prior was 1.2 times too high."""
+    conditions = [settings.pair_condition(rule) for rule in rules]
+    if not conditions or not set().union(*(read for _, read in conditions)) <= set(
+        engine.columns(pairs_table)
+    ):
+        return None
+    accepted = " OR ".join(f"({sql})" for sql, _ in conditions)
+    in_rules, everything = engine.fetch(
+        f"SELECT coalesce(sum(match_probability) FILTER (WHERE {accepted}), 0), "
+        f"coalesce(sum(match_probability), 0) FROM {pairs_table}"
+    )[0]
+    return round(float(in_rules) / float(everything), 4) if everything else None
 
 
 def apply_pair_rules(engine: Engine, project: LinkageProject, scored: str, kept: str) -> int:

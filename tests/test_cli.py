@@ -172,7 +172,11 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
         pd.read_parquet(published(out).review_labels)
     )
     assert (published(out).data_owner_dir / "index.html").exists()
-    assert (published(out).linkage_report).exists()
+    # The prior's declared rules recall is set beside what the model's own scores imply.
+    rules_recall = manifest["pairs"]["blocking_check"]["deterministic_rules_recall"]
+    assert rules_recall["declared"] == 0.7
+    assert 0.5 < rules_recall["implied_by_scored_pairs"] <= 1
+    assert "times too" in published(out).linkage_report.read_text()
 
 
 def test_malformed_delivery_fails_its_ingest_with_the_file_named(

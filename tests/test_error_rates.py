@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.engines.duckdb_engine import DuckDBEngine
+from pipelines.linking import implied_rules_recall
 from quality.error_rates import estimate_error_rates
 
 
@@ -67,3 +68,25 @@ def test_a_pair_across_clusters_is_capped_by_what_its_clustermates_say(tmp_path:
     missed = (0.02 + 1 - 0.99) + 0.02 + 0.4
     assert estimates["expected_missed_pairs"] == pytest.approx(missed, abs=0.05)
     assert estimates["recall"] == pytest.approx((0.99 + 0.995) / (0.99 + 0.995 + missed), abs=1e-6)
+
+
+def test_the_prior_rules_recall_the_scores_imply_is_reported(tmp_path: Path) -> None:
+    """The prior rests on a declared recall of its deterministic rules; the scored pairs say
+    what share of the matches they hold those rules accept, so a wrong declaration shows."""
+    engine = DuckDBEngine(tmp_path / "rules.duckdb")
+    engine.create_table(
+        "scored",
+        """SELECT * FROM (VALUES
+               ('ann', 'lee', 'ann', 'lee', 0.99),   -- accepted by the name rule
+               ('ann', 'lee', 'lee', 'ann', 0.9),    -- accepted by the swapped-names rule
+               ('ann', 'lee', 'anne', 'lee', 0.6),   -- a match no rule accepts
+               ('bob', NULL, 'bob', NULL, 0.5))      -- a missing name accepts nothing
+           AS t(given_name_l, family_name_l, given_name_r, family_name_r, match_probability)""",
+    )
+    rules = [
+        ["given_name", "family_name"],
+        "l.given_name = r.family_name AND l.family_name = r.given_name",
+    ]
+    assert implied_rules_recall(engine, rules, "scored") == pytest.approx(1.89 / 2.99, abs=1e-4)
+    # A rule reading a column the pairs do not carry cannot be checked: no figure.
+    assert implied_rules_recall(engine, [["date_of_birth"]], "scored") is None
