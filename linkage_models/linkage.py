@@ -9,6 +9,7 @@ diagnostics and error-rate estimates); clustering runs at each of the three thre
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,18 +143,25 @@ def train(linker: Linker, training: TrainingSpec) -> dict[str, Any]:
     }
 
 
+def _named_levels(model: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each level of a saved model but the null ones (which carry no parameters), with its
+    name as 'comparison: level'."""
+    for comparison in model.get("comparisons", []):
+        for level in comparison.get("comparison_levels", []):
+            if not level.get("is_null_level"):
+                name = f"{comparison.get('output_column_name')}: {level.get('label_for_charts')}"
+                yield name, level
+
+
 def floor_m_probabilities(model: dict[str, Any]) -> list[str]:
     """Raise any trained m probability below the floor to it (in place); returns the levels
     changed, as 'comparison: level'."""
     changed = []
-    for comparison in model.get("comparisons", []):
-        for level in comparison.get("comparison_levels", []):
-            m = level.get("m_probability")
-            if m is not None and not level.get("fix_m_probability") and m < M_PROBABILITY_FLOOR:
-                level["m_probability"] = M_PROBABILITY_FLOOR
-                changed.append(
-                    f"{comparison.get('output_column_name')}: {level.get('label_for_charts')}"
-                )
+    for name, level in _named_levels(model):
+        m = level.get("m_probability")
+        if m is not None and not level.get("fix_m_probability") and m < M_PROBABILITY_FLOOR:
+            level["m_probability"] = M_PROBABILITY_FLOOR
+            changed.append(name)
     return changed
 
 
@@ -165,17 +173,11 @@ def neutralise_unobserved_levels(model: dict[str, Any], pairs_sampled: float) ->
     sampled bound (see bound_unobserved_u_probabilities) a level no data ever reached, such
     as a family name missing beside a different place in extracts that always carry one,
     weighed +13.9 bits: a link on its own, the first time a delivery held such a pair."""
-    bound = 3.0 / pairs_sampled
     changed = []
-    for comparison in model.get("comparisons", []):
-        for level in comparison.get("comparison_levels", []):
-            if level.get("is_null_level"):
-                continue
-            if level.get("m_probability") is None and level.get("u_probability") is None:
-                level["m_probability"] = level["u_probability"] = bound
-                changed.append(
-                    f"{comparison.get('output_column_name')}: {level.get('label_for_charts')}"
-                )
+    for name, level in _named_levels(model):
+        if level.get("m_probability") is None and level.get("u_probability") is None:
+            level["m_probability"] = level["u_probability"] = 3.0 / pairs_sampled
+            changed.append(name)
     return changed
 
 
@@ -188,17 +190,11 @@ def bound_unobserved_u_probabilities(model: dict[str, Any], pairs_sampled: float
     strong agreement (a similar family name at the same postcode) was scored with a
     default and weighed less than weaker levels. The bound is conservative: the true u is
     smaller, so the level's weight is if anything understated."""
-    bound = 3.0 / pairs_sampled
     changed = []
-    for comparison in model.get("comparisons", []):
-        for level in comparison.get("comparison_levels", []):
-            if level.get("is_null_level") or level.get("fix_u_probability"):
-                continue
-            if level.get("u_probability") is None:
-                level["u_probability"] = bound
-                changed.append(
-                    f"{comparison.get('output_column_name')}: {level.get('label_for_charts')}"
-                )
+    for name, level in _named_levels(model):
+        if level.get("u_probability") is None and not level.get("fix_u_probability"):
+            level["u_probability"] = 3.0 / pairs_sampled
+            changed.append(name)
     return changed
 
 
@@ -207,14 +203,10 @@ def untrained_levels(model: dict[str, Any]) -> dict[str, list[str]]:
     behind its "m values not fully trained" warning): a saved model leaves out a parameter it
     never estimated, and such a level is scored with Splink's default instead."""
     missing: dict[str, list[str]] = {"m": [], "u": []}
-    for comparison in model.get("comparisons", []):
-        for level in comparison.get("comparison_levels", []):
-            if level.get("is_null_level"):
-                continue
-            name = f"{comparison.get('output_column_name')}: {level.get('label_for_charts')}"
-            for parameter in ("m", "u"):
-                if f"{parameter}_probability" not in level:
-                    missing[parameter].append(name)
+    for name, level in _named_levels(model):
+        for parameter in ("m", "u"):
+            if f"{parameter}_probability" not in level:
+                missing[parameter].append(name)
     return missing
 
 
