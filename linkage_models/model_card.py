@@ -83,6 +83,32 @@ def model_card_markdown(
         lines.append("")
         for s in training_summary.get("em_sessions", []):
             lines.append(f"- `{s['blocking_rule']}`")
+        refit = training_summary.get("prior_refit")
+        if refit and refit.get("implied_recall"):
+            lines += [
+                "",
+                f"The prior was first built on the declared recall of the deterministic rules "
+                f"({refit['declared_recall']}: prior {refit['first_prior']:.3e}). That first "
+                f"model's scores put their recall at {refit['implied_recall']}, so the prior "
+                "was rebuilt on it and m estimated again over the same blocking rules, with "
+                "the match rate of each block the prior can give (every column it blocks on "
+                "has an exact-match level) fixed from the new prior instead of left to EM: "
+                + (
+                    ", ".join(
+                        f"`{s['blocking_rule']}`"
+                        for s in refit.get("em_sessions", [])
+                        if s["match_rate_fixed"]
+                    )
+                    or "none"
+                )
+                + ".",
+            ]
+        elif refit:
+            lines += [
+                "",
+                "The prior stands on the declared recall of the deterministic rules: the scored "
+                "pairs lack a column the rules read, so their recall could not be checked.",
+            ]
         floored = training_summary.get("m_probabilities_floored") or []
         lines.append("")
         lines.append(

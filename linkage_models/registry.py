@@ -31,6 +31,9 @@ class ModelVersion:
     training_data_fingerprint: str
     splink_version: str
     probability_two_random_records_match: float
+    # The recall of the deterministic rules the prior was built on (None: older versions,
+    # built on the project's declared recall).
+    deterministic_rules_recall: float | None = None
 
 
 class ModelRegistry:
@@ -79,7 +82,12 @@ class ModelRegistry:
         return entry
 
     def register(
-        self, model: dict[str, Any], *, config_hash: str, training_data_fingerprint: str
+        self,
+        model: dict[str, Any],
+        *,
+        config_hash: str,
+        training_data_fingerprint: str,
+        deterministic_rules_recall: float | None = None,
     ) -> ModelVersion:
         """Store `model` as the next version (a candidate, not approved); earlier versions
         are never overwritten."""
@@ -99,10 +107,15 @@ class ModelRegistry:
             probability_two_random_records_match=float(
                 model["probability_two_random_records_match"]
             ),
+            deterministic_rules_recall=deterministic_rules_recall,
         )
         index["versions"] = [asdict(v) for v in [*existing, entry]]
         self._write_index(index)
         return entry
+
+    def entry_for(self, model_file: Path) -> ModelVersion | None:
+        """The entry of a registered model file (None: not one of this registry's)."""
+        return next((v for v in self.versions() if v.path == model_file.name), None)
 
     def get(self, version: int | str) -> ModelVersion:
         versions = self.versions()

@@ -119,6 +119,9 @@ def build_manifest(
             "training_data_fingerprint": model["training_data_fingerprint"],
             "config_hash_at_training": model["config_hash"],
             "probability_two_random_records_match": model["probability_two_random_records_match"],
+            # The deterministic rules' recall the prior was built on (None: a model trained
+            # before training rebuilt the prior, on the declared recall).
+            "deterministic_rules_recall": model.get("deterministic_rules_recall"),
             # What the model compares and blocks on, and which of it joinedup derived from
             # the identifiers mapped (the blocking analysis when it trained in this run).
             "comparisons": model.get("comparisons"),

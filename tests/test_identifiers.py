@@ -13,9 +13,9 @@ import pytest
 
 from linkage_models.blocking import choose_blocking_rules
 from linkage_models.defaults import compared_columns
-from linkage_models.linkage import make_linker
+from linkage_models.linkage import block_rate_derivable, make_linker
 from linkage_models.project import ComparisonSpec, ConfigError, LinkageProject, parse_project
-from linkage_models.settings import comparison
+from linkage_models.settings import build_settings, comparison
 from pipelines.engines import DuckDBEngine, Engine
 from pipelines.standardise import linkage_input_sql, load_reference_tables, standardise_table
 from quality.quarantine import quarantine_reason_sql
@@ -304,6 +304,13 @@ def test_a_project_with_only_the_six_primitives_gets_every_comparison_estimated(
     sessions = project.model.training.em_blocking_rules
     assert ["postcode", "date_of_birth"] in sessions
     assert ["date_of_birth"] not in sessions
+    # Where the second pass fixes a block's match rate from the prior: only where each
+    # column blocked on has an exact-match level to derive it from. The postcode and the
+    # family name are compared only inside the household, so their blocks stay free.
+    model = build_settings(project).create_settings_dict("duckdb")
+    assert block_rate_derivable(model, ["given_name", "date_of_birth"])
+    assert not block_rate_derivable(model, ["postcode", "date_of_birth"])
+    assert not block_rate_derivable(model, ["given_name", "family_name"])
 
 
 def test_the_household_is_family_name_with_the_postcode_where_no_address_is_mapped() -> None:
