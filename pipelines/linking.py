@@ -107,8 +107,8 @@ def refit_on_implied_prior(
     """A second pass of training: the first model scores the blocked pairs; the prior is
     rebuilt on the share of their expected matches its deterministic rules accept (their
     recall by the model's own account) instead of the declared recall; and m is estimated
-    again with each EM block's match rate fixed from that prior (linkage.refit_m).
-    Returns the second model (not yet finished) and what the pass found.
+    again, the match rate of each EM block the prior can give fixed from it
+    (linkage.refit_m). Returns the second model (not yet finished) and what the pass found.
 
     The declared recall is a guess, and a prior built on it is as wrong as the guess: at
     1M generated records the rules found 0.84 of all matches where 0.7 was declared, so
