@@ -176,7 +176,9 @@ def block_rate_derivable(model: dict[str, Any], rule: BlockingRule) -> bool:
     return {column.removesuffix("_l").removesuffix("_r") for column in read} <= exact
 
 
-_EXACT_LEVEL = re.compile(r'^\s*"?(\w+)_l"?\s*=\s*"?(\w+)_r"?\s*$')
+# `"c_l" = "c_r"`, quoted as the dialect quotes (DuckDB with double quotes, Spark with
+# backticks): read the DuckDB way only, Spark never fixed a block and its refit differed.
+_EXACT_LEVEL = re.compile(r'^\s*["`]?(\w+)_l["`]?\s*=\s*["`]?(\w+)_r["`]?\s*$')
 
 
 def _estimate_m(
