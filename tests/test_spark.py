@@ -31,10 +31,12 @@ from pipelines.synthetic import GeneratedData
 from .conftest import DEMO_CONFIG, REPO, SPARK_TEST_SETTINGS
 from .helpers import published
 
-# u is estimated from a random sample of pairs, which each engine draws differently: rare
-# levels' weights move by sampling noise. Measured on this data: at most 0.56 bits.
-MAX_WEIGHT_DIFFERENCE_BITS = 1.0
-MAX_M_DIFFERENCE = 0.01
+# On the test data u is counted over every pair and EM sees the same pairs on both engines:
+# the models differ only where the engines' Jaro-Winkler functions do (measured: 0.0085
+# bits at most). A block whose match rate one engine fixed and the other left free moved
+# household m by 0.0047 and its weight by 0.93 bits.
+MAX_WEIGHT_DIFFERENCE_BITS = 0.05
+MAX_M_DIFFERENCE = 0.001
 
 
 @pytest.fixture(scope="session")
