@@ -55,6 +55,9 @@ def monthly_project(data: GeneratedData, folder: Path, **checks: float) -> Path:
             else:
                 part.to_csv(target, index=False)
         s["path"] = f"{stem}_*.{suffix}"
+    # These projects are about ids, not training: they train in one pass, the prior on the
+    # declared rules recall (the path `prior_from_scored_pairs: false` takes).
+    raw["model"]["training"]["prior_from_scored_pairs"] = False
     raw["data_dir"] = str(folder / "data")
     raw["output"]["path"] = str(folder / "out")
     raw["checks"] = {**raw.get("checks", {}), **checks}
@@ -159,6 +162,12 @@ def test_the_model_is_trained_once_and_then_frozen(monthly: dict) -> None:
     models = [r.manifest["model"] for r in monthly["results"]]
     assert [m["trained_in_this_run"] for m in models] == [True, False, False, False]
     assert {m["version"] for m in models} == {1} and all(m["approved"] for m in models)
+    # Trained in one pass: the prior stands on the declared rules recall.
+    assert {m["deterministic_rules_recall"] for m in models} == {0.7}
+    rules_recall = monthly["results"][0].manifest["pairs"]["blocking_check"][
+        "deterministic_rules_recall"
+    ]
+    assert rules_recall["declared"] == rules_recall["prior_built_on"] == 0.7
     assert len(ModelRegistry(OutputLayout(monthly["project"].output_dir).model_dir).versions()) == 1
 
 
