@@ -179,8 +179,8 @@ def block_rate_derivable(model: dict[str, Any], rule: BlockingRule) -> bool:
     return {column.removesuffix("_l").removesuffix("_r") for column in read} <= exact
 
 
-# `"c_l" = "c_r"`, quoted as the dialect quotes (DuckDB with double quotes, Spark with
-# backticks): read the DuckDB way only, Spark never fixed a block and its refit differed.
+# `"c_l" = "c_r"`, quoted as the dialect quotes: DuckDB with double quotes, Spark with
+# backticks. (Read with double quotes only, no block was ever fixed on Spark.)
 _EXACT_LEVEL = re.compile(r'^\s*["`]?(\w+)_l["`]?\s*=\s*["`]?(\w+)_r["`]?\s*$')
 
 
