@@ -191,11 +191,23 @@ def given_name_comparison(spec: ComparisonSpec) -> ComparisonCreator:
 
 
 def middle_names_comparison(spec: ComparisonSpec) -> ComparisonCreator:
+    """Middle names, where a missing one is evidence the model learns, not a null level.
+
+    Having middle names is a trait of the person, so two records of one person lack them
+    together more often than two records of different people, and a source that never
+    records them (a school census) sits mostly among non-matches. Scored as no evidence,
+    the missing pairs of an EM block took the block's match rate: at 1M generated records
+    the block on given name and birth date was 0.90 matches but only 0.87 where middle
+    names were missing, and EM, which there tells strangers from matches by little else,
+    learnt "family name and place both differ" 1.7 times too common among matches."""
     return cl.CustomComparison(
         output_column_name="middle_names",
         comparison_description="Middle names",
         comparison_levels=[
-            cll.NullLevel("middle_names"),
+            cll.CustomLevel(
+                "middle_names_l IS NULL OR middle_names_r IS NULL",
+                label_for_charts="Middle names missing on either record",
+            ),
             cll.ExactMatchLevel("middle_names", spec.term_frequency_adjustments),
             cll.CustomLevel(
                 "substr(middle_names_l, 1, 1) = substr(middle_names_r, 1, 1)",

@@ -265,6 +265,17 @@ def test_label_free_error_estimates_are_close_to_measured(small_run: RunResult) 
         assert est["pairs_within_clusters"] == meas["predicted_pairs"]
 
 
+def test_a_missing_middle_name_is_evidence_the_model_learns(small_run: RunResult) -> None:
+    """Pupils carry no middle names and the other sources often do, so a pair missing one
+    is less common among matches than among random pairs: trained, not scored as nothing."""
+    model = json.loads((published(small_run.output_dir).model_dir / "model_v0001.json").read_text())
+    (middle,) = [c for c in model["comparisons"] if c["output_column_name"] == "middle_names"]
+    missing = middle["comparison_levels"][0]
+    assert missing["label_for_charts"] == "Middle names missing on either record"
+    assert not missing.get("is_null_level")
+    assert 0.5 < missing["m_probability"] < missing["u_probability"] < 1
+
+
 def _parameters(model_path: Path) -> list[float]:
     model = json.loads(model_path.read_text())
     values = [model["probability_two_random_records_match"]]
