@@ -8,6 +8,7 @@ dates imputed as 1 January, and address moves (postcode sector/district/area lev
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -30,6 +31,17 @@ from linkage_models.project import (
 
 # Columns Splink must carry through so outputs and diagnostics can use them.
 RETAINED_COLUMNS = ["given_name_aliases", "family_name_tokens", "dob_year", "dob_month", "dob_day"]
+
+
+class _MissingMiddleNamesAreALevel(logging.Filter):
+    """Drops Splink's warning that middle_names has no null level: it has none on purpose
+    (see middle_names_comparison), and the warning would tell every user otherwise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No null level found for comparison middle_names." not in record.getMessage()
+
+
+logging.getLogger("splink.internals.settings").addFilter(_MissingMiddleNamesAreALevel())
 
 
 class NamesSwappedLevel(ComparisonLevelCreator):
