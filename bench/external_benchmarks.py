@@ -171,12 +171,34 @@ def _pseudopeople_comparisons() -> list:
     ]
 
 
-def pseudopeople_sample() -> Dataset:
+def _scaled_noise(factor: float) -> dict[str, Any]:
+    """pseudopeople's default noise with every cell probability multiplied by `factor`
+    (capped at 0.5): the same shipped sample, as noisy as worse-kept records are."""
     import pseudopeople as psp
 
-    census = psp.generate_decennial_census()
-    ssa = psp.generate_social_security()
-    w2 = psp.generate_taxes_w2_and_1099()
+    def scale(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        return {
+            k: min(0.5, v * factor) if k == "cell_probability" else scale(v)
+            for k, v in node.items()
+        }
+
+    config = psp.get_config()
+    return {
+        dataset: {"column_noise": scale(config[dataset]["column_noise"])}
+        for dataset in ("decennial_census", "social_security", "taxes_w2_and_1099")
+    }
+
+
+def pseudopeople_sample(noise: float = 1.0) -> Dataset:
+    """pseudopeople's sample data, with its default noise or that noise scaled up."""
+    import pseudopeople as psp
+
+    config = _scaled_noise(noise) if noise != 1.0 else None
+    census = psp.generate_decennial_census(config=config)
+    ssa = psp.generate_social_security(config=config)
+    w2 = psp.generate_taxes_w2_and_1099(config=config)
     frames = {}
     for name, f in (("census", census), ("social_security", ssa), ("w2_1099", w2)):
         f = f.reset_index(drop=True)
@@ -424,6 +446,7 @@ DATASETS: dict[str, Callable[[int], Dataset]] = {  # called with --people
     "febrl3": lambda _: febrl("febrl3"),
     "febrl4": lambda _: febrl("febrl4"),
     "pseudopeople": lambda _: pseudopeople_sample(),
+    "pseudopeople_noisy": lambda _: pseudopeople_sample(noise=4.0),
     "generator": lambda people: generator(people),
     "generator_written_model": lambda people: generator(people, written_model=True),
 }
