@@ -18,6 +18,7 @@ from linkage_models.model_card import model_card_markdown
 from linkage_models.project import LinkageProject, LoadedProject
 from linkage_models.registry import ModelRegistry, ModelVersion
 from pipelines import incremental
+from pipelines.blocking_reach import expected_unblocked_matches
 from pipelines.contract import THRESHOLDS, OutputLayout, Tables, clusters_lookup_sql
 from pipelines.deliveries import delivery_statuses
 from pipelines.engines import Engine
@@ -318,11 +319,23 @@ def blocking_check(
     input_tables: dict[str, str],
     reached: float,
 ) -> dict[str, Any]:
-    """How many matches the model's prior expects among all pairs, against how many the
-    blocked pairs hold (sum of their probabilities). A shortfall suggests matches blocking
-    never reached; but the prior is itself estimated (from deterministic rules with an
-    assumed recall), so this is a check to read, not a correction applied to the rates."""
-    prior = float(json.loads(Path(model_path).read_text())["probability_two_random_records_match"])
+    """How many matches the blocked pairs hold (sum of their probabilities), and how many
+    blocking never reached by the model's account of how identifiers agree among matches
+    (pipelines.blocking_reach). Beside them, the matches the model's prior expects among
+    all pairs: the prior is built from the same scores, so it cannot show what blocking
+    missed; it is kept to compare."""
+    trained = json.loads(Path(model_path).read_text())
+    prior = float(trained["probability_two_random_records_match"])
+    reach = expected_unblocked_matches(
+        engine,
+        input_tables,
+        [
+            r["blocking_rule"] if isinstance(r, dict) else r
+            for r in trained["blocking_rules_to_generate_predictions"]
+        ],
+        Tables.PAIRWISE_PREDICTIONS,
+    )
+    missing = reach["expected_matches_not_blocked"]
     sizes = [engine.count(t) for t in input_tables.values()]
     total = sum(sizes)
     if project.spec.model.link_type == "link_only":
@@ -337,7 +350,11 @@ def blocking_check(
         "all_pairs": all_pairs,
         "expected_matches_from_prior": round(expected, 1),
         "expected_matches_in_blocked_pairs": round(reached, 1),
-        "share_reached": round(min(reached / expected, 1.0), 4) if expected else None,
+        "expected_matches_not_blocked": missing,
+        "share_of_matches_blocked": round(reached / (reached + missing), 4)
+        if missing is not None and reached + missing
+        else None,
+        "by_source_pair": reach["by_source_pair"],
         "deterministic_rules_recall": {
             "declared": training.deterministic_rules_recall,
             "prior_built_on": used or training.deterministic_rules_recall,

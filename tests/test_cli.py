@@ -183,6 +183,12 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
     assert rules_recall["prior_built_on"] == manifest["model"]["deterministic_rules_recall"]
     assert abs(rules_recall["prior_built_on"] - rules_recall["implied_by_scored_pairs"]) < 0.05
     assert "the prior was rebuilt on it" in published(out).model_card.read_text()
+    # What blocking never reached is estimated per pair of sources and said in the report.
+    reach = manifest["pairs"]["blocking_check"]
+    assert reach["expected_matches_not_blocked"] > 0
+    assert 0.9 < reach["share_of_matches_blocked"] < 1
+    assert len(reach["by_source_pair"]) > 1
+    assert "were never blocked" in published(out).linkage_report.read_text()
 
 
 def test_malformed_delivery_fails_its_ingest_with_the_file_named(
