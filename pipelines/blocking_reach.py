@@ -27,6 +27,7 @@ import re
 from typing import Any
 
 from pipelines.engines import Engine
+from pipelines.sql import ident
 
 _EQUALITY = re.compile(r"l\.[`\"]?(\w+)[`\"]?\s*=\s*r\.[`\"]?(\w+)[`\"]?")
 _DERIVED_SUFFIXES = ("_soundex", "_house", "_number", "_street", "_tokens", "_aliases")
@@ -88,13 +89,13 @@ def expected_unblocked_matches(
 
     def held(identifier: str, alias: str = "") -> str:
         """The record holds the identifier: any of its columns is filled."""
-        return " OR ".join(f"{alias}{c} IS NOT NULL" for c in identifiers[identifier])
+        return " OR ".join(f"{alias}{ident(c)} IS NOT NULL" for c in identifiers[identifier])
 
     records = " UNION ALL ".join(
-        f"SELECT source_dataset, record_id, {', '.join(columns)} FROM {t}"
+        f"SELECT source_dataset, record_id, {', '.join(ident(c) for c in columns)} FROM {t}"
         for t in input_tables.values()
     )
-    equal = ", ".join(f"coalesce(l.{c} = r.{c}, false) AS e_{c}" for c in columns)
+    equal = ", ".join(f"coalesce(l.{ident(c)} = r.{ident(c)}, false) AS e_{c}" for c in columns)
     both = ", ".join(f"(({held(i, 'l.')}) AND ({held(i, 'r.')})) AS h_{i}" for i in identifiers)
     engine.create_table("__reach_records", records)
     engine.create_table(
