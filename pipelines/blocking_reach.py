@@ -85,7 +85,12 @@ def expected_unblocked_matches(
     for column in columns:
         identifiers.setdefault(identifier_of(column), []).append(column)
     if not rules:
-        return {"rules_read": 0, "expected_matches_not_blocked": None, "by_source_pair": []}
+        return {
+            "rules_read": 0,
+            "rules_left_out": len(rules_sql),
+            "expected_matches_not_blocked": None,
+            "by_source_pair": [],
+        }
 
     def held(identifier: str, alias: str = "") -> str:
         """The record holds the identifier: any of its columns is filled."""

@@ -191,10 +191,7 @@ def model_for_linkage(
         "config_changed_since_training": entry.config_hash != project.config_hash,
         "comparisons": list(spec.model.comparisons),
         "derived_from_identifiers": list(spec.model.derived),
-        "blocking_rules": [
-            r["blocking_rule"] if isinstance(r, dict) else r
-            for r in trained["blocking_rules_to_generate_predictions"]
-        ],
+        "blocking_rules": prediction_rules_sql(trained),
         "blocking_analysis": summary["blocking"] if summary else None,
     }
 
@@ -312,6 +309,14 @@ def predict_incremental(
     }
 
 
+def prediction_rules_sql(trained: dict[str, Any]) -> list[str]:
+    """The SQL of a trained model's prediction blocking rules."""
+    return [
+        r["blocking_rule"] if isinstance(r, dict) else r
+        for r in trained["blocking_rules_to_generate_predictions"]
+    ]
+
+
 def blocking_check(
     engine: Engine,
     project: LoadedProject,
@@ -327,13 +332,7 @@ def blocking_check(
     trained = json.loads(Path(model_path).read_text())
     prior = float(trained["probability_two_random_records_match"])
     reach = expected_unblocked_matches(
-        engine,
-        input_tables,
-        [
-            r["blocking_rule"] if isinstance(r, dict) else r
-            for r in trained["blocking_rules_to_generate_predictions"]
-        ],
-        Tables.PAIRWISE_PREDICTIONS,
+        engine, input_tables, prediction_rules_sql(trained), Tables.PAIRWISE_PREDICTIONS
     )
     missing = reach["expected_matches_not_blocked"]
     sizes = [engine.count(t) for t in input_tables.values()]
