@@ -13,12 +13,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.linkage import PERSON_CLUSTERS
+from dagster_project.linkage import PERSON_CLUSTERS, input_tables, model_path
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
 from pipelines.contract import PERSON_ID_COLUMNS, Tables, forget_record, load_record
 from pipelines.ground_truth import GroundTruth, check_ground_truth, register_ground_truth
 from pipelines.incremental import RECLUSTERED_RECORDS
+from pipelines.linking import blocking_rules
 from pipelines.manifest import build_manifest, write_manifest
 from pipelines.publish import publish_linked_dataset
 from quality.accuracy import pairwise_cluster_metrics
@@ -187,13 +188,15 @@ def published_assets() -> list[dg.AssetsDefinition]:
         group_name="published",
         kinds={"json"},
         description="Label-free estimates of pairwise precision and recall at each "
-        "threshold, from the model's match probabilities.",
+        "threshold, from the model's match probabilities and its estimate of the matches "
+        "no blocking rule reached.",
     )
     def estimated_error_rates(
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
         with step(project, engine, "estimate_errors") as s:
-            estimates = estimate_error_rates(s.engine)
+            rules = blocking_rules(s.project, model_path(s.layout), input_tables(s.layout))
+            estimates = estimate_error_rates(s.engine, blocking=rules)
             s.record["estimated"] = estimates
         balanced = estimates["balanced"]
         return dg.MaterializeResult(

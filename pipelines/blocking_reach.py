@@ -24,11 +24,13 @@ equalities of columns (the swapped-names rule) are left out, so P leans low.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines.engines import Engine
 from pipelines.sql import ident
 
+_RULE_COLUMN = re.compile(r"\b[lr]\.[`\"]?(\w+)")
 _EQUALITY = re.compile(r"l\.[`\"]?(\w+)[`\"]?\s*=\s*r\.[`\"]?(\w+)[`\"]?")
 _DERIVED_SUFFIXES = ("_soundex", "_house", "_number", "_street", "_tokens", "_aliases")
 
@@ -170,3 +172,45 @@ def expected_unblocked_matches(
         "expected_matches_not_blocked": round(missing, 1),
         "by_source_pair": by_pair,
     }
+
+
+@dataclass(frozen=True)
+class BlockingRules:
+    """The rules that chose which pairs were scored, and the records they read."""
+
+    rules_sql: list[str]
+    input_tables: dict[str, str]
+    # link_only: pairs within one source are never compared, whatever the rules say.
+    link_only: bool = False
+
+
+def mark_never_blocked(engine: Engine, blocking: BlockingRules, pairs: str, out: str) -> None:
+    """For each pair in `pairs` (columns a, b, source_a, record_a, source_b, record_b), whether
+    no rule blocks it, either way round (Splink may put either record on the left) — so it
+    was never compared, rather than compared and scored below the prediction floor — into
+    `out` (a, b, never_blocked)."""
+    read = {c for rule in blocking.rules_sql for c in _RULE_COLUMN.findall(rule)}
+    columns = sorted(read - {"source_dataset", "record_id"})
+    selected = ", ".join(["source_dataset", "record_id", *(ident(c) for c in columns)])
+    engine.create_table(
+        "__rule_records",
+        " UNION ALL ".join(f"SELECT {selected} FROM {t}" for t in blocking.input_tables.values()),
+    )
+    caught = " OR ".join(f"coalesce(({rule}), false)" for rule in blocking.rules_sql) or "false"
+    if blocking.link_only:
+        caught = f"o.sl = o.sr OR {caught}"
+    engine.create_table(
+        out,
+        f"""WITH oriented AS (
+                SELECT a, b, source_a AS sl, record_a AS rl, source_b AS sr, record_b AS rr
+                FROM {pairs}
+                UNION ALL
+                SELECT a, b, source_b, record_b, source_a, record_a FROM {pairs}
+            )
+            SELECT o.a, o.b, max(CASE WHEN {caught} THEN 1 ELSE 0 END) = 0 AS never_blocked
+            FROM oriented o
+            JOIN __rule_records l ON l.source_dataset = o.sl AND l.record_id = o.rl
+            JOIN __rule_records r ON r.source_dataset = o.sr AND r.record_id = o.rr
+            GROUP BY o.a, o.b""",
+    )
+    engine.execute("DROP TABLE IF EXISTS __rule_records")

@@ -50,6 +50,9 @@ class Tables:
     # them (sum of their probabilities), for the error-rate estimates; and the same for all
     # scored pairs.
     PAIRS_BELOW_FLOOR = "pairs_below_floor"
+    # One row: the matches no blocking rule brought together, by the model's account
+    # (pipelines.blocking_reach; NULL when no rule could be read), for the same estimates.
+    MATCHES_NOT_BLOCKED = "matches_not_blocked"
     PAIRS_FOR_CLUSTERING = "pairs_for_clustering"  # the pairs clustering may use
     # An incremental linkage's new pairs with Splink's intermediate columns (diagnostics).
     DETAILED_PAIRS = "detailed_pairs_of_changes"

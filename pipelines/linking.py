@@ -18,7 +18,7 @@ from linkage_models.model_card import model_card_markdown
 from linkage_models.project import LinkageProject, LoadedProject
 from linkage_models.registry import ModelRegistry, ModelVersion
 from pipelines import incremental
-from pipelines.blocking_reach import expected_unblocked_matches
+from pipelines.blocking_reach import BlockingRules, expected_unblocked_matches
 from pipelines.contract import THRESHOLDS, OutputLayout, Tables, clusters_lookup_sql
 from pipelines.deliveries import delivery_statuses
 from pipelines.engines import Engine
@@ -317,6 +317,19 @@ def prediction_rules_sql(trained: dict[str, Any]) -> list[str]:
     ]
 
 
+def blocking_rules(
+    project: LoadedProject, model_path: str, input_tables: dict[str, str]
+) -> BlockingRules:
+    """The approved model's prediction rules over this linkage's inputs (the error-rate
+    estimates tell the pairs they never compared from those scored below the floor)."""
+    trained = json.loads(Path(model_path).read_text())
+    return BlockingRules(
+        prediction_rules_sql(trained),
+        input_tables,
+        link_only=project.spec.model.link_type == "link_only",
+    )
+
+
 def blocking_check(
     engine: Engine,
     project: LoadedProject,
@@ -335,6 +348,10 @@ def blocking_check(
         engine, input_tables, prediction_rules_sql(trained), Tables.PAIRWISE_PREDICTIONS
     )
     missing = reach["expected_matches_not_blocked"]
+    engine.create_table(
+        Tables.MATCHES_NOT_BLOCKED,
+        f"SELECT CAST({'NULL' if missing is None else missing} AS DOUBLE) AS expected_matches",
+    )
     sizes = [engine.count(t) for t in input_tables.values()]
     total = sum(sizes)
     if project.spec.model.link_type == "link_only":

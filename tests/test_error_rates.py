@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from pipelines.blocking_reach import BlockingRules
+from pipelines.engines import Engine
 from pipelines.engines.duckdb_engine import DuckDBEngine
 from pipelines.linking import implied_rules_recall
 from quality.error_rates import estimate_error_rates
@@ -68,6 +71,62 @@ def test_a_pair_across_clusters_is_capped_by_what_its_clustermates_say(tmp_path:
     missed = (0.02 + 1 - 0.99) + 0.02 + 0.4
     assert estimates["expected_missed_pairs"] == pytest.approx(missed, abs=0.05)
     assert estimates["recall"] == pytest.approx((0.99 + 0.995) / (0.99 + 0.995 + missed), abs=1e-6)
+
+
+@pytest.mark.parametrize("link_only", [False, True])
+def test_matches_no_rule_blocked_are_found_in_clusters_or_missed(
+    any_engine: Engine, link_only: bool
+) -> None:
+    """One cluster a-b-c-d through three scored links. Rules block on the same given name
+    or the same date of birth: a-c was blocked (same birth date) yet not kept, so it scored
+    below the floor and its own evidence is against; b-d and a-d share neither, so no rule
+    ever compared them. The blocking check expects 3 matches were never blocked: b-d,
+    through c (0.98 * 0.995), is about one of them found; the rest are missed. Under
+    link_only (a project that declares each source free of duplicates) pairs of one source
+    are never compared at all, so none of them counts as found."""
+    records = pd.DataFrame(
+        {
+            "source_dataset": "s",
+            "record_id": ["a", "b", "c", "d"],
+            "given_name": ["g1", "g1", "g2", "g2"],
+            "date_of_birth": ["d1", "d1", "d1", "d2"],
+        }
+    )
+    any_engine.load_frame("input_s", records)
+    any_engine.load_frame(
+        "scored",
+        pd.DataFrame(
+            {
+                "source_dataset_l": "s",
+                "record_id_l": ["a", "b", "c"],
+                "source_dataset_r": "s",
+                "record_id_r": ["b", "c", "d"],
+                "match_probability": [0.99, 0.98, 0.995],
+            }
+        ),
+    )
+    any_engine.load_frame(
+        "lookup",
+        pd.DataFrame({"source_dataset": "s", "source_record_id": list("abcd"), "person_id": "p1"}),
+    )
+    any_engine.create_table("not_blocked", "SELECT CAST(3.0 AS DOUBLE) AS expected_matches")
+    rules = ['l."given_name" = r."given_name"', "l.date_of_birth = r.date_of_birth"]
+    estimates = estimate_error_rates(
+        any_engine,
+        threshold_columns={"balanced": "person_id"},
+        pairs_table="scored",
+        lookup_table="lookup",
+        below_floor_table=None,
+        blocking=BlockingRules(rules, {"s": "input_s"}, link_only=link_only),
+        not_blocked_table="not_blocked",
+    )["balanced"]
+    found = 0.0 if link_only else 0.98 * 0.995
+    expected_tp = 0.99 + 0.98 + 0.995 + found
+    assert estimates["within_cluster_pairs_not_scored"] == 3
+    assert estimates["within_cluster_pairs_never_blocked"] == (0 if link_only else 2)
+    assert estimates["precision"] == pytest.approx(expected_tp / 6, abs=1e-6)
+    assert estimates["expected_missed_not_blocked"] == pytest.approx(3.0 - found, abs=0.05)
+    assert estimates["recall"] == pytest.approx(expected_tp / (expected_tp + 3.0 - found), abs=1e-6)
 
 
 def test_the_prior_rules_recall_the_scores_imply_is_reported(tmp_path: Path) -> None:
