@@ -189,6 +189,11 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
     assert 0.9 < reach["share_of_matches_blocked"] < 1
     assert len(reach["by_source_pair"]) > 1
     assert "were never blocked" in published(out).linkage_report.read_text()
+    # ... and counted in the estimates: missed, less those that sit inside one person.
+    for estimate in manifest["estimated_error_rates"].values():
+        assert 0 < estimate["expected_missed_not_blocked"] <= reach["expected_matches_not_blocked"]
+        assert estimate["within_cluster_pairs_never_blocked"] >= 0
+    assert "The estimates count those too" in published(out).linkage_report.read_text()
 
 
 def test_malformed_delivery_fails_its_ingest_with_the_file_named(
