@@ -16,6 +16,7 @@ import dagster as dg
 from dagster_project.linkage import PERSON_CLUSTERS, input_tables, model_path
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
+from pipelines.blocking_reach import pairs_never_blocked_in_persons
 from pipelines.contract import PERSON_ID_COLUMNS, Tables, forget_record, load_record
 from pipelines.ground_truth import GroundTruth, check_ground_truth, register_ground_truth
 from pipelines.incremental import RECLUSTERED_RECORDS
@@ -196,7 +197,8 @@ def published_assets() -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         with step(project, engine, "estimate_errors") as s:
             rules = blocking_rules(s.project, model_path(s.layout), input_tables(s.layout))
-            estimates = estimate_error_rates(s.engine, blocking=rules)
+            pairs_never_blocked_in_persons(s.engine, rules, list(PERSON_ID_COLUMNS.values()))
+            estimates = estimate_error_rates(s.engine)
             s.record["estimated"] = estimates
         balanced = estimates["balanced"]
         return dg.MaterializeResult(

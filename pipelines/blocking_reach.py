@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.contract import Tables
 from pipelines.engines import Engine
 from pipelines.sql import ident
 
@@ -184,11 +185,40 @@ class BlockingRules:
     link_only: bool = False
 
 
-def mark_never_blocked(engine: Engine, blocking: BlockingRules, pairs: str, out: str) -> None:
-    """For each pair in `pairs` (columns a, b, source_a, record_a, source_b, record_b), whether
-    no rule blocks it, either way round (Splink may put either record on the left) — so it
-    was never compared, rather than compared and scored below the prediction floor — into
-    `out` (a, b, never_blocked)."""
+def pairs_never_blocked_in_persons(
+    engine: Engine,
+    blocking: BlockingRules,
+    person_columns: list[str],
+    lookup_table: str = Tables.PERSON_LOOKUP,
+    pairs_table: str = Tables.PAIRWISE_PREDICTIONS,
+    out: str = Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS,
+) -> int:
+    """The pairs of records one person holds at any threshold that were not scored above
+    the floor and that no rule blocks, either way round (Splink may put either record on
+    the left): never compared, rather than compared and scored below the floor. Written to
+    `out` (source_a, record_a, source_b, record_b) for the error-rate estimates; returns
+    how many."""
+    ordered = (
+        "(x.source_dataset < y.source_dataset OR (x.source_dataset = y.source_dataset "
+        "AND x.source_record_id < y.source_record_id))"
+    )
+    together = " UNION ".join(
+        f"""SELECT x.source_dataset AS source_a, x.source_record_id AS record_a,
+                   y.source_dataset AS source_b, y.source_record_id AS record_b
+            FROM {lookup_table} x JOIN {lookup_table} y
+              ON x.{ident(c)} = y.{ident(c)} AND {ordered}"""
+        for c in person_columns
+    )
+    engine.create_table(
+        "__unscored_in_persons",
+        f"""SELECT t.* FROM ({together}) AS t
+            ANTI JOIN {pairs_table} s1
+              ON s1.source_dataset_l = t.source_a AND s1.record_id_l = t.record_a
+             AND s1.source_dataset_r = t.source_b AND s1.record_id_r = t.record_b
+            ANTI JOIN {pairs_table} s2
+              ON s2.source_dataset_l = t.source_b AND s2.record_id_l = t.record_b
+             AND s2.source_dataset_r = t.source_a AND s2.record_id_r = t.record_a""",
+    )
     read = {c for rule in blocking.rules_sql for c in _RULE_COLUMN.findall(rule)}
     columns = sorted(read - {"source_dataset", "record_id"})
     selected = ", ".join(["source_dataset", "record_id", *(ident(c) for c in columns)])
@@ -198,19 +228,25 @@ def mark_never_blocked(engine: Engine, blocking: BlockingRules, pairs: str, out:
     )
     caught = " OR ".join(f"coalesce(({rule}), false)" for rule in blocking.rules_sql) or "false"
     if blocking.link_only:
-        caught = f"o.sl = o.sr OR {caught}"
+        caught = f"o.source_a = o.source_b OR {caught}"
     engine.create_table(
         out,
         f"""WITH oriented AS (
-                SELECT a, b, source_a AS sl, record_a AS rl, source_b AS sr, record_b AS rr
-                FROM {pairs}
+                SELECT source_a, record_a, source_b, record_b,
+                       source_a AS sl, record_a AS rl, source_b AS sr, record_b AS rr
+                FROM __unscored_in_persons
                 UNION ALL
-                SELECT a, b, source_b, record_b, source_a, record_a FROM {pairs}
+                SELECT source_a, record_a, source_b, record_b, source_b, record_b,
+                       source_a, record_a
+                FROM __unscored_in_persons
             )
-            SELECT o.a, o.b, max(CASE WHEN {caught} THEN 1 ELSE 0 END) = 0 AS never_blocked
+            SELECT o.source_a, o.record_a, o.source_b, o.record_b
             FROM oriented o
             JOIN __rule_records l ON l.source_dataset = o.sl AND l.record_id = o.rl
             JOIN __rule_records r ON r.source_dataset = o.sr AND r.record_id = o.rr
-            GROUP BY o.a, o.b""",
+            GROUP BY o.source_a, o.record_a, o.source_b, o.record_b
+            HAVING max(CASE WHEN {caught} THEN 1 ELSE 0 END) = 0""",
     )
-    engine.execute("DROP TABLE IF EXISTS __rule_records")
+    for table in ("__unscored_in_persons", "__rule_records"):
+        engine.execute(f"DROP TABLE IF EXISTS {table}")
+    return engine.count(out)

@@ -53,6 +53,9 @@ class Tables:
     # One row: the matches no blocking rule brought together, by the model's account
     # (pipelines.blocking_reach; NULL when no rule could be read), for the same estimates.
     MATCHES_NOT_BLOCKED = "matches_not_blocked"
+    # The pairs of records one person holds (at any threshold) that no blocking rule
+    # brought together: source_a, record_a, source_b, record_b.
+    PAIRS_NEVER_BLOCKED_IN_PERSONS = "pairs_never_blocked_in_persons"
     PAIRS_FOR_CLUSTERING = "pairs_for_clustering"  # the pairs clustering may use
     # An incremental linkage's new pairs with Splink's intermediate columns (diagnostics).
     DETAILED_PAIRS = "detailed_pairs_of_changes"

@@ -22,6 +22,7 @@ from pipelines.blocking_reach import BlockingRules, expected_unblocked_matches
 from pipelines.contract import THRESHOLDS, OutputLayout, Tables, clusters_lookup_sql
 from pipelines.deliveries import delivery_statuses
 from pipelines.engines import Engine
+from pipelines.engines.dialect import to_duckdb
 
 
 def training_data_fingerprint(engine: Engine) -> str:
@@ -310,9 +311,12 @@ def predict_incremental(
 
 
 def prediction_rules_sql(trained: dict[str, Any]) -> list[str]:
-    """The SQL of a trained model's prediction blocking rules."""
+    """The SQL of a trained model's prediction blocking rules, in DuckDB's dialect."""
+    dialect = trained.get("sql_dialect", "duckdb")
     return [
-        r["blocking_rule"] if isinstance(r, dict) else r
+        to_duckdb(r["blocking_rule"], r.get("sql_dialect", dialect))
+        if isinstance(r, dict)
+        else to_duckdb(r, dialect)
         for r in trained["blocking_rules_to_generate_predictions"]
     ]
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipelines.blocking_reach import BlockingRules, mark_never_blocked
 from pipelines.contract import PERSON_ID_COLUMNS, Tables
 from pipelines.engines import Engine
 
@@ -95,22 +94,23 @@ _WITHIN_SCORED_SUMS_SQL = """
         FROM __within_scored s LEFT JOIN __paths t ON s.a = t.a AND s.b = t.b
     ) AS counted"""
 
-# The same sums over the pairs of one cluster no rule blocked: q is the best path (no
-# comparison of their own says otherwise).
-_NEVER_BLOCKED_SUMS_SQL = """
+
+def _never_blocked_sums_sql(never_blocked_table: str) -> str:
+    """The same sums over the pairs of one cluster no rule blocked (the table of them across
+    all thresholds: pipelines.blocking_reach): q is the best path (no comparison of their
+    own says otherwise)."""
+    return f"""
+    WITH pairs AS (
+        SELECT least(x.id, y.id) AS a, greatest(x.id, y.id) AS b
+        FROM {never_blocked_table} n
+        JOIN __records x ON x.source_dataset = n.source_a AND x.record_id = n.record_a
+        JOIN __records y ON y.source_dataset = n.source_b AND y.record_id = n.record_b
+        WHERE x.c = y.c
+    )
     SELECT count(*), coalesce(sum(q), 0), coalesce(sum(q * (1 - q)), 0)
     FROM (
-        SELECT coalesce(t.h, 0) AS q
-        FROM __never_blocked n LEFT JOIN __paths t ON n.a = t.a AND n.b = t.b
-        WHERE n.never_blocked
+        SELECT coalesce(t.h, 0) AS q FROM pairs n LEFT JOIN __paths t ON n.a = t.a AND n.b = t.b
     ) AS counted"""
-
-# The pairs of one cluster that were not scored above the floor, with their records.
-_WITHIN_UNSCORED_SQL = """
-    SELECT x.id AS a, y.id AS b, x.source_dataset AS source_a, x.record_id AS record_a,
-           y.source_dataset AS source_b, y.record_id AS record_b
-    FROM __records x JOIN __records y ON x.c = y.c AND x.id < y.id
-    ANTI JOIN __within_scored w ON w.a = x.id AND w.b = y.id"""
 
 
 def _cross_cluster_sums_sql() -> str:
@@ -137,11 +137,14 @@ def _cross_cluster_sums_sql() -> str:
 
 
 def _expected_not_blocked(
-    engine: Engine, blocking: BlockingRules | None, table: str | None
+    engine: Engine, table: str | None, pairs_table: str | None
 ) -> float | None:
     """The matches no rule blocked, as the blocking check estimated them (None: unknown, or
-    no rules to tell never-blocked pairs from pairs scored below the floor)."""
-    if blocking is None or not table or not engine.table_exists(table):
+    no table of the never-blocked pairs inside persons to tell them from those below the
+    floor)."""
+    if not (table and pairs_table and engine.table_exists(table)):
+        return None
+    if not engine.table_exists(pairs_table):
         return None
     value = engine.fetch(f"SELECT expected_matches FROM {table}")[0][0]
     return None if value is None else float(value)
@@ -153,17 +156,18 @@ def estimate_error_rates(
     pairs_table: str = Tables.PAIRWISE_PREDICTIONS,
     lookup_table: str = Tables.PERSON_LOOKUP,
     below_floor_table: str | None = Tables.PAIRS_BELOW_FLOOR,
-    blocking: BlockingRules | None = None,
     not_blocked_table: str | None = Tables.MATCHES_NOT_BLOCKED,
+    never_blocked_pairs_table: str | None = Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS,
 ) -> dict[str, dict[str, Any]]:
     """Estimated pairwise precision and recall of each threshold's clusters. With the
-    blocking rules (and the blocking check's table), the matches no rule blocked are
-    counted too: as found where they sit in one cluster, as missed where they do not."""
+    blocking check's figure and the never-blocked pairs inside persons
+    (pipelines.blocking_reach), the matches no rule blocked are counted too: as found where
+    they sit in one cluster, as missed where they do not."""
     engine.create_table("__scored_pairs", _pairs_sql(pairs_table))
     below = 0.0
     if below_floor_table and engine.table_exists(below_floor_table):
         below = float(engine.fetch(f"SELECT expected_matches FROM {below_floor_table}")[0][0])
-    not_blocked = _expected_not_blocked(engine, blocking, not_blocked_table)
+    not_blocked = _expected_not_blocked(engine, not_blocked_table, never_blocked_pairs_table)
     estimates: dict[str, dict[str, Any]] = {}
     for name, column in threshold_columns.items():
         engine.create_table(
@@ -191,10 +195,9 @@ def estimate_error_rates(
         # Below the floor p is small, so each pair's variance p(1 - p) is about p.
         expected_missed, missed_var = float(missed) + below, float(missed_var) + below
         never_blocked_pairs, missed_not_blocked = None, None
-        if not_blocked is not None and blocking is not None:
-            engine.create_table("__within_unscored", _WITHIN_UNSCORED_SQL)
-            mark_never_blocked(engine, blocking, "__within_unscored", "__never_blocked")
-            n, found, found_var = engine.fetch(_NEVER_BLOCKED_SUMS_SQL)[0]
+        if not_blocked is not None and never_blocked_pairs_table:
+            sums = _never_blocked_sums_sql(never_blocked_pairs_table)
+            n, found, found_var = engine.fetch(sums)[0]
             never_blocked_pairs = int(n)
             expected_tp, tp_var = expected_tp + float(found), tp_var + float(found_var)
             # The rest of them are missed; counted as a Poisson count, like those below
@@ -240,8 +243,6 @@ def estimate_error_rates(
         "__within_scored",
         "__cross_scored",
         "__paths",
-        "__within_unscored",
-        "__never_blocked",
     ):
         engine.execute(f"DROP TABLE IF EXISTS {table}")
     return estimates

@@ -7,6 +7,7 @@ import pandas as pd
 
 from pipelines.blocking_reach import equality_columns, expected_unblocked_matches
 from pipelines.engines import Engine
+from pipelines.linking import prediction_rules_sql
 
 RULES = [
     '(l."given_name" = r."given_name") AND (l."family_name" = r."family_name")',
@@ -77,3 +78,15 @@ def test_only_plain_equalities_are_read_as_rules() -> None:
     assert equality_columns("l.`postcode` = r.`postcode`") == ["postcode"]
     assert equality_columns(RULES[2]) is None
     assert equality_columns("l.dob = r.dob AND levenshtein(l.a, r.a) < 2") is None
+
+
+def test_a_spark_trained_models_rules_are_read_in_duckdb_dialect() -> None:
+    """A model trained on Spark quotes its rules with backticks; every engine is handed
+    DuckDB's dialect, so the rules are transpiled when read."""
+    trained = {
+        "sql_dialect": "spark",
+        "blocking_rules_to_generate_predictions": [
+            {"blocking_rule": "(l.`dob` = r.`dob`) AND (l.`pc` = r.`pc`)", "sql_dialect": "spark"}
+        ],
+    }
+    assert prediction_rules_sql(trained) == ['(l."dob" = r."dob") AND (l."pc" = r."pc")']

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.blocking_reach import BlockingRules
+from pipelines.blocking_reach import BlockingRules, pairs_never_blocked_in_persons
 from pipelines.engines import Engine
 from pipelines.engines.duckdb_engine import DuckDBEngine
 from pipelines.linking import implied_rules_recall
@@ -111,14 +111,23 @@ def test_matches_no_rule_blocked_are_found_in_clusters_or_missed(
     )
     any_engine.create_table("not_blocked", "SELECT CAST(3.0 AS DOUBLE) AS expected_matches")
     rules = ['l."given_name" = r."given_name"', "l.date_of_birth = r.date_of_birth"]
+    never_blocked = pairs_never_blocked_in_persons(
+        any_engine,
+        BlockingRules(rules, {"s": "input_s"}, link_only=link_only),
+        ["person_id"],
+        lookup_table="lookup",
+        pairs_table="scored",
+        out="never_blocked",
+    )
+    assert never_blocked == (0 if link_only else 2)
     estimates = estimate_error_rates(
         any_engine,
         threshold_columns={"balanced": "person_id"},
         pairs_table="scored",
         lookup_table="lookup",
         below_floor_table=None,
-        blocking=BlockingRules(rules, {"s": "input_s"}, link_only=link_only),
         not_blocked_table="not_blocked",
+        never_blocked_pairs_table="never_blocked",
     )["balanced"]
     found = 0.0 if link_only else 0.98 * 0.995
     expected_tp = 0.99 + 0.98 + 0.995 + found

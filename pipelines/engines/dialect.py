@@ -68,3 +68,9 @@ def duckdb_to_spark(sql: str) -> str:
     """One DuckDB-dialect statement as Spark SQL."""
     tree = sqlglot.parse_one(sql, read="duckdb")
     return tree.transform(_rewrite).sql(dialect="spark")
+
+
+def to_duckdb(sql: str, dialect: str) -> str:
+    """An expression written in another engine's dialect (a Spark-trained model's blocking
+    rules quote with backticks) as DuckDB's, the dialect all SQL handed to an engine is in."""
+    return sqlglot.transpile(sql, read=dialect, write="duckdb")[0] if dialect != "duckdb" else sql
