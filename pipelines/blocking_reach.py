@@ -56,6 +56,16 @@ def identifier_of(column: str) -> str:
     return column
 
 
+def _records_table(
+    engine: Engine, name: str, input_tables: dict[str, str], columns: list[str]
+) -> None:
+    """Every source's linkage input records, keyed, with the columns the rules read."""
+    selected = ", ".join(["source_dataset", "record_id", *(ident(c) for c in columns)])
+    engine.create_table(
+        name, " UNION ALL ".join(f"SELECT {selected} FROM {t}" for t in input_tables.values())
+    )
+
+
 def _share_caught(
     rules: list[list[str]], identifiers: dict[str, list[str]], outcomes: dict[str, list]
 ) -> float:
@@ -99,13 +109,9 @@ def expected_unblocked_matches(
         """The record holds the identifier: any of its columns is filled."""
         return " OR ".join(f"{alias}{ident(c)} IS NOT NULL" for c in identifiers[identifier])
 
-    records = " UNION ALL ".join(
-        f"SELECT source_dataset, record_id, {', '.join(ident(c) for c in columns)} FROM {t}"
-        for t in input_tables.values()
-    )
     equal = ", ".join(f"coalesce(l.{ident(c)} = r.{ident(c)}, false) AS e_{c}" for c in columns)
     both = ", ".join(f"(({held(i, 'l.')}) AND ({held(i, 'r.')})) AS h_{i}" for i in identifiers)
-    engine.create_table("__reach_records", records)
+    _records_table(engine, "__reach_records", input_tables, columns)
     engine.create_table(
         "__reach_pairs",
         f"""SELECT p.match_probability AS p,
@@ -221,11 +227,7 @@ def pairs_never_blocked_in_persons(
     )
     read = {c for rule in blocking.rules_sql for c in _RULE_COLUMN.findall(rule)}
     columns = sorted(read - {"source_dataset", "record_id"})
-    selected = ", ".join(["source_dataset", "record_id", *(ident(c) for c in columns)])
-    engine.create_table(
-        "__rule_records",
-        " UNION ALL ".join(f"SELECT {selected} FROM {t}" for t in blocking.input_tables.values()),
-    )
+    _records_table(engine, "__rule_records", blocking.input_tables, columns)
     caught = " OR ".join(f"coalesce(({rule}), false)" for rule in blocking.rules_sql) or "false"
     if blocking.link_only:
         caught = f"o.source_a = o.source_b OR {caught}"

@@ -142,9 +142,9 @@ def _expected_not_blocked(
     """The matches no rule blocked, as the blocking check estimated them (None: unknown, or
     no table of the never-blocked pairs inside persons to tell them from those below the
     floor)."""
-    if not (table and pairs_table and engine.table_exists(table)):
+    if not (table and pairs_table):
         return None
-    if not engine.table_exists(pairs_table):
+    if not (engine.table_exists(table) and engine.table_exists(pairs_table)):
         return None
     value = engine.fetch(f"SELECT expected_matches FROM {table}")[0][0]
     return None if value is None else float(value)
