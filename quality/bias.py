@@ -2,17 +2,23 @@
 
 Per group of records (source, sex, age band at the event, region, event year): the share
 linked to another source, the within-source duplicate rate, and label-free estimates of
-precision and recall of the balanced clusters (pairs attributed to both records' groups).
-Groups whose estimated recall is markedly below the overall figure are flagged. Counts
-from 1 to 9 are suppressed by the report, which may leave the secure setting.
+precision and recall of the balanced clusters. The estimates are the published ones
+(quality.error_rates) taken apart by group: each pair the estimate counts is attributed to
+both of its records' groups, each record's clustermates are its pairs within clusters, and
+the misses the estimate has only as totals (the expected matches below the prediction floor
+and those no blocking rule reached) are shared out by the groups' numbers of records. Over
+all records they give the published balanced estimate. Groups whose estimated recall is
+markedly below the overall figure are flagged. Counts from 1 to 9 are suppressed by the
+report, which may leave the secure setting.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipelines.contract import Tables
+from pipelines.contract import PERSON_ID_COLUMNS, Tables
 from pipelines.engines import Engine
+from quality.error_rates import EXPECTED_PAIRS, build_expected_pairs, drop_expected_pairs
 
 AGE_BANDS = (
     (0, 17, "0-17"),
@@ -84,22 +90,19 @@ def bias_tables(
     )
     engine.create_table(
         "__record_dupes",
-        """SELECT id, count(*) OVER (PARTITION BY person_id, source) AS in_source
+        """SELECT id, count(*) OVER (PARTITION BY person_id, source) AS in_source,
+                  count(*) OVER (PARTITION BY person_id) AS in_person
            FROM __record_groups""",
     )
-    # Scored pairs with whether they ended in the same balanced cluster.
-    engine.create_table(
-        "__group_pairs",
-        f"""SELECT ga.id AS a, gb.id AS b, p.match_probability AS p,
-                   ga.person_id = gb.person_id AS together
-            FROM {pairs_table} p
-            JOIN __record_groups ga ON ga.id = p.source_dataset_l || '|' || p.record_id_l
-            JOIN __record_groups gb ON gb.id = p.source_dataset_r || '|' || p.record_id_r""",
-    )
-    overall = _group_stats(engine, None)
+    drop_expected_pairs(engine)
+    elsewhere = build_expected_pairs(
+        engine, PERSON_ID_COLUMNS["balanced"], pairs_table
+    ).missed_elsewhere
+    total_records = int(engine.fetch("SELECT count(*) FROM __record_groups")[0][0])
+    overall = _group_stats(engine, None, elsewhere, total_records)
     result: dict[str, Any] = {"overall": overall, "dimensions": {}}
     for dim in DIMENSIONS:
-        rows = _group_stats(engine, dim)
+        rows = _group_stats(engine, dim, elsewhere, total_records)
         for row in rows:
             row["flagged"] = (
                 row["estimated_recall"] is not None
@@ -107,47 +110,53 @@ def bias_tables(
                 and row["estimated_recall"] < overall[0]["estimated_recall"] - FLAG_RECALL_GAP
             )
         result["dimensions"][dim] = rows
-    for table in ("__record_groups", "__person_sources", "__record_dupes", "__group_pairs"):
+    drop_expected_pairs(engine)
+    for table in ("__record_groups", "__person_sources", "__record_dupes"):
         engine.execute(f"DROP TABLE IF EXISTS {table}")
     return result
 
 
-def _group_stats(engine: Engine, dim: str | None) -> list[dict[str, Any]]:
+def _group_stats(
+    engine: Engine, dim: str | None, elsewhere: float, total_records: int
+) -> list[dict[str, Any]]:
+    """One row per group; pair figures count pair ends (a pair once for each record), and
+    `elsewhere` (missed pairs known only as a total) goes to groups by their records."""
     group = f"g.{dim}" if dim else "'all'"
     rows = engine.fetch(f"""
         WITH per_record AS (
-            SELECT {group} AS grp, g.id, ps.sources > 1 AS cross_linked, d.in_source > 1 AS dupe
+            SELECT {group} AS grp, g.id, ps.sources > 1 AS cross_linked,
+                   d.in_source > 1 AS dupe, d.in_person - 1 AS clustermates
             FROM __record_groups g
             JOIN __person_sources ps USING (person_id)
             JOIN __record_dupes d USING (id)),
-        pair_groups AS (
-            SELECT {group} AS grp, p.p, p.together
-            FROM __group_pairs p JOIN __record_groups g ON g.id = p.a
+        pair_ends AS (
+            SELECT {group} AS grp, p.q, p.kind
+            FROM {EXPECTED_PAIRS} p JOIN __record_groups g ON g.id = p.a
             UNION ALL
-            SELECT {group} AS grp, p.p, p.together
-            FROM __group_pairs p JOIN __record_groups g ON g.id = p.b),
+            SELECT {group} AS grp, p.q, p.kind
+            FROM {EXPECTED_PAIRS} p JOIN __record_groups g ON g.id = p.b),
         pair_stats AS (
             SELECT grp,
-                   sum(p) FILTER (WHERE together) AS tp,
-                   count(*) FILTER (WHERE together) AS within,
-                   sum(p) FILTER (WHERE NOT together) AS missed
-            FROM pair_groups GROUP BY grp)
+                   sum(q) FILTER (WHERE kind <> 'cross') AS tp,
+                   sum(q) FILTER (WHERE kind = 'cross') AS missed
+            FROM pair_ends GROUP BY grp)
         SELECT r.grp, count(*) AS records,
                count(*) FILTER (WHERE r.cross_linked) AS linked_to_other_sources,
                count(*) FILTER (WHERE r.dupe) AS within_source_duplicates,
-               s.tp, s.within, s.missed
+               sum(r.clustermates) AS within, s.tp, s.missed
         FROM per_record r LEFT JOIN pair_stats s USING (grp)
-        GROUP BY r.grp, s.tp, s.within, s.missed ORDER BY r.grp""")
+        GROUP BY r.grp, s.tp, s.missed ORDER BY r.grp""")
     out = []
-    for grp, records, linked, dupes, tp, within, missed in rows:
-        tp, missed = float(tp or 0), float(missed or 0)
+    for grp, records, linked, dupes, within, tp, missed in rows:
+        share = 2 * elsewhere * int(records) / total_records if total_records else 0.0
+        tp, missed = float(tp or 0), float(missed or 0) + share
         out.append(
             {
                 "group": str(grp),
                 "records": int(records),
                 "linked_to_other_sources": int(linked),
                 "within_source_duplicates": int(dupes),
-                "estimated_precision": round(tp / within, 6) if within else None,
+                "estimated_precision": round(tp / int(within), 6) if within else None,
                 "estimated_recall": round(tp / (tp + missed), 6) if tp + missed else None,
             }
         )

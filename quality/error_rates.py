@@ -28,6 +28,8 @@ These are ESTIMATES: they take the model's match probabilities at face value.
   the matches no blocking rule reached (the blocking check's estimate,
   pipelines.blocking_reach) less those found inside clusters above.
 - Estimated recall = expected true pairs within clusters / (those + expected missed).
+- The pairs and their q are one table (build_expected_pairs), which quality.bias takes
+  apart by group.
 - 95% intervals treat each scored pair as an independent Bernoulli trial with its match
   probability (Poisson-binomial variance, normal approximation); they express sampling
   uncertainty given the model, not error in the model itself.
@@ -48,12 +50,15 @@ estimator's own error is visible.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines.contract import PERSON_ID_COLUMNS, Tables
 from pipelines.engines import Engine
 
 Z95 = 1.959964
+# Each pair an estimate counts, with its probability of being one person (build_expected_pairs).
+EXPECTED_PAIRS = "__expected_pairs"
 
 
 def _pairs_sql(pairs_table: str) -> str:
@@ -68,72 +73,149 @@ def _pairs_sql(pairs_table: str) -> str:
 
 
 # The scored links inside clusters, once in each direction.
-_LINKS_SQL = """links AS (
-        SELECT a AS x, b AS y, p FROM __within_scored
-        UNION ALL SELECT b AS x, a AS y, p FROM __within_scored
-    )"""
+_LINKS_SQL = """
+    SELECT a AS x, b AS y, p FROM __within_scored
+    UNION ALL SELECT b AS x, a AS y, p FROM __within_scored"""
 
 # For each pair of a cluster joined through one other record by scored links: the
 # probability both links are true (p1 * p2), the best such path.
-_PATHS_SQL = f"""
-    WITH {_LINKS_SQL}
+_PATHS_SQL = """
     SELECT l1.x AS a, l2.y AS b, max(l1.p * l2.p) AS h
-    FROM links l1 JOIN links l2 ON l1.y = l2.x
+    FROM __links l1 JOIN __links l2 ON l1.y = l2.x
     WHERE l1.x < l2.y
     GROUP BY l1.x, l2.y"""
 
-# Over the scored pairs of one cluster: how many, and the sums of q and q(1 - q), q being
-# the larger of the pair's own match probability and its best path. A pair scored below
-# the threshold sits in the cluster because of such a path, which its own comparison does
-# not see: on every data set measured, far more of these pairs were one person than their
-# own probabilities said.
-_WITHIN_SCORED_SUMS_SQL = """
-    SELECT count(*), coalesce(sum(q), 0), coalesce(sum(q * (1 - q)), 0)
-    FROM (
-        SELECT greatest(s.p, coalesce(t.h, 0)) AS q
-        FROM __within_scored s LEFT JOIN __paths t ON s.a = t.a AND s.b = t.b
-    ) AS counted"""
+# Each scored pair of one cluster with q, the larger of its own match probability and its
+# best path. A pair scored below the threshold sits in the cluster because of such a path,
+# which its own comparison does not see: on every data set measured, far more of these
+# pairs were one person than their own probabilities said.
+_WITHIN_SCORED_SQL = """
+    SELECT s.a, s.b, greatest(s.p, coalesce(t.h, 0)) AS q, 'within' AS kind
+    FROM __within_scored s LEFT JOIN __paths t ON s.a = t.a AND s.b = t.b"""
 
 
-def _never_blocked_sums_sql(never_blocked_table: str) -> str:
-    """The same sums over the pairs of one cluster no rule blocked (the table of them across
-    all thresholds: pipelines.blocking_reach): q is the best path (no comparison of their
-    own says otherwise)."""
+def _within_never_blocked_sql(never_blocked_table: str) -> str:
+    """The pairs of one cluster no rule blocked (the table of them across all thresholds:
+    pipelines.blocking_reach), q being the best path (no comparison of their own says
+    otherwise)."""
     return f"""
-    WITH pairs AS (
+    SELECT n.a, n.b, coalesce(t.h, 0) AS q, 'never_blocked' AS kind
+    FROM (
         SELECT least(x.id, y.id) AS a, greatest(x.id, y.id) AS b
         FROM {never_blocked_table} n
         JOIN __records x ON x.source_dataset = n.source_a AND x.record_id = n.record_a
         JOIN __records y ON y.source_dataset = n.source_b AND y.record_id = n.record_b
         WHERE x.c = y.c
+    ) AS n LEFT JOIN __paths t ON n.a = t.a AND n.b = t.b"""
+
+
+# The scored pairs whose records sit in two clusters, q being the pair's match probability
+# capped through each clustermate (see the module docstring).
+_CROSS_SQL = """
+    SELECT s.a, s.b, least(s.p, coalesce(t.cap, 1)) AS q, 'cross' AS kind
+    FROM __cross_scored s LEFT JOIN (
+        SELECT a, b, min(cap) AS cap FROM (
+            SELECT s.a, s.b, o.p + 1 - l.p AS cap
+            FROM __cross_scored s JOIN __links l ON l.x = s.a
+            JOIN __scored_pairs o ON o.a = least(l.y, s.b) AND o.b = greatest(l.y, s.b)
+            UNION ALL
+            SELECT s.a, s.b, o.p + 1 - l.p AS cap
+            FROM __cross_scored s JOIN __links l ON l.x = s.b
+            JOIN __scored_pairs o ON o.a = least(l.y, s.a) AND o.b = greatest(l.y, s.a)
+        ) AS caps GROUP BY a, b
+    ) AS t ON s.a = t.a AND s.b = t.b"""
+
+_HELPER_TABLES = (
+    "__scored_pairs",
+    "__records",
+    "__within_scored",
+    "__cross_scored",
+    "__links",
+    "__paths",
+)
+
+
+@dataclass(frozen=True)
+class ExpectedPairs:
+    """What one threshold's estimate counts: EXPECTED_PAIRS summed by kind, and the expected
+    matches it knows only as totals."""
+
+    within_pairs: int  # pairs within clusters, scored or not
+    sums: dict[str, tuple[int, float, float]]  # kind: pairs, sum of q, sum of q(1 - q)
+    below_floor: float
+    not_blocked: float | None  # None: the matches no rule blocked are not counted
+
+    def of_kind(self, kind: str) -> tuple[int, float, float]:
+        return self.sums.get(kind, (0, 0.0, 0.0))
+
+    @property
+    def missed_not_blocked(self) -> float | None:
+        """The matches no rule blocked, less those found inside clusters."""
+        if self.not_blocked is None:
+            return None
+        return max(0.0, self.not_blocked - self.of_kind("never_blocked")[1])
+
+    @property
+    def missed_elsewhere(self) -> float:
+        """The missed pairs known only as a total: below the floor, and never blocked."""
+        return self.below_floor + (self.missed_not_blocked or 0.0)
+
+
+def build_expected_pairs(
+    engine: Engine,
+    column: str,
+    pairs_table: str = Tables.PAIRWISE_PREDICTIONS,
+    lookup_table: str = Tables.PERSON_LOOKUP,
+    below_floor_table: str | None = Tables.PAIRS_BELOW_FLOOR,
+    not_blocked_table: str | None = Tables.MATCHES_NOT_BLOCKED,
+    never_blocked_pairs_table: str | None = Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS,
+) -> ExpectedPairs:
+    """Table EXPECTED_PAIRS (a, b, q, kind) for the clusters of one person-id column: each
+    pair the estimate counts, with q, the probability it is one person: kind 'within'
+    (scored, in one cluster), 'never_blocked' (in one cluster, no rule blocked it; counted
+    when the blocking check's figure and the table of them exist) and 'cross' (scored, in
+    two clusters). Records are keyed source_dataset|record_id. The scored pairs are copied
+    once and kept for the next threshold until drop_expected_pairs."""
+    below = 0.0
+    if below_floor_table and engine.table_exists(below_floor_table):
+        below = float(engine.fetch(f"SELECT expected_matches FROM {below_floor_table}")[0][0])
+    not_blocked = _expected_not_blocked(engine, not_blocked_table, never_blocked_pairs_table)
+    if not engine.table_exists("__scored_pairs"):
+        engine.create_table("__scored_pairs", _pairs_sql(pairs_table))
+    engine.create_table(
+        "__records",
+        "SELECT source_dataset || '|' || source_record_id AS id, source_dataset, "
+        f"source_record_id AS record_id, {column} AS c FROM {lookup_table}",
     )
-    SELECT count(*), coalesce(sum(q), 0), coalesce(sum(q * (1 - q)), 0)
-    FROM (
-        SELECT coalesce(t.h, 0) AS q FROM pairs n LEFT JOIN __paths t ON n.a = t.a AND n.b = t.b
-    ) AS counted"""
+    for table, same in (("__within_scored", "="), ("__cross_scored", "<>")):
+        engine.create_table(
+            table,
+            f"""SELECT s.a, s.b, s.p FROM __scored_pairs s JOIN __records ra ON ra.id = s.a
+                JOIN __records rb ON rb.id = s.b WHERE ra.c {same} rb.c""",
+        )
+    engine.create_table("__links", _LINKS_SQL)
+    engine.create_table("__paths", _PATHS_SQL)
+    parts = [_WITHIN_SCORED_SQL, _CROSS_SQL]
+    if not_blocked is not None and never_blocked_pairs_table:
+        parts.append(_within_never_blocked_sql(never_blocked_pairs_table))
+    engine.create_table(EXPECTED_PAIRS, " UNION ALL ".join(parts))
+    within_pairs = engine.fetch(
+        "SELECT coalesce(sum(n * (n - 1) / 2), 0) FROM "
+        "(SELECT count(*) AS n FROM __records GROUP BY c) AS sizes"
+    )[0][0]
+    sums = {
+        kind: (int(n), float(q), float(var))
+        for kind, n, q, var in engine.fetch(
+            f"SELECT kind, count(*), sum(q), sum(q * (1 - q)) FROM {EXPECTED_PAIRS} GROUP BY kind"
+        )
+    }
+    return ExpectedPairs(int(within_pairs), sums, below, not_blocked)
 
 
-def _cross_cluster_sums_sql() -> str:
-    """Over the scored pairs whose records sit in two clusters: the sum of q and of
-    q(1 - q), q being the pair's match probability capped through each clustermate (see
-    the module docstring)."""
-    return f"""
-    WITH {_LINKS_SQL},
-    caps AS (
-        SELECT s.a, s.b, o.p + 1 - l.p AS cap
-        FROM __cross_scored s JOIN links l ON l.x = s.a
-        JOIN __scored_pairs o ON o.a = least(l.y, s.b) AND o.b = greatest(l.y, s.b)
-        UNION ALL
-        SELECT s.a, s.b, o.p + 1 - l.p AS cap
-        FROM __cross_scored s JOIN links l ON l.x = s.b
-        JOIN __scored_pairs o ON o.a = least(l.y, s.a) AND o.b = greatest(l.y, s.a)
-    ),
-    tightest AS (SELECT a, b, min(cap) AS cap FROM caps GROUP BY a, b)
-    SELECT coalesce(sum(q), 0), coalesce(sum(q * (1 - q)), 0)
-    FROM (
-        SELECT least(s.p, coalesce(t.cap, 1)) AS q
-        FROM __cross_scored s LEFT JOIN tightest t ON s.a = t.a AND s.b = t.b
-    ) AS capped"""
+def drop_expected_pairs(engine: Engine) -> None:
+    """Drop EXPECTED_PAIRS and the tables it was built from."""
+    for table in (*_HELPER_TABLES, EXPECTED_PAIRS):
+        engine.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _expected_not_blocked(
@@ -163,48 +245,29 @@ def estimate_error_rates(
     blocking check's figure and the never-blocked pairs inside persons
     (pipelines.blocking_reach), the matches no rule blocked are counted too: as found where
     they sit in one cluster, as missed where they do not."""
-    engine.create_table("__scored_pairs", _pairs_sql(pairs_table))
-    below = 0.0
-    if below_floor_table and engine.table_exists(below_floor_table):
-        below = float(engine.fetch(f"SELECT expected_matches FROM {below_floor_table}")[0][0])
-    not_blocked = _expected_not_blocked(engine, not_blocked_table, never_blocked_pairs_table)
+    drop_expected_pairs(engine)
     estimates: dict[str, dict[str, Any]] = {}
     for name, column in threshold_columns.items():
-        engine.create_table(
-            "__records",
-            "SELECT source_dataset || '|' || source_record_id AS id, source_dataset, "
-            f"source_record_id AS record_id, {column} AS c FROM {lookup_table}",
+        counted = build_expected_pairs(
+            engine,
+            column,
+            pairs_table,
+            lookup_table,
+            below_floor_table,
+            not_blocked_table,
+            never_blocked_pairs_table,
         )
-        within_pairs = int(
-            engine.fetch(
-                "SELECT coalesce(sum(n * (n - 1) / 2), 0) FROM "
-                "(SELECT count(*) AS n FROM __records GROUP BY c)"
-            )[0][0]
-        )
-        for table, same in (("__within_scored", "="), ("__cross_scored", "<>")):
-            engine.create_table(
-                table,
-                f"""SELECT s.a, s.b, s.p FROM __scored_pairs s JOIN __records ra ON ra.id = s.a
-                    JOIN __records rb ON rb.id = s.b WHERE ra.c {same} rb.c""",
-            )
-        engine.create_table("__paths", _PATHS_SQL)
-        scored_n, expected_tp, tp_var = engine.fetch(_WITHIN_SCORED_SUMS_SQL)[0]
-        unscored = within_pairs - int(scored_n)
-        expected_tp, tp_var = float(expected_tp), float(tp_var)
-        missed, missed_var = engine.fetch(_cross_cluster_sums_sql())[0]
-        # Below the floor p is small, so each pair's variance p(1 - p) is about p.
-        expected_missed, missed_var = float(missed) + below, float(missed_var) + below
-        never_blocked_pairs, missed_not_blocked = None, None
-        if not_blocked is not None and never_blocked_pairs_table:
-            sums = _never_blocked_sums_sql(never_blocked_pairs_table)
-            n, found, found_var = engine.fetch(sums)[0]
-            never_blocked_pairs = int(n)
-            expected_tp, tp_var = expected_tp + float(found), tp_var + float(found_var)
-            # The rest of them are missed; counted as a Poisson count, like those below
-            # the floor (the estimate's own error is not in the interval).
-            missed_not_blocked = max(0.0, not_blocked - float(found))
-            expected_missed += missed_not_blocked
-            missed_var += missed_not_blocked
+        within_pairs = counted.within_pairs
+        scored_n, expected_tp, tp_var = counted.of_kind("within")
+        never_blocked_n, found, found_var = counted.of_kind("never_blocked")
+        expected_tp, tp_var = expected_tp + found, tp_var + found_var
+        _, missed, missed_var = counted.of_kind("cross")
+        # Those below the floor (p small, so each pair's variance p(1 - p) is about p) and
+        # the never-blocked ones not found are counted as Poisson counts (the never-blocked
+        # estimate's own error is not in the interval).
+        expected_missed = missed + counted.missed_elsewhere
+        missed_var += counted.missed_elsewhere
+        missed_not_blocked = counted.missed_not_blocked
         precision = expected_tp / within_pairs if within_pairs else 1.0
         recall = expected_tp / (expected_tp + expected_missed) if expected_tp else 1.0
         precision_sd = math.sqrt(tp_var) / within_pairs if within_pairs else 0.0
@@ -230,19 +293,14 @@ def estimate_error_rates(
             "pairs_within_clusters": within_pairs,
             "expected_false_pairs": round(within_pairs - expected_tp, 1),
             "expected_missed_pairs": round(expected_missed, 1),
-            "expected_missed_below_floor": round(below, 1),
+            "expected_missed_below_floor": round(counted.below_floor, 1),
             "expected_missed_not_blocked": None
             if missed_not_blocked is None
             else round(missed_not_blocked, 1),
-            "within_cluster_pairs_not_scored": unscored,
-            "within_cluster_pairs_never_blocked": never_blocked_pairs,
+            "within_cluster_pairs_not_scored": within_pairs - scored_n,
+            "within_cluster_pairs_never_blocked": None
+            if missed_not_blocked is None
+            else never_blocked_n,
         }
-    for table in (
-        "__scored_pairs",
-        "__records",
-        "__within_scored",
-        "__cross_scored",
-        "__paths",
-    ):
-        engine.execute(f"DROP TABLE IF EXISTS {table}")
+    drop_expected_pairs(engine)
     return estimates

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from pipelines.contract import Tables
 from pipelines.engines import Engine
 from pipelines.standardise import load_reference_tables
 from quality.bias import bias_tables
+from quality.error_rates import estimate_error_rates
 from quality.linkage_report import OVERSIZED_CLUSTER, cluster_size_summary
 
 # Six records of one source: a1+a2 (men) are one person, linked; c1+c2 (women) are one
@@ -24,18 +26,22 @@ RECORDS = [
 PAIRS = [("a1", "a2", 0.99), ("b1", "b2", 0.9), ("c1", "c2", 0.99)]
 
 
-def _load(engine: Engine) -> dict[str, str]:
-    ids = [r[0] for r in RECORDS]
+def _load(
+    engine: Engine,
+    records: list[tuple[str, str, str]] = RECORDS,
+    pairs: list[tuple[str, str, float]] = PAIRS,
+) -> dict[str, str]:
+    ids = [r[0] for r in records]
     engine.load_frame(
         "accepted_courts",
         pd.DataFrame(
             {
                 "source_dataset": "courts",
                 "record_id": ids,
-                "sex": [r[1] for r in RECORDS],
-                "date_of_birth": pd.to_datetime(["1980-06-01"] * 6).date,
+                "sex": [r[1] for r in records],
+                "date_of_birth": pd.to_datetime(["1980-06-01"] * len(ids)).date,
                 "postcode_area": "LS",
-                "event_date": pd.to_datetime(["2020-01-01"] * 6).date,
+                "event_date": pd.to_datetime(["2020-01-01"] * len(ids)).date,
             }
         ),
     )
@@ -45,7 +51,7 @@ def _load(engine: Engine) -> dict[str, str]:
             {
                 "source_dataset": "courts",
                 "source_record_id": ids,
-                "person_id": [r[2] for r in RECORDS],
+                "person_id": [r[2] for r in records],
             }
         ),
     )
@@ -54,10 +60,10 @@ def _load(engine: Engine) -> dict[str, str]:
         pd.DataFrame(
             {
                 "source_dataset_l": "courts",
-                "record_id_l": [p[0] for p in PAIRS],
+                "record_id_l": [p[0] for p in pairs],
                 "source_dataset_r": "courts",
-                "record_id_r": [p[1] for p in PAIRS],
-                "match_probability": [p[2] for p in PAIRS],
+                "record_id_r": [p[1] for p in pairs],
+                "match_probability": [p[2] for p in pairs],
             }
         ),
     )
@@ -80,6 +86,48 @@ def test_groups_with_worse_recall_are_flagged(any_engine: Engine) -> None:
     assert [r["group"] for r in tables["dimensions"]["region"]] == ["Yorkshire and The Humber"]
     assert not any(r["flagged"] for r in tables["dimensions"]["age_band"])
     assert tables["dimensions"]["age_band"][0]["group"] == "35-49"
+
+
+def test_group_estimates_are_the_published_estimate_taken_apart(any_engine: Engine) -> None:
+    """Men a1-a2-a3 are one person: a1-a3 never blocked, counted by its path (0.99 * 0.95);
+    women b1, b2 are apart (scored 0.9), c1-c2 linked. 0.5 expected matches fell below the
+    floor and 2 were never blocked, 0.9405 of them found inside a1-a2-a3: the other 1.0595
+    and the 0.5 are shared out by records (3 of 7 men, 4 women)."""
+    load_reference_tables(any_engine)
+    records = [("a1", "M", "P1"), ("a2", "M", "P1"), ("a3", "M", "P1")] + [
+        r for r in RECORDS if r[1] == "F"
+    ]
+    pairs = [("a1", "a2", 0.99), ("a2", "a3", 0.95), ("b1", "b2", 0.9), ("c1", "c2", 0.99)]
+    accepted = _load(any_engine, records, pairs)
+    any_engine.load_frame(Tables.PAIRS_BELOW_FLOOR, pd.DataFrame({"expected_matches": [0.5]}))
+    any_engine.load_frame(Tables.MATCHES_NOT_BLOCKED, pd.DataFrame({"expected_matches": [2.0]}))
+    any_engine.load_frame(
+        Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS,
+        pd.DataFrame(
+            {"source_a": ["courts"], "record_a": ["a1"], "source_b": ["courts"], "record_b": ["a3"]}
+        ),
+    )
+    published = estimate_error_rates(
+        any_engine, threshold_columns={"balanced": "person_id"}, pairs_table="scored_pairs"
+    )["balanced"]
+    tables = bias_tables(any_engine, accepted, pairs_table="scored_pairs")
+
+    tp, missed = 0.99 + 0.95 + 0.99 * 0.95 + 0.99, 0.9 + 0.5 + (2 - 0.99 * 0.95)
+    assert published["precision"] == pytest.approx(tp / 4, abs=1e-6)
+    assert published["recall"] == pytest.approx(tp / (tp + missed), abs=1e-6)
+    overall = tables["overall"][0]
+    assert overall["estimated_precision"] == pytest.approx(published["precision"], abs=1e-6)
+    assert overall["estimated_recall"] == pytest.approx(published["recall"], abs=1e-6)
+    by_sex = {row["group"]: row for row in tables["dimensions"]["sex"]}
+    men_tp, elsewhere = 2 * (0.99 + 0.95 + 0.99 * 0.95), 2 * (0.5 + 2 - 0.99 * 0.95)
+    assert by_sex["M"]["estimated_precision"] == pytest.approx(men_tp / 6, abs=1e-6)
+    assert by_sex["M"]["estimated_recall"] == pytest.approx(
+        men_tp / (men_tp + elsewhere * 3 / 7), abs=1e-5
+    )
+    assert by_sex["F"]["estimated_recall"] == pytest.approx(
+        1.98 / (1.98 + 1.8 + elsewhere * 4 / 7), abs=1e-5
+    )
+    assert by_sex["F"]["flagged"] and not by_sex["M"]["flagged"]
 
 
 def test_oversized_persons_are_listed(any_engine: Engine) -> None:

@@ -195,6 +195,11 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
         assert estimate["within_cluster_pairs_never_blocked"] >= 0
     report_words = " ".join(published(out).linkage_report.read_text().split())
     assert "The estimates count those too" in report_words
+    # The bias tables take the published estimate apart by group: over everyone, they are it.
+    overall = quality["bias"]["overall"][0]
+    balanced = manifest["estimated_error_rates"]["balanced"]
+    assert overall["estimated_precision"] == pytest.approx(balanced["precision"], abs=1e-5)
+    assert overall["estimated_recall"] == pytest.approx(balanced["recall"], abs=1e-5)
 
 
 def test_malformed_delivery_fails_its_ingest_with_the_file_named(
