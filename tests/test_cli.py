@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from pipelines.contract import OutputLayout
 
 from .conftest import DEMO_CONFIG
 from .helpers import demo_subset, published
@@ -200,6 +202,13 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
     balanced = manifest["estimated_error_rates"]["balanced"]
     assert overall["estimated_precision"] == pytest.approx(balanced["precision"], abs=1e-5)
     assert overall["estimated_recall"] == pytest.approx(balanced["recall"], abs=1e-5)
+    # Splink's working tables went with the steps that made them; the linkage's own stayed.
+    database = OutputLayout(out).work_dir / "joinedup.duckdb"
+    with duckdb.connect(str(database), read_only=True) as con:
+        rows = con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+    tables = {row[0] for row in rows}
+    assert not [t for t in tables if t.startswith("__splink__")]
+    assert {"pairwise_predictions", "person_lookup"} <= tables
 
 
 def test_malformed_delivery_fails_its_ingest_with_the_file_named(

@@ -3,6 +3,7 @@ directory. One process writes it at a time; others wait for its lock."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,4 +200,13 @@ class DuckDBEngine(Engine):
         return {"duckdb": duckdb.__version__}
 
     def close(self) -> None:
+        """Splink's working tables go with the step that made them: no later step reads them
+        (each makes its own linker), and at 1M records they were most of the database."""
+        with contextlib.suppress(duckdb.Error):
+            for name, kind in self.con.execute(
+                "SELECT table_name, table_type FROM information_schema.tables "
+                "WHERE starts_with(table_name, '__splink__')"
+            ).fetchall():
+                what = "VIEW" if kind == "VIEW" else "TABLE"
+                self.con.execute(f"DROP {what} IF EXISTS {ident(name)}")
         self.con.close()
