@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.contract import Tables
+from pipelines.contract import LARGEST_PERSON_PAIRED, Tables
 from pipelines.engines import Engine
 from pipelines.sql import ident
 
@@ -198,12 +198,13 @@ def pairs_never_blocked_in_persons(
     lookup_table: str = Tables.PERSON_LOOKUP,
     pairs_table: str = Tables.PAIRWISE_PREDICTIONS,
     out: str = Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS,
+    largest_person: int = LARGEST_PERSON_PAIRED,
 ) -> int:
     """The pairs of records one person holds at any threshold that were not scored above
     the floor and that no rule blocks, either way round (Splink may put either record on
     the left): never compared, rather than compared and scored below the floor. Written to
     `out` (source_a, record_a, source_b, record_b) for the error-rate estimates; returns
-    how many."""
+    how many. Persons of more than `largest_person` records are left out."""
     ordered = (
         "(x.source_dataset < y.source_dataset OR (x.source_dataset = y.source_dataset "
         "AND x.source_record_id < y.source_record_id))"
@@ -212,7 +213,10 @@ def pairs_never_blocked_in_persons(
         f"""SELECT x.source_dataset AS source_a, x.source_record_id AS record_a,
                    y.source_dataset AS source_b, y.source_record_id AS record_b
             FROM {lookup_table} x JOIN {lookup_table} y
-              ON x.{ident(c)} = y.{ident(c)} AND {ordered}"""
+              ON x.{ident(c)} = y.{ident(c)} AND {ordered}
+            JOIN (SELECT {ident(c)} AS person FROM {lookup_table} GROUP BY {ident(c)}
+                  HAVING count(*) <= {int(largest_person)}) AS listed
+              ON listed.person = x.{ident(c)}"""
         for c in person_columns
     )
     engine.create_table(

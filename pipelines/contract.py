@@ -24,6 +24,11 @@ PERSON_ID_COLUMNS = {
     "high_recall": "person_id_high_recall",
 }
 
+# Persons of more records than this have their pairs counted, not listed one by one: the
+# error-rate estimates find no paths and no never-blocked pairs inside them (a cluster of n
+# records holds n(n - 1) / 2 pairs; one a faulty identifier joined could hold billions).
+LARGEST_PERSON_PAIRED = 1000
+
 # Columns of the published person lookup.
 LOOKUP_COLUMNS = (
     "source_dataset",

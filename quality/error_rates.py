@@ -30,6 +30,10 @@ These are ESTIMATES: they take the model's match probabilities at face value.
 - Estimated recall = expected true pairs within clusters / (those + expected missed).
 - The pairs and their q are one table (build_expected_pairs), which quality.bias takes
   apart by group.
+- Inside a person of more than LARGEST_PERSON_PAIRED records no pair is listed: its
+  unscored pairs count as not one person, its never-blocked matches as missed, its cross
+  pairs uncapped (counted per threshold as `persons_too_large_to_pair`). A cluster that
+  size is a fault to look at, and its n(n - 1) / 2 pairs could not be listed anyway.
 - 95% intervals treat each scored pair as an independent Bernoulli trial with its match
   probability (Poisson-binomial variance, normal approximation); they express sampling
   uncertainty given the model, not error in the model itself.
@@ -53,7 +57,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.contract import PERSON_ID_COLUMNS, Tables
+from pipelines.contract import LARGEST_PERSON_PAIRED, PERSON_ID_COLUMNS, Tables
 from pipelines.engines import Engine
 
 Z95 = 1.959964
@@ -72,10 +76,14 @@ def _pairs_sql(pairs_table: str) -> str:
     FROM {pairs_table}"""
 
 
-# The scored links inside clusters, once in each direction.
-_LINKS_SQL = """
-    SELECT a AS x, b AS y, p FROM __within_scored
-    UNION ALL SELECT b AS x, a AS y, p FROM __within_scored"""
+def _links_sql(largest_person: int) -> str:
+    """The scored links inside clusters, once in each direction; none in a cluster of more
+    than `largest_person` records (its paths and caps are not listed: its unscored pairs
+    count as not one person, its cross pairs uncapped)."""
+    return f"""
+    SELECT a AS x, b AS y, p FROM __within_scored WHERE n <= {int(largest_person)}
+    UNION ALL SELECT b AS x, a AS y, p FROM __within_scored WHERE n <= {int(largest_person)}"""
+
 
 # For each pair of a cluster joined through one other record by scored links: the
 # probability both links are true (p1 * p2), the best such path.
@@ -141,6 +149,7 @@ class ExpectedPairs:
     matches it knows only as totals."""
 
     within_pairs: int  # pairs within clusters, scored or not
+    persons_not_paired: int  # clusters too large to list pairs in (LARGEST_PERSON_PAIRED)
     sums: dict[str, tuple[int, float, float]]  # kind: pairs, sum of q, sum of q(1 - q)
     below_floor: float
     not_blocked: float | None  # None: the matches no rule blocked are not counted
@@ -169,6 +178,7 @@ def build_expected_pairs(
     below_floor_table: str | None = Tables.PAIRS_BELOW_FLOOR,
     not_blocked_table: str | None = Tables.MATCHES_NOT_BLOCKED,
     never_blocked_pairs_table: str | None = Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS,
+    largest_person: int = LARGEST_PERSON_PAIRED,
 ) -> ExpectedPairs:
     """Table EXPECTED_PAIRS (a, b, q, kind) for the clusters of one person-id column: each
     pair the estimate counts, with q, the probability it is one person: kind 'within'
@@ -185,31 +195,34 @@ def build_expected_pairs(
     engine.create_table(
         "__records",
         "SELECT source_dataset || '|' || source_record_id AS id, source_dataset, "
-        f"source_record_id AS record_id, {column} AS c FROM {lookup_table}",
+        f"source_record_id AS record_id, {column} AS c, count(*) OVER (PARTITION BY {column}) "
+        f"AS n FROM {lookup_table}",
     )
     for table, same in (("__within_scored", "="), ("__cross_scored", "<>")):
         engine.create_table(
             table,
-            f"""SELECT s.a, s.b, s.p FROM __scored_pairs s JOIN __records ra ON ra.id = s.a
-                JOIN __records rb ON rb.id = s.b WHERE ra.c {same} rb.c""",
+            f"""SELECT s.a, s.b, s.p, ra.n FROM __scored_pairs s
+                JOIN __records ra ON ra.id = s.a JOIN __records rb ON rb.id = s.b
+                WHERE ra.c {same} rb.c""",
         )
-    engine.create_table("__links", _LINKS_SQL)
+    engine.create_table("__links", _links_sql(largest_person))
     engine.create_table("__paths", _PATHS_SQL)
     parts = [_WITHIN_SCORED_SQL, _CROSS_SQL]
     if not_blocked is not None and never_blocked_pairs_table:
         parts.append(_within_never_blocked_sql(never_blocked_pairs_table))
     engine.create_table(EXPECTED_PAIRS, " UNION ALL ".join(parts))
-    within_pairs = engine.fetch(
-        "SELECT coalesce(sum(n * (n - 1) / 2), 0) FROM "
+    within_pairs, not_paired = engine.fetch(
+        "SELECT coalesce(sum(n * (n - 1) / 2), 0), "
+        f"count(*) FILTER (WHERE n > {int(largest_person)}) FROM "
         "(SELECT count(*) AS n FROM __records GROUP BY c) AS sizes"
-    )[0][0]
+    )[0]
     sums = {
         kind: (int(n), float(q), float(var))
         for kind, n, q, var in engine.fetch(
             f"SELECT kind, count(*), sum(q), sum(q * (1 - q)) FROM {EXPECTED_PAIRS} GROUP BY kind"
         )
     }
-    return ExpectedPairs(int(within_pairs), sums, below, not_blocked)
+    return ExpectedPairs(int(within_pairs), int(not_paired), sums, below, not_blocked)
 
 
 def drop_expected_pairs(engine: Engine) -> None:
@@ -240,6 +253,7 @@ def estimate_error_rates(
     below_floor_table: str | None = Tables.PAIRS_BELOW_FLOOR,
     not_blocked_table: str | None = Tables.MATCHES_NOT_BLOCKED,
     never_blocked_pairs_table: str | None = Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS,
+    largest_person: int = LARGEST_PERSON_PAIRED,
 ) -> dict[str, dict[str, Any]]:
     """Estimated pairwise precision and recall of each threshold's clusters. With the
     blocking check's figure and the never-blocked pairs inside persons
@@ -256,6 +270,7 @@ def estimate_error_rates(
             below_floor_table,
             not_blocked_table,
             never_blocked_pairs_table,
+            largest_person,
         )
         within_pairs = counted.within_pairs
         scored_n, expected_tp, tp_var = counted.of_kind("within")
@@ -301,6 +316,7 @@ def estimate_error_rates(
             "within_cluster_pairs_never_blocked": None
             if missed_not_blocked is None
             else never_blocked_n,
+            "persons_too_large_to_pair": counted.persons_not_paired,
         }
     drop_expected_pairs(engine)
     return estimates

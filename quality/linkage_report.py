@@ -22,7 +22,7 @@ from typing import Any
 from jinja2 import Environment, select_autoescape
 
 from linkage_models.project import LoadedProject
-from pipelines.contract import OutputLayout, Tables
+from pipelines.contract import LARGEST_PERSON_PAIRED, OutputLayout, Tables
 from pipelines.disclosure_control import rounded, shown_count, shown_rate
 from pipelines.engines import Engine
 from quality.bias import bias_tables
@@ -236,6 +236,7 @@ def render_linkage_report(q: dict[str, Any], diagnostics: list[dict[str, Any]]) 
         small=small,
         pct=lambda x: "—" if x is None else f"{x:.2%}",
         charts=report_charts(q),
+        largest_person_paired=LARGEST_PERSON_PAIRED,
     )
 
 

@@ -73,17 +73,12 @@ def test_a_pair_across_clusters_is_capped_by_what_its_clustermates_say(tmp_path:
     assert estimates["recall"] == pytest.approx((0.99 + 0.995) / (0.99 + 0.995 + missed), abs=1e-6)
 
 
-@pytest.mark.parametrize("link_only", [False, True])
-def test_matches_no_rule_blocked_are_found_in_clusters_or_missed(
-    any_engine: Engine, link_only: bool
-) -> None:
-    """One cluster a-b-c-d through three scored links. Rules block on the same given name
-    or the same date of birth: a-c was blocked (same birth date) yet not kept, so it scored
-    below the floor and its own evidence is against; b-d and a-d share neither, so no rule
-    ever compared them. The blocking check expects 3 matches were never blocked: b-d,
-    through c (0.98 * 0.995), is about one of them found; the rest are missed. Under
-    link_only (a project that declares each source free of duplicates) pairs of one source
-    are never compared at all, so none of them counts as found."""
+RULES = ['l."given_name" = r."given_name"', "l.date_of_birth = r.date_of_birth"]
+
+
+def _load_cluster_of_four(any_engine: Engine) -> None:
+    """Records a-b-c-d, one person through three scored links (a-b, b-c, c-d); the
+    blocking check expects 3 matches were never blocked."""
     records = pd.DataFrame(
         {
             "source_dataset": "s",
@@ -110,10 +105,23 @@ def test_matches_no_rule_blocked_are_found_in_clusters_or_missed(
         pd.DataFrame({"source_dataset": "s", "source_record_id": list("abcd"), "person_id": "p1"}),
     )
     any_engine.create_table("not_blocked", "SELECT CAST(3.0 AS DOUBLE) AS expected_matches")
-    rules = ['l."given_name" = r."given_name"', "l.date_of_birth = r.date_of_birth"]
+
+
+@pytest.mark.parametrize("link_only", [False, True])
+def test_matches_no_rule_blocked_are_found_in_clusters_or_missed(
+    any_engine: Engine, link_only: bool
+) -> None:
+    """One cluster a-b-c-d through three scored links. Rules block on the same given name
+    or the same date of birth: a-c was blocked (same birth date) yet not kept, so it scored
+    below the floor and its own evidence is against; b-d and a-d share neither, so no rule
+    ever compared them. The blocking check expects 3 matches were never blocked: b-d,
+    through c (0.98 * 0.995), is about one of them found; the rest are missed. Under
+    link_only (a project that declares each source free of duplicates) pairs of one source
+    are never compared at all, so none of them counts as found."""
+    _load_cluster_of_four(any_engine)
     never_blocked = pairs_never_blocked_in_persons(
         any_engine,
-        BlockingRules(rules, {"s": "input_s"}, link_only=link_only),
+        BlockingRules(RULES, {"s": "input_s"}, link_only=link_only),
         ["person_id"],
         lookup_table="lookup",
         pairs_table="scored",
@@ -158,3 +166,36 @@ def test_the_prior_rules_recall_the_scores_imply_is_reported(tmp_path: Path) -> 
     assert implied_rules_recall(engine, rules, "scored") == pytest.approx(1.89 / 2.99, abs=1e-4)
     # A rule reading a column the pairs do not carry cannot be checked: no figure.
     assert implied_rules_recall(engine, [["date_of_birth"]], "scored") is None
+
+
+def test_a_person_too_large_to_pair_is_counted_not_listed(any_engine: Engine) -> None:
+    """With persons of more than 3 records not paired, a-b-c-d's pairs are not listed: no
+    path counts its unscored pairs as one person and none of the never-blocked matches is
+    found in it; the estimate says so."""
+    _load_cluster_of_four(any_engine)
+    never_blocked = pairs_never_blocked_in_persons(
+        any_engine,
+        BlockingRules(RULES, {"s": "input_s"}, link_only=False),
+        ["person_id"],
+        lookup_table="lookup",
+        pairs_table="scored",
+        out="never_blocked",
+        largest_person=3,
+    )
+    assert never_blocked == 0
+    estimates = estimate_error_rates(
+        any_engine,
+        threshold_columns={"balanced": "person_id"},
+        pairs_table="scored",
+        lookup_table="lookup",
+        below_floor_table=None,
+        not_blocked_table="not_blocked",
+        never_blocked_pairs_table="never_blocked",
+        largest_person=3,
+    )["balanced"]
+    scored = 0.99 + 0.98 + 0.995
+    assert estimates["persons_too_large_to_pair"] == 1
+    assert estimates["pairs_within_clusters"] == 6
+    assert estimates["precision"] == pytest.approx(scored / 6, abs=1e-6)
+    assert estimates["expected_missed_not_blocked"] == pytest.approx(3.0)
+    assert estimates["recall"] == pytest.approx(scored / (scored + 3.0), abs=1e-6)

@@ -186,3 +186,13 @@ def test_report_draws_its_figures_as_static_charts(small_run: RunResult) -> None
     assert any(r["persons"] < 10 for r in distribution)  # this data has small sizes...
     assert all(r["persons"] >= 10 for r in drawn)  # ...which are not drawn
     assert [r for r in distribution if r["persons"] >= 10] == drawn
+
+
+def test_report_says_when_a_person_was_too_large_to_pair(small_run: RunResult) -> None:
+    from quality.linkage_report import render_linkage_report
+
+    html, data = _report(small_run)
+    assert 'id="too-large-to-pair"' not in html  # nothing that large in the small run
+    data["quality"]["estimated"]["high_recall"]["persons_too_large_to_pair"] = 1
+    words = " ".join(render_linkage_report(data, []).split())
+    assert "Persons of more than 1,000 records: 1 at high recall." in words
