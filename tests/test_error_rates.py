@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from pipelines.blocking_reach import BlockingRules, pairs_never_blocked_in_persons
+from pipelines.contract import LARGEST_PERSON_PAIRED
 from pipelines.engines import Engine
 from pipelines.engines.duckdb_engine import DuckDBEngine
 from pipelines.linking import implied_rules_recall
@@ -107,6 +108,32 @@ def _load_cluster_of_four(any_engine: Engine) -> None:
     any_engine.create_table("not_blocked", "SELECT CAST(3.0 AS DOUBLE) AS expected_matches")
 
 
+def _never_blocked_and_estimate(
+    any_engine: Engine, link_only: bool = False, largest_person: int = LARGEST_PERSON_PAIRED
+) -> tuple[int, dict]:
+    """The never-blocked pairs inside a-b-c-d's person, then the balanced estimate."""
+    never_blocked = pairs_never_blocked_in_persons(
+        any_engine,
+        BlockingRules(RULES, {"s": "input_s"}, link_only=link_only),
+        ["person_id"],
+        lookup_table="lookup",
+        pairs_table="scored",
+        out="never_blocked",
+        largest_person=largest_person,
+    )
+    estimates = estimate_error_rates(
+        any_engine,
+        threshold_columns={"balanced": "person_id"},
+        pairs_table="scored",
+        lookup_table="lookup",
+        below_floor_table=None,
+        not_blocked_table="not_blocked",
+        never_blocked_pairs_table="never_blocked",
+        largest_person=largest_person,
+    )["balanced"]
+    return never_blocked, estimates
+
+
 @pytest.mark.parametrize("link_only", [False, True])
 def test_matches_no_rule_blocked_are_found_in_clusters_or_missed(
     any_engine: Engine, link_only: bool
@@ -119,24 +146,8 @@ def test_matches_no_rule_blocked_are_found_in_clusters_or_missed(
     link_only (a project that declares each source free of duplicates) pairs of one source
     are never compared at all, so none of them counts as found."""
     _load_cluster_of_four(any_engine)
-    never_blocked = pairs_never_blocked_in_persons(
-        any_engine,
-        BlockingRules(RULES, {"s": "input_s"}, link_only=link_only),
-        ["person_id"],
-        lookup_table="lookup",
-        pairs_table="scored",
-        out="never_blocked",
-    )
+    never_blocked, estimates = _never_blocked_and_estimate(any_engine, link_only=link_only)
     assert never_blocked == (0 if link_only else 2)
-    estimates = estimate_error_rates(
-        any_engine,
-        threshold_columns={"balanced": "person_id"},
-        pairs_table="scored",
-        lookup_table="lookup",
-        below_floor_table=None,
-        not_blocked_table="not_blocked",
-        never_blocked_pairs_table="never_blocked",
-    )["balanced"]
     found = 0.0 if link_only else 0.98 * 0.995
     expected_tp = 0.99 + 0.98 + 0.995 + found
     assert estimates["within_cluster_pairs_not_scored"] == 3
@@ -173,26 +184,8 @@ def test_a_person_too_large_to_pair_is_counted_not_listed(any_engine: Engine) ->
     path counts its unscored pairs as one person and none of the never-blocked matches is
     found in it; the estimate says so."""
     _load_cluster_of_four(any_engine)
-    never_blocked = pairs_never_blocked_in_persons(
-        any_engine,
-        BlockingRules(RULES, {"s": "input_s"}, link_only=False),
-        ["person_id"],
-        lookup_table="lookup",
-        pairs_table="scored",
-        out="never_blocked",
-        largest_person=3,
-    )
+    never_blocked, estimates = _never_blocked_and_estimate(any_engine, largest_person=3)
     assert never_blocked == 0
-    estimates = estimate_error_rates(
-        any_engine,
-        threshold_columns={"balanced": "person_id"},
-        pairs_table="scored",
-        lookup_table="lookup",
-        below_floor_table=None,
-        not_blocked_table="not_blocked",
-        never_blocked_pairs_table="never_blocked",
-        largest_person=3,
-    )["balanced"]
     scored = 0.99 + 0.98 + 0.995
     assert estimates["persons_too_large_to_pair"] == 1
     assert estimates["pairs_within_clusters"] == 6
