@@ -209,14 +209,19 @@ def pairs_never_blocked_in_persons(
         "(x.source_dataset < y.source_dataset OR (x.source_dataset = y.source_dataset "
         "AND x.source_record_id < y.source_record_id))"
     )
+
+    def listed(c: str) -> str:
+        """The lookup's records in persons small enough to pair, filtered before the
+        self-join so a giant person is never paired at all."""
+        return f"""(SELECT k.* FROM {lookup_table} k
+            JOIN (SELECT {ident(c)} AS person FROM {lookup_table} GROUP BY {ident(c)}
+                  HAVING count(*) <= {int(largest_person)}) AS small
+              ON small.person = k.{ident(c)})"""
+
     together = " UNION ".join(
         f"""SELECT x.source_dataset AS source_a, x.source_record_id AS record_a,
                    y.source_dataset AS source_b, y.source_record_id AS record_b
-            FROM {lookup_table} x JOIN {lookup_table} y
-              ON x.{ident(c)} = y.{ident(c)} AND {ordered}
-            JOIN (SELECT {ident(c)} AS person FROM {lookup_table} GROUP BY {ident(c)}
-                  HAVING count(*) <= {int(largest_person)}) AS listed
-              ON listed.person = x.{ident(c)}"""
+            FROM {listed(c)} x JOIN {listed(c)} y ON x.{ident(c)} = y.{ident(c)} AND {ordered}"""
         for c in person_columns
     )
     engine.create_table(
