@@ -20,7 +20,7 @@ from pipelines.blocking_reach import pairs_never_blocked_in_persons
 from pipelines.contract import PERSON_ID_COLUMNS, Tables, forget_record, load_record
 from pipelines.ground_truth import GroundTruth, check_ground_truth, register_ground_truth
 from pipelines.incremental import RECLUSTERED_RECORDS
-from pipelines.linking import blocking_rules
+from pipelines.linking import blocking_check, blocking_rules
 from pipelines.manifest import build_manifest, write_manifest
 from pipelines.publish import publish_linked_dataset
 from quality.accuracy import pairwise_cluster_metrics
@@ -196,7 +196,11 @@ def published_assets() -> list[dg.AssetsDefinition]:
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
         with step(project, engine, "estimate_errors") as s:
-            rules = blocking_rules(s.project, model_path(s.layout), input_tables(s.layout))
+            inputs = input_tables(s.layout)
+            s.record["blocking_check"] = blocking_check(
+                s.engine, s.project, model_path(s.layout), inputs
+            )
+            rules = blocking_rules(s.project, model_path(s.layout), inputs)
             pairs_never_blocked_in_persons(s.engine, rules, list(PERSON_ID_COLUMNS.values()))
             estimates = estimate_error_rates(s.engine)
             s.record["estimated"] = estimates

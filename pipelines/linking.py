@@ -236,7 +236,7 @@ def predict(
         Tables.PAIRWISE_PREDICTIONS,
         f"SELECT * FROM {predictions.table} WHERE match_probability >= {floor}",
     )
-    below_pairs, below_expected, scored, reached = engine.fetch(
+    below_pairs, below_expected, scored, _ = engine.fetch(
         f"SELECT * FROM {Tables.PAIRS_BELOW_FLOOR}"
     )[0]
     removed = apply_pair_rules(
@@ -250,7 +250,6 @@ def predict(
             "pairs": int(below_pairs),
             "expected_matches": round(float(below_expected), 1),
         },
-        "blocking_check": blocking_check(engine, project, model_path, input_tables, float(reached)),
         "removed_by_probable_twins_rule": removed,
         "probable_twins_rule_cost": pair_rule_cost(
             engine, project.spec, Tables.PAIRWISE_PREDICTIONS
@@ -283,7 +282,7 @@ def predict_incremental(
     pairs = incremental.extend_pairs(
         engine, state, scored["new_below_floor"], linkage.probable_twins_condition(project.spec)
     )
-    below_pairs, below_expected, scored_pairs, reached = engine.fetch(
+    below_pairs, below_expected, scored_pairs, _ = engine.fetch(
         f"SELECT * FROM {Tables.PAIRS_BELOW_FLOOR}"
     )[0]
     return {
@@ -294,7 +293,6 @@ def predict_incremental(
             "pairs": int(below_pairs),
             "expected_matches": round(float(below_expected), 1),
         },
-        "blocking_check": blocking_check(engine, project, model_path, input_tables, float(reached)),
         "removed_by_probable_twins_rule": engine.count(Tables.PAIRWISE_PREDICTIONS)
         - engine.count(Tables.PAIRS_FOR_CLUSTERING),
         "probable_twins_rule_cost": pair_rule_cost(
@@ -335,17 +333,18 @@ def blocking_rules(
 
 
 def blocking_check(
-    engine: Engine,
-    project: LoadedProject,
-    model_path: str,
-    input_tables: dict[str, str],
-    reached: float,
+    engine: Engine, project: LoadedProject, model_path: str, input_tables: dict[str, str]
 ) -> dict[str, Any]:
     """How many matches the blocked pairs hold (sum of their probabilities), and how many
     blocking never reached by the model's account of how identifiers agree among matches
-    (pipelines.blocking_reach). Beside them, the matches the model's prior expects among
-    all pairs: the prior is built from the same scores, so it cannot show what blocking
-    missed; it is kept to compare."""
+    (pipelines.blocking_reach; table MATCHES_NOT_BLOCKED). Beside them, the matches the
+    model's prior expects among all pairs: the prior is built from the same scores, so it
+    cannot show what blocking missed; it is kept to compare. An input of the error-rate
+    estimates, run with them after the linkage (it reads every record, so an incremental
+    linkage would otherwise cost in proportion to the population)."""
+    reached = float(
+        engine.fetch(f"SELECT expected_matches_scored FROM {Tables.PAIRS_BELOW_FLOOR}")[0][0]
+    )
     trained = json.loads(Path(model_path).read_text())
     prior = float(trained["probability_two_random_records_match"])
     reach = expected_unblocked_matches(

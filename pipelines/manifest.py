@@ -48,7 +48,8 @@ def build_manifest(
     pairs = load_record(layout, "predict")
     clusters = load_record(layout, "cluster")
     published = load_record(layout, "publish")
-    estimated = load_record(layout, "estimate_errors")["estimated"]
+    estimate_step = load_record(layout, "estimate_errors")
+    estimated = estimate_step["estimated"]
     evaluated = records_of(layout, "evaluate")
     measured = evaluated[0]["measured"] if evaluated else None
     sources = inputs["sources"]
@@ -133,7 +134,11 @@ def build_manifest(
         # Persistent ids: this publication's generation, the one it carried ids forward
         # from, and the churn ledger per threshold (pipelines.identity).
         "identity": published["identity"],
-        "pairs": {k: v for k, v in pairs.items() if k not in PAIRS_NOT_REPORTED},
+        "pairs": {
+            **{k: v for k, v in pairs.items() if k not in PAIRS_NOT_REPORTED},
+            # The matches blocking reached and those it did not (run with the estimates).
+            "blocking_check": estimate_step.get("blocking_check"),
+        },
         "links": clusters["links"],
         # Linked in full or incrementally (what changed), and for a full relink after
         # incremental linkages how far their clusters had drifted from it.
