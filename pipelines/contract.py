@@ -61,6 +61,10 @@ class Tables:
     # The pairs of records one person holds (at any threshold) that no blocking rule
     # brought together: source_a, record_a, source_b, record_b.
     PAIRS_NEVER_BLOCKED_IN_PERSONS = "pairs_never_blocked_in_persons"
+    # The balanced estimate's pairs with their probability of being one person (a, b, q,
+    # kind), and one row of kind 'elsewhere' holding the misses it knows only as a total:
+    # what quality.error_rates counted, kept for quality.bias to take apart by group.
+    BALANCED_EXPECTED_PAIRS = "balanced_expected_pairs"
     PAIRS_FOR_CLUSTERING = "pairs_for_clustering"  # the pairs clustering may use
     # An incremental linkage's new pairs with Splink's intermediate columns (diagnostics).
     DETAILED_PAIRS = "detailed_pairs_of_changes"

@@ -18,7 +18,7 @@ from typing import Any
 
 from pipelines.contract import PERSON_ID_COLUMNS, Tables
 from pipelines.engines import Engine
-from quality.error_rates import EXPECTED_PAIRS, build_expected_pairs, drop_expected_pairs
+from quality.error_rates import build_expected_pairs, drop_expected_pairs, keep_expected_pairs
 
 AGE_BANDS = (
     (0, 17, "0-17"),
@@ -31,6 +31,8 @@ AGE_BANDS = (
 DIMENSIONS = ("source", "sex", "age_band", "region", "event_year")
 # A group is flagged when its estimated recall is this far below the overall estimate.
 FLAG_RECALL_GAP = 0.01
+# The balanced pairs counted here when no estimate kept them (bias_tables).
+EXPECTED_PAIRS_BY_GROUP = "__expected_pairs_by_group"
 
 
 def _age_sql(born: str, at: str) -> str:
@@ -80,8 +82,11 @@ def bias_tables(
     engine: Engine,
     accepted_tables: dict[str, str],
     pairs_table: str = Tables.PAIRWISE_PREDICTIONS,
+    counted_table: str | None = None,
 ) -> dict[str, Any]:
-    """Link rates and estimated error rates by group, for each dimension."""
+    """Link rates and estimated error rates by group, for each dimension. `counted_table`
+    is the balanced estimate's pairs as quality.error_rates kept them (a publication's
+    Tables.BALANCED_EXPECTED_PAIRS); without it they are counted again here."""
     build_record_groups(engine, accepted_tables)
     engine.create_table(
         "__person_sources",
@@ -95,14 +100,19 @@ def bias_tables(
            FROM __record_groups""",
     )
     drop_expected_pairs(engine)
-    elsewhere = build_expected_pairs(
-        engine, PERSON_ID_COLUMNS["balanced"], pairs_table
-    ).missed_elsewhere
+    if counted_table is None:
+        counted = build_expected_pairs(engine, PERSON_ID_COLUMNS["balanced"], pairs_table)
+        keep_expected_pairs(engine, counted, EXPECTED_PAIRS_BY_GROUP)
+        drop_expected_pairs(engine)
+    counted_table = counted_table or EXPECTED_PAIRS_BY_GROUP
+    elsewhere = float(
+        engine.fetch(f"SELECT sum(q) FROM {counted_table} WHERE kind = 'elsewhere'")[0][0] or 0
+    )
     total_records = int(engine.fetch("SELECT count(*) FROM __record_groups")[0][0])
-    overall = _group_stats(engine, None, elsewhere, total_records)
+    overall = _group_stats(engine, counted_table, None, elsewhere, total_records)
     result: dict[str, Any] = {"overall": overall, "dimensions": {}}
     for dim in DIMENSIONS:
-        rows = _group_stats(engine, dim, elsewhere, total_records)
+        rows = _group_stats(engine, counted_table, dim, elsewhere, total_records)
         for row in rows:
             row["flagged"] = (
                 row["estimated_recall"] is not None
@@ -110,14 +120,13 @@ def bias_tables(
                 and row["estimated_recall"] < overall[0]["estimated_recall"] - FLAG_RECALL_GAP
             )
         result["dimensions"][dim] = rows
-    drop_expected_pairs(engine)
-    for table in ("__record_groups", "__person_sources", "__record_dupes"):
+    for table in ("__record_groups", "__person_sources", "__record_dupes", EXPECTED_PAIRS_BY_GROUP):
         engine.execute(f"DROP TABLE IF EXISTS {table}")
     return result
 
 
 def _group_stats(
-    engine: Engine, dim: str | None, elsewhere: float, total_records: int
+    engine: Engine, counted_table: str, dim: str | None, elsewhere: float, total_records: int
 ) -> list[dict[str, Any]]:
     """One row per group; pair figures count pair ends (a pair once for each record), and
     `elsewhere` (missed pairs known only as a total) goes to groups by their records."""
@@ -131,10 +140,10 @@ def _group_stats(
             JOIN __record_dupes d USING (id)),
         pair_ends AS (
             SELECT {group} AS grp, p.q, p.kind
-            FROM {EXPECTED_PAIRS} p JOIN __record_groups g ON g.id = p.a
+            FROM {counted_table} p JOIN __record_groups g ON g.id = p.a
             UNION ALL
             SELECT {group} AS grp, p.q, p.kind
-            FROM {EXPECTED_PAIRS} p JOIN __record_groups g ON g.id = p.b),
+            FROM {counted_table} p JOIN __record_groups g ON g.id = p.b),
         pair_stats AS (
             SELECT grp,
                    sum(q) FILTER (WHERE kind <> 'cross') AS tp,

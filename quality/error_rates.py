@@ -28,8 +28,8 @@ These are ESTIMATES: they take the model's match probabilities at face value.
   the matches no blocking rule reached (the blocking check's estimate,
   pipelines.blocking_reach) less those found inside clusters above.
 - Estimated recall = expected true pairs within clusters / (those + expected missed).
-- The pairs and their q are one table (build_expected_pairs), which quality.bias takes
-  apart by group.
+- The pairs and their q are one table (build_expected_pairs); the balanced threshold's is
+  kept (Tables.BALANCED_EXPECTED_PAIRS) for quality.bias to take apart by group.
 - Inside a person of more than LARGEST_PERSON_PAIRED records no pair is listed: its
   unscored pairs count as not one person, its never-blocked matches as missed, its cross
   pairs uncapped (counted per threshold as `persons_too_large_to_pair`). A cluster that
@@ -225,6 +225,17 @@ def build_expected_pairs(
     return ExpectedPairs(int(within_pairs), int(not_paired), sums, below, not_blocked)
 
 
+def keep_expected_pairs(engine: Engine, counted: ExpectedPairs, table: str) -> None:
+    """Copy EXPECTED_PAIRS to `table`, with one row of kind 'elsewhere' (a and b NULL) whose
+    q is the missed pairs known only as a total (ExpectedPairs.missed_elsewhere)."""
+    engine.create_table(
+        table,
+        f"SELECT a, b, q, kind FROM {EXPECTED_PAIRS} UNION ALL "
+        "SELECT CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), "
+        f"CAST({float(counted.missed_elsewhere)!r} AS DOUBLE), 'elsewhere'",
+    )
+
+
 def drop_expected_pairs(engine: Engine) -> None:
     """Drop EXPECTED_PAIRS and the tables it was built from."""
     for table in (*_HELPER_TABLES, EXPECTED_PAIRS):
@@ -254,12 +265,16 @@ def estimate_error_rates(
     not_blocked_table: str | None = Tables.MATCHES_NOT_BLOCKED,
     never_blocked_pairs_table: str | None = Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS,
     largest_person: int = LARGEST_PERSON_PAIRED,
+    keep: tuple[str, str] | None = ("balanced", Tables.BALANCED_EXPECTED_PAIRS),
 ) -> dict[str, dict[str, Any]]:
     """Estimated pairwise precision and recall of each threshold's clusters. With the
     blocking check's figure and the never-blocked pairs inside persons
     (pipelines.blocking_reach), the matches no rule blocked are counted too: as found where
-    they sit in one cluster, as missed where they do not."""
+    they sit in one cluster, as missed where they do not. `keep` names a threshold whose
+    counted pairs are kept, and the table (keep_expected_pairs)."""
     drop_expected_pairs(engine)
+    if keep:
+        engine.drop_table(keep[1])
     estimates: dict[str, dict[str, Any]] = {}
     for name, column in threshold_columns.items():
         counted = build_expected_pairs(
@@ -272,6 +287,8 @@ def estimate_error_rates(
             never_blocked_pairs_table,
             largest_person,
         )
+        if keep and keep[0] == name:
+            keep_expected_pairs(engine, counted, keep[1])
         within_pairs = counted.within_pairs
         scored_n, expected_tp, tp_var = counted.of_kind("within")
         never_blocked_n, found, found_var = counted.of_kind("never_blocked")

@@ -111,6 +111,8 @@ def linkage_quality(
         for name, counts in manifest["reconciliation"]["by_source"].items()
         if counts["rows_accepted"]
     }
+    kept = Tables.BALANCED_EXPECTED_PAIRS
+    counted = kept if engine.table_exists(kept) else None
     spec = project.spec
     return {
         "project": spec.project,
@@ -177,7 +179,8 @@ def linkage_quality(
         "identity": manifest["identity"],
         # Linked in full or incrementally, and a full relink's drift from incremental ones.
         "linkage": manifest.get("linkage") or {},
-        "bias": _protected_bias(bias_tables(engine, accepted)),
+        # The balanced estimate's own pairs, as the estimate step kept them.
+        "bias": _protected_bias(bias_tables(engine, accepted, counted_table=counted)),
         "clerical_review": _clerical(engine, project),
     }
 

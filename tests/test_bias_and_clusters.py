@@ -111,6 +111,9 @@ def test_group_estimates_are_the_published_estimate_taken_apart(any_engine: Engi
         any_engine, threshold_columns={"balanced": "person_id"}, pairs_table="scored_pairs"
     )["balanced"]
     tables = bias_tables(any_engine, accepted, pairs_table="scored_pairs")
+    # A publication's report reads the pairs the estimate kept, without counting them again.
+    kept = bias_tables(any_engine, accepted, counted_table=Tables.BALANCED_EXPECTED_PAIRS)
+    assert kept == tables
 
     tp, missed = 0.99 + 0.95 + 0.99 * 0.95 + 0.99, 0.9 + 0.5 + (2 - 0.99 * 0.95)
     assert published["precision"] == pytest.approx(tp / 4, abs=1e-6)
