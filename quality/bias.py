@@ -18,7 +18,7 @@ from typing import Any
 
 from pipelines.contract import PERSON_ID_COLUMNS, Tables
 from pipelines.engines import Engine
-from quality.error_rates import build_expected_pairs, drop_expected_pairs, keep_expected_pairs
+from quality.error_rates import add_missed_elsewhere, build_expected_pairs, drop_expected_pairs
 
 AGE_BANDS = (
     (0, 17, "0-17"),
@@ -101,8 +101,10 @@ def bias_tables(
     )
     drop_expected_pairs(engine)
     if counted_table is None:
-        counted = build_expected_pairs(engine, PERSON_ID_COLUMNS["balanced"], pairs_table)
-        keep_expected_pairs(engine, counted, EXPECTED_PAIRS_BY_GROUP)
+        counted = build_expected_pairs(
+            engine, PERSON_ID_COLUMNS["balanced"], pairs_table, table=EXPECTED_PAIRS_BY_GROUP
+        )
+        add_missed_elsewhere(engine, counted, EXPECTED_PAIRS_BY_GROUP)
         drop_expected_pairs(engine)
     counted_table = counted_table or EXPECTED_PAIRS_BY_GROUP
     elsewhere = float(

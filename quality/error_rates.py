@@ -179,8 +179,9 @@ def build_expected_pairs(
     not_blocked_table: str | None = Tables.MATCHES_NOT_BLOCKED,
     never_blocked_pairs_table: str | None = Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS,
     largest_person: int = LARGEST_PERSON_PAIRED,
+    table: str = EXPECTED_PAIRS,
 ) -> ExpectedPairs:
-    """Table EXPECTED_PAIRS (a, b, q, kind) for the clusters of one person-id column: each
+    """Table `table` (a, b, q, kind) for the clusters of one person-id column: each
     pair the estimate counts, with q, the probability it is one person: kind 'within'
     (scored, in one cluster), 'never_blocked' (in one cluster, no rule blocked it; counted
     when the blocking check's figure and the table of them exist) and 'cross' (scored, in
@@ -198,9 +199,9 @@ def build_expected_pairs(
         f"source_record_id AS record_id, {column} AS c, count(*) OVER (PARTITION BY {column}) "
         f"AS n FROM {lookup_table}",
     )
-    for table, same in (("__within_scored", "="), ("__cross_scored", "<>")):
+    for helper, same in (("__within_scored", "="), ("__cross_scored", "<>")):
         engine.create_table(
-            table,
+            helper,
             f"""SELECT s.a, s.b, s.p, ra.n FROM __scored_pairs s
                 JOIN __records ra ON ra.id = s.a JOIN __records rb ON rb.id = s.b
                 WHERE ra.c {same} rb.c""",
@@ -210,7 +211,7 @@ def build_expected_pairs(
     parts = [_WITHIN_SCORED_SQL, _CROSS_SQL]
     if not_blocked is not None and never_blocked_pairs_table:
         parts.append(_within_never_blocked_sql(never_blocked_pairs_table))
-    engine.create_table(EXPECTED_PAIRS, " UNION ALL ".join(parts))
+    engine.create_table(table, " UNION ALL ".join(parts))
     within_pairs, not_paired = engine.fetch(
         "SELECT coalesce(sum(n * (n - 1) / 2), 0), "
         f"count(*) FILTER (WHERE n > {int(largest_person)}) FROM "
@@ -219,18 +220,18 @@ def build_expected_pairs(
     sums = {
         kind: (int(n), float(q), float(var))
         for kind, n, q, var in engine.fetch(
-            f"SELECT kind, count(*), sum(q), sum(q * (1 - q)) FROM {EXPECTED_PAIRS} GROUP BY kind"
+            f"SELECT kind, count(*), sum(q), sum(q * (1 - q)) FROM {table} GROUP BY kind"
         )
     }
     return ExpectedPairs(int(within_pairs), int(not_paired), sums, below, not_blocked)
 
 
-def keep_expected_pairs(engine: Engine, counted: ExpectedPairs, table: str) -> None:
-    """Copy EXPECTED_PAIRS to `table`, with one row of kind 'elsewhere' (a and b NULL) whose
-    q is the missed pairs known only as a total (ExpectedPairs.missed_elsewhere)."""
-    engine.create_table(
+def add_missed_elsewhere(engine: Engine, counted: ExpectedPairs, table: str) -> None:
+    """Add to `table`, built by build_expected_pairs, one row of kind 'elsewhere' (a and b
+    NULL) whose q is the missed pairs known only as a total (ExpectedPairs.missed_elsewhere):
+    then the table holds all the estimate counted."""
+    engine.insert_rows(
         table,
-        f"SELECT a, b, q, kind FROM {EXPECTED_PAIRS} UNION ALL "
         "SELECT CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), "
         f"CAST({float(counted.missed_elsewhere)!r} AS DOUBLE), 'elsewhere'",
     )
@@ -271,12 +272,13 @@ def estimate_error_rates(
     blocking check's figure and the never-blocked pairs inside persons
     (pipelines.blocking_reach), the matches no rule blocked are counted too: as found where
     they sit in one cluster, as missed where they do not. `keep` names a threshold whose
-    counted pairs are kept, and the table (keep_expected_pairs)."""
+    counted pairs are kept, and their table (with add_missed_elsewhere)."""
     drop_expected_pairs(engine)
     if keep:
         engine.drop_table(keep[1])
     estimates: dict[str, dict[str, Any]] = {}
     for name, column in threshold_columns.items():
+        kept = keep[1] if keep and keep[0] == name else None
         counted = build_expected_pairs(
             engine,
             column,
@@ -286,9 +288,10 @@ def estimate_error_rates(
             not_blocked_table,
             never_blocked_pairs_table,
             largest_person,
+            kept or EXPECTED_PAIRS,
         )
-        if keep and keep[0] == name:
-            keep_expected_pairs(engine, counted, keep[1])
+        if kept:
+            add_missed_elsewhere(engine, counted, kept)
         within_pairs = counted.within_pairs
         scored_n, expected_tp, tp_var = counted.of_kind("within")
         never_blocked_n, found, found_var = counted.of_kind("never_blocked")
