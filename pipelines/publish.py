@@ -32,6 +32,7 @@ from pipelines.identity import (
     IdentityFiles,
     carry_forward,
     churn_ledger,
+    drop_working_tables,
     published_register_sql,
     write_store,
 )
@@ -152,6 +153,8 @@ def publish_linked_dataset(
         "(SELECT person_id, count(DISTINCT source_dataset) AS sources, count(*) AS n "
         f"FROM {Tables.PERSON_LOOKUP} GROUP BY person_id)"
     )[0]
+    churn = churn_ledger(engine, carried, layout.snapshot)
+    drop_working_tables(engine)
     return {
         "rows": rows,
         "persons": int(persons),
@@ -164,7 +167,7 @@ def publish_linked_dataset(
             # linkage) only those of the records it reclustered or removed.
             "ids_recomputed_for": carried.recomputed,
             "records_recomputed": carried.records_recomputed,
-            "churn": churn_ledger(engine, carried, layout.snapshot),
+            "churn": churn,
         },
         "outputs": {
             "person_lookup": str(layout.person_lookup),

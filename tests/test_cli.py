@@ -207,8 +207,8 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
     with duckdb.connect(str(database), read_only=True) as con:
         rows = con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
     tables = {row[0] for row in rows}
-    assert not [t for t in tables if t.startswith("__splink__")]
-    assert {"pairwise_predictions", "person_lookup"} <= tables
+    assert not [t for t in tables if t.startswith(("__splink__", "__identity_"))]
+    assert {"pairwise_predictions", "person_lookup", "balanced_expected_pairs"} <= tables
 
 
 def test_malformed_delivery_fails_its_ingest_with_the_file_named(
