@@ -196,11 +196,9 @@ def published_assets() -> list[dg.AssetsDefinition]:
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
         with step(project, engine, "estimate_errors") as s:
-            inputs = input_tables(s.layout)
-            s.record["blocking_check"] = blocking_check(
-                s.engine, s.project, model_path(s.layout), inputs
-            )
-            rules = blocking_rules(s.project, model_path(s.layout), inputs)
+            inputs, model = input_tables(s.layout), model_path(s.layout)
+            s.record["blocking_check"] = blocking_check(s.engine, s.project, model, inputs)
+            rules = blocking_rules(s.project, model, inputs)
             pairs_never_blocked_in_persons(s.engine, rules, list(PERSON_ID_COLUMNS.values()))
             estimates = estimate_error_rates(s.engine)
             s.record["estimated"] = estimates

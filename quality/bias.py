@@ -99,8 +99,8 @@ def bias_tables(
                   count(*) OVER (PARTITION BY person_id) AS in_person
            FROM __record_groups""",
     )
-    drop_expected_pairs(engine)
     if counted_table is None:
+        drop_expected_pairs(engine)
         counted = build_expected_pairs(
             engine, PERSON_ID_COLUMNS["balanced"], pairs_table, table=EXPECTED_PAIRS_BY_GROUP
         )
