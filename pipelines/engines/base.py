@@ -7,6 +7,7 @@ All SQL handed to an engine is written in DuckDB's dialect; Spark transpiles it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import traceback
@@ -125,6 +126,13 @@ class Engine(ABC):
 
     def count(self, table: str) -> int:
         return int(self.fetch(f"SELECT count(*) FROM {table}")[0][0])
+
+    def scratch(self) -> contextlib.AbstractContextManager[None]:
+        """Tables made inside go to a working area kept out of the engine's stored tables
+        until the engine is closed, and are read by name after it as before: for the many
+        small working tables Splink makes in an incremental step. Tables already stored
+        are read by name inside it. (Spark: its tables are the session's anyway.)"""
+        return contextlib.nullcontext()
 
     # --- files and frames (the readers differ) -------------------------------------------
     @abstractmethod

@@ -58,6 +58,8 @@ class DuckDBEngine(Engine):
         database.parent.mkdir(parents=True, exist_ok=True)
         self.database = database
         self.con = _connect(database, lock_timeout_seconds)
+        # The file's catalog name (DuckDB names it after the file), before any USE.
+        self.catalog: str = self.con.execute("SELECT current_database()").fetchall()[0][0]
         spill = database.parent / "duckdb_spill"
         spill.mkdir(exist_ok=True)
         self.con.execute(f"SET memory_limit = {lit(memory_limit)}")
@@ -199,13 +201,35 @@ class DuckDBEngine(Engine):
     def versions(self) -> dict[str, str]:
         return {"duckdb": duckdb.__version__}
 
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[None]:
+        """An in-memory database attached beside the file (spilling to the same directory
+        past the memory cap): tables made inside go there, and stored tables are still read
+        by name (search path). Splink's clustering of an incremental linkage's 43k records
+        at 1M took 2.6 s with its tables written to the file, 1.2 s in memory. After it,
+        the stored database comes first again and the scratch tables are read by name
+        until the engine is closed."""
+        stored = self.catalog
+        if not self.con.execute(
+            "SELECT 1 FROM duckdb_databases() WHERE database_name = 'scratch'"
+        ).fetchall():
+            self.con.execute("ATTACH ':memory:' AS scratch")
+        self.con.execute("USE scratch")
+        self.con.execute(f"SET search_path = {lit(f'scratch.main,{stored}.main')}")
+        try:
+            yield
+        finally:
+            self.con.execute(f"USE {ident(stored)}")
+            self.con.execute(f"SET search_path = {lit(f'{stored}.main,scratch.main')}")
+
     def close(self) -> None:
         """Splink's working tables go with the step that made them: no later step reads them
         (each makes its own linker), and at 1M records they were most of the database."""
         with contextlib.suppress(duckdb.Error):
             for name, kind in self.con.execute(
                 "SELECT table_name, table_type FROM information_schema.tables "
-                "WHERE starts_with(table_name, '__splink__')"
+                "WHERE starts_with(table_name, '__splink__') AND table_catalog = ?",
+                [self.catalog],
             ).fetchall():
                 what = "VIEW" if kind == "VIEW" else "TABLE"
                 self.con.execute(f"DROP {what} IF EXISTS {ident(name)}")
