@@ -317,19 +317,21 @@ def score_changes(
     engine: Engine, linker: Any, db_api: Any, trained: dict[str, Any], input_tables: dict[str, str]
 ) -> list[Any]:
     """Splink's scored pairs of the new records: against the kept records, and among
-    themselves (the linker holds the whole population, whose term frequencies are used)."""
-    for column in _tf_columns(trained):
-        linker.table_management.compute_tf_table(column)
+    themselves (the linker holds the whole population, whose term frequencies are used).
+    Splink's working tables, and the scored pairs, are the engine's scratch tables."""
     new, kept = _split_inputs(engine, input_tables)
     frames = {
         role: [db_api.register(t, table_name=f"__incremental_{role}_{s}") for s, t in parts.items()]
         for role, parts in (("new", new), ("kept", kept))
     }
     scored = []
-    if frames["new"] and frames["kept"]:
-        scored.append(linker.inference.predict_between(frames["new"], frames["kept"]))
-    if frames["new"]:
-        scored.append(linker.inference.predict_within(frames["new"]))
+    with engine.scratch():
+        for column in _tf_columns(trained):
+            linker.table_management.compute_tf_table(column)
+        if frames["new"] and frames["kept"]:
+            scored.append(linker.inference.predict_between(frames["new"], frames["kept"]))
+        if frames["new"]:
+            scored.append(linker.inference.predict_within(frames["new"]))
     return scored
 
 
@@ -468,15 +470,16 @@ WHERE match_probability >= {lowest}""",
     )
     replaced = f"{RECORD_KEY} IN (SELECT {RECORD_KEY} FROM {RECLUSTERED_RECORDS})"
     for name, probability in thresholds.items():
-        clusters = cluster_pairwise_predictions_at_threshold(
-            nodes,
-            edges,
-            db_api,
-            node_id_column_name="node_id",
-            edge_id_column_name_left="node_id_l",
-            edge_id_column_name_right="node_id_r",
-            threshold_match_probability=probability,
-        )
+        with engine.scratch():  # Splink's many small tables
+            clusters = cluster_pairwise_predictions_at_threshold(
+                nodes,
+                edges,
+                db_api,
+                node_id_column_name="node_id",
+                edge_id_column_name_left="node_id_l",
+                edge_id_column_name_right="node_id_r",
+                threshold_match_probability=probability,
+            )
         # A recomputed cluster is named after one of its own records, which no untouched
         # cluster holds: the names stay unique.
         engine.delete_rows(Tables.clusters(name), replaced)
