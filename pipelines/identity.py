@@ -486,13 +486,16 @@ WORKING_TABLES = (
     HOME,
     SURVIVORS,
     CLUSTER_IDS,
+    ASSIGNMENTS,  # written to the store; read again from it by the next publication
+    REGISTER,
 )
 
 
 def drop_working_tables(engine: Engine) -> None:
-    """Drop the identity step's working tables once the store and the churn ledger are
-    written (the previous store is read in again by the next publication): after a full
-    relink at 1M records they held 11.6M rows in the working database."""
+    """Drop the identity step's working tables: before it, any an earlier version left in
+    the stored tables (none may hide the scratch ones: pipelines.publish); after it, once
+    the store and the churn ledger are written. After a full relink at 1M records they
+    held 15.6M rows."""
     for table in WORKING_TABLES:
         engine.drop_table(table)
 

@@ -127,7 +127,10 @@ def publish_linked_dataset(
     key, kept_in = person_id_key(layout)
     previous = IdentityFiles.of(layout.published)  # none before the first publication
     previous_state = previous.read_state() if previous.exists() else None
-    carried = carry_forward(engine, clusters, previous, key, layout.snapshot, changed_records)
+    # The identity step's tables are scratch: at 1M they are millions of rows, read only here.
+    drop_working_tables(engine)
+    with engine.scratch():
+        carried = carry_forward(engine, clusters, previous, key, layout.snapshot, changed_records)
     engine.create_table(Tables.PERSON_LOOKUP, person_lookup_sql(ASSIGNMENTS, snapshot))
     rows = engine.count(Tables.PERSON_LOOKUP)
     if rows != rows_accepted:
@@ -154,7 +157,8 @@ def publish_linked_dataset(
         f"FROM {Tables.PERSON_LOOKUP} GROUP BY person_id)"
     )[0]
     churn = churn_ledger(engine, carried, layout.snapshot)
-    drop_working_tables(engine)
+    with engine.scratch():
+        drop_working_tables(engine)
     return {
         "rows": rows,
         "persons": int(persons),
