@@ -129,9 +129,10 @@ class Engine(ABC):
 
     def scratch(self) -> contextlib.AbstractContextManager[None]:
         """Tables made inside go to a working area kept out of the engine's stored tables
-        until the engine is closed, and are read by name after it as before: for the many
-        small working tables Splink makes in an incremental step. Tables already stored
-        are read by name inside it. (Spark: its tables are the session's anyway.)"""
+        until the engine is closed, and are read by name after it as before: for a step's
+        working tables (Splink's, the error-rate estimates', the identity step's). Stored
+        tables are read by name inside it; a stored table of the same name hides a scratch
+        one after it, so drop any such first. (Spark: its tables are the session's anyway.)"""
         return contextlib.nullcontext()
 
     # --- files and frames (the readers differ) -------------------------------------------
