@@ -17,7 +17,13 @@ from dagster_project.linkage import PERSON_CLUSTERS, input_tables, model_path
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
 from pipelines.blocking_reach import pairs_never_blocked_in_persons
-from pipelines.contract import PERSON_ID_COLUMNS, Tables, forget_record, load_record
+from pipelines.contract import (
+    PERSON_ID_COLUMNS,
+    OutputLayout,
+    Tables,
+    forget_record,
+    load_record,
+)
 from pipelines.ground_truth import GroundTruth, check_ground_truth, register_ground_truth
 from pipelines.incremental import RECLUSTERED_RECORDS
 from pipelines.linking import blocking_check, blocking_rules
@@ -25,7 +31,7 @@ from pipelines.manifest import build_manifest, write_manifest
 from pipelines.publish import publish_linked_dataset
 from quality.accuracy import pairwise_cluster_metrics
 from quality.disclosure_checks import identifier_echo_rates, identifying_names
-from quality.error_rates import estimate_error_rates
+from quality.error_rates import estimate_error_rates, kept_pairs_of
 
 PERSON_LOOKUP = dg.AssetKey(["published", "person_lookup"])
 EVENTS = dg.AssetKey(["published", "events"])
@@ -51,6 +57,13 @@ def error_rate_table(manifest: dict) -> str:
             + (f"{m['precision']:.4f} | {m['recall']:.4f} |" if m else "— | — |")
         )
     return "\n".join(lines)
+
+
+def _extended_publication(layout: OutputLayout) -> str | None:
+    """The publication whose linkage this build's extended (None: it linked everything)."""
+    if load_record(layout, "cluster")["linkage"]["linked"] != "incremental":
+        return None
+    return (load_record(layout, "linkage_inputs").get("stored_linkage") or {}).get("snapshot")
 
 
 CHURN_COLUMNS = (
@@ -197,10 +210,22 @@ def published_assets() -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         with step(project, engine, "estimate_errors") as s:
             inputs, model = input_tables(s.layout), model_path(s.layout)
+            # After an incremental linkage, what the estimates of the publication it extended
+            # counted is extended too: only the pairs of the records it reclustered or removed
+            # are counted again.
+            kept_from = kept_pairs_of(s.engine)
+            extends = kept_from is not None and kept_from == _extended_publication(s.layout)
+            changed = RECLUSTERED_RECORDS if extends else None
+            s.record["counted"] = {
+                "pairs_of": "records reclustered or removed" if extends else "all records",
+                "kept_from": kept_from if extends else None,
+            }
             s.record["blocking_check"] = blocking_check(s.engine, s.project, model, inputs)
             rules = blocking_rules(s.project, model, inputs)
-            pairs_never_blocked_in_persons(s.engine, rules, list(PERSON_ID_COLUMNS.values()))
-            estimates = estimate_error_rates(s.engine)
+            pairs_never_blocked_in_persons(
+                s.engine, rules, list(PERSON_ID_COLUMNS.values()), changed=changed
+            )
+            estimates = estimate_error_rates(s.engine, changed=changed, snapshot=s.layout.snapshot)
             s.record["estimated"] = estimates
         balanced = estimates["balanced"]
         return dg.MaterializeResult(

@@ -36,6 +36,11 @@ _EQUALITY = re.compile(r"l\.[`\"]?(\w+)[`\"]?\s*=\s*r\.[`\"]?(\w+)[`\"]?")
 _DERIVED_SUFFIXES = ("_soundex", "_house", "_number", "_street", "_tokens", "_aliases")
 
 
+def _key(record: str, source: str = "source_dataset") -> str:
+    """A record's key, source|record id, as the lookup and the estimates write it."""
+    return f"{source} || '|' || {record}"
+
+
 def equality_columns(rule_sql: str) -> list[str] | None:
     """The columns a rule requires equal, or None when it is more than such equalities."""
     columns = [a for a, b in _EQUALITY.findall(rule_sql) if a == b]
@@ -57,12 +62,24 @@ def identifier_of(column: str) -> str:
 
 
 def _records_table(
-    engine: Engine, name: str, input_tables: dict[str, str], columns: list[str]
+    engine: Engine,
+    name: str,
+    input_tables: dict[str, str],
+    columns: list[str],
+    only: str | None = None,
 ) -> None:
-    """Every source's linkage input records, keyed, with the columns the rules read."""
+    """Every source's linkage input records, keyed, with the columns the rules read (`only`:
+    those a table (source_dataset, record_id) holds)."""
     selected = ", ".join(["source_dataset", "record_id", *(ident(c) for c in columns)])
+    where = ""
+    if only:
+        where = (
+            f" WHERE {_key('CAST(record_id AS VARCHAR)')} IN "
+            f"(SELECT {_key('record_id')} FROM {only})"
+        )
     engine.create_table(
-        name, " UNION ALL ".join(f"SELECT {selected} FROM {t}" for t in input_tables.values())
+        name,
+        " UNION ALL ".join(f"SELECT {selected} FROM {t}{where}" for t in input_tables.values()),
     )
 
 
@@ -199,12 +216,27 @@ def pairs_never_blocked_in_persons(
     pairs_table: str = Tables.PAIRWISE_PREDICTIONS,
     out: str = Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS,
     largest_person: int = LARGEST_PERSON_PAIRED,
+    changed: str | None = None,
 ) -> int:
     """The pairs of records one person holds at any threshold that were not scored above
     the floor and that no rule blocks, either way round (Splink may put either record on
     the left): never compared, rather than compared and scored below the floor. Written to
     `out` (source_a, record_a, source_b, record_b) for the error-rate estimates; returns
-    how many. Persons of more than `largest_person` records are left out."""
+    how many. Persons of more than `largest_person` records are left out.
+
+    `changed`: a table (source_dataset, record_id) of the records an incremental linkage
+    reclustered or removed, when `out` lists the pairs of the publication it extended: only
+    their pairs are listed again. They are whole clusters at every threshold
+    (pipelines.incremental.recluster_touched), so a person holding one holds only them."""
+    listing, working = out, ["__unscored_in_persons", "__rule_records"]
+    if changed:
+        engine.create_table(
+            "__changed_lookup",
+            f"SELECT * FROM {lookup_table} WHERE {_key('source_record_id')} IN "
+            f"(SELECT {_key('record_id')} FROM {changed})",
+        )
+        lookup_table, listing = "__changed_lookup", "__changed_never_blocked"
+        working += [lookup_table, listing]
     ordered = (
         "(x.source_dataset < y.source_dataset OR (x.source_dataset = y.source_dataset "
         "AND x.source_record_id < y.source_record_id))"
@@ -236,12 +268,12 @@ def pairs_never_blocked_in_persons(
     )
     read = {c for rule in blocking.rules_sql for c in _RULE_COLUMN.findall(rule)}
     columns = sorted(read - {"source_dataset", "record_id"})
-    _records_table(engine, "__rule_records", blocking.input_tables, columns)
+    _records_table(engine, "__rule_records", blocking.input_tables, columns, changed)
     caught = " OR ".join(f"coalesce(({rule}), false)" for rule in blocking.rules_sql) or "false"
     if blocking.link_only:
         caught = f"o.source_a = o.source_b OR {caught}"
     engine.create_table(
-        out,
+        listing,
         f"""WITH oriented AS (
                 SELECT source_a, record_a, source_b, record_b,
                        source_a AS sl, record_a AS rl, source_b AS sr, record_b AS rr
@@ -258,6 +290,11 @@ def pairs_never_blocked_in_persons(
             GROUP BY o.source_a, o.record_a, o.source_b, o.record_b
             HAVING max(CASE WHEN {caught} THEN 1 ELSE 0 END) = 0""",
     )
-    for table in ("__unscored_in_persons", "__rule_records"):
+    if changed:
+        ends = f"SELECT {_key('record_id')} FROM {changed}"
+        a, b = _key("record_a", "source_a"), _key("record_b", "source_b")
+        engine.delete_rows(out, f"{a} IN ({ends}) OR {b} IN ({ends})")
+        engine.insert_rows(out, f"SELECT * FROM {listing}")
+    for table in working:
         engine.execute(f"DROP TABLE IF EXISTS {table}")
     return engine.count(out)

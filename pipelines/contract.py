@@ -61,10 +61,13 @@ class Tables:
     # The pairs of records one person holds (at any threshold) that no blocking rule
     # brought together: source_a, record_a, source_b, record_b.
     PAIRS_NEVER_BLOCKED_IN_PERSONS = "pairs_never_blocked_in_persons"
-    # The balanced estimate's pairs with their probability of being one person (a, b, q,
-    # kind), and one row of kind 'elsewhere' holding the misses it knows only as a total:
-    # what quality.error_rates counted, kept for quality.bias to take apart by group.
-    BALANCED_EXPECTED_PAIRS = "balanced_expected_pairs"
+    # The balanced estimate's counted pairs (expected_pairs), for quality.bias to take apart
+    # by group.
+    BALANCED_EXPECTED_PAIRS = "expected_pairs_balanced"  # = expected_pairs("balanced")
+    # One row: the snapshot whose estimates the expected_pairs tables (and the never-blocked
+    # pairs) hold; an incremental linkage's estimates extend them only when it is the
+    # publication the linkage extended.
+    EXPECTED_PAIRS_OF = "expected_pairs_of"
     PAIRS_FOR_CLUSTERING = "pairs_for_clustering"  # the pairs clustering may use
     # An incremental linkage's new pairs with Splink's intermediate columns (diagnostics).
     DETAILED_PAIRS = "detailed_pairs_of_changes"
@@ -99,6 +102,13 @@ class Tables:
     @staticmethod
     def clusters(threshold: str) -> str:
         return f"clusters_{threshold}"
+
+    @staticmethod
+    def expected_pairs(threshold: str) -> str:
+        """The pairs one threshold's error-rate estimate counted, with their probability of
+        being one person (a, b, q, kind), and one row of kind 'elsewhere' holding the misses
+        it knows only as a total (quality.error_rates); kept between runs."""
+        return f"expected_pairs_{threshold}"
 
 
 def clusters_lookup_sql() -> str:

@@ -151,6 +151,10 @@ def build_manifest(
                 n: "added to the publication's" if s.get("added_to_previous") else "afresh"
                 for n, s in sources.items()
             },
+            # The error-rate estimates' pairs: all counted, or after an incremental linkage
+            # those of the records it reclustered, the rest kept from the publication it
+            # extended.
+            "estimates_counted": estimate_step.get("counted"),
         },
         # Relative to the manifest's folder: the publication can move, and the manifest does
         # not describe the secure server's file system.

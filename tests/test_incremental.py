@@ -13,17 +13,23 @@ import pandas as pd
 import pytest
 
 from dagster_project.definitions import build_definitions
+from dagster_project.linkage import input_tables, model_path
 from linkage_models.project import LoadedProject, load_project
+from pipelines.blocking_reach import pairs_never_blocked_in_persons
 from pipelines.contract import (
     LINK_DELIVERIES_JOB,
+    PERSON_ID_COLUMNS,
     THRESHOLDS,
     OutputLayout,
     Tables,
     ingest_job_name,
 )
 from pipelines.deliveries import withdraw_delivery
+from pipelines.engines import DuckDBEngine
+from pipelines.linking import blocking_rules
 from pipelines.run import ProjectGraph, RunError, RunResult, run_project
 from pipelines.synthetic import GeneratedData
+from quality.error_rates import estimate_error_rates
 
 from .test_persistent_ids import (
     at_snapshot,
@@ -68,6 +74,26 @@ def pairs_for_clustering(project: LoadedProject) -> dict[tuple[str, str], float]
             f"match_probability FROM {Tables.PAIRS_FOR_CLUSTERING}"
         ).fetchall()
     return {(a, b): p for a, b, p in rows}
+
+
+def never_blocked_pairs(engine: DuckDBEngine) -> set[tuple]:
+    return set(engine.fetch(f"SELECT * FROM {Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS}"))
+
+
+def count_every_pair_again(project: LoadedProject) -> dict[str, Any]:
+    """The last publication's error-rate estimates and never-blocked pairs as it kept them,
+    and as counting every pair of its working database again gives them."""
+    layout = OutputLayout(project.output_dir)
+    with DuckDBEngine(layout.work_dir / "joinedup.duckdb") as engine:
+        kept = never_blocked_pairs(engine)
+        inputs = input_tables(layout)
+        rules = blocking_rules(project, model_path(layout), inputs)
+        pairs_never_blocked_in_persons(engine, rules, list(PERSON_ID_COLUMNS.values()))
+        return {
+            "never_blocked_kept": kept,
+            "never_blocked": never_blocked_pairs(engine),
+            "estimated": estimate_error_rates(engine),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +144,7 @@ def sequence(small_data: GeneratedData, tmp_path_factory: pytest.TempPathFactory
     withdraw_delivery(project, "prisons", "prisons_2026-01.parquet", "retracted by its owner")
     results["changed"] = run_project(project, instance=instance, incremental=True)
     results["changed_pairs"] = pairs_for_clustering(project)
+    results["changed_recounted"] = count_every_pair_again(project)
     results["full"] = run_project(project, instance=instance)
     results["full_pairs"] = pairs_for_clustering(project)
     return {"folder": folder, "project": project, **results}
@@ -210,6 +237,36 @@ def test_a_corrected_record_and_a_withdrawn_delivery_are_taken_out(sequence: dic
     )
 
 
+def test_incremental_estimates_count_again_only_the_pairs_of_what_changed(
+    sequence: dict,
+) -> None:
+    """After each incremental linkage the error-rate estimates count again only the pairs
+    of the records it reclustered or removed, keeping the rest from the publication it
+    extended: the figures, and the never-blocked pairs inside persons, are those counting
+    every pair of the same clusters gives. A full relink counts them all."""
+    for month, before in (("month2", "month1"), ("month3", "month2"), ("changed", "month3")):
+        counted = sequence[month].manifest["linkage"]["estimates_counted"]
+        assert counted == {
+            "pairs_of": "records reclustered or removed",
+            "kept_from": sequence[before].snapshot,
+        }, month
+    full = sequence["full"].manifest["linkage"]["estimates_counted"]
+    assert full == {"pairs_of": "all records", "kept_from": None}
+    recounted = sequence["changed_recounted"]
+    assert recounted["never_blocked_kept"] == recounted["never_blocked"]
+    kept = sequence["changed"].manifest["estimated_error_rates"]
+    for name in THRESHOLDS:
+        again, extended = recounted["estimated"][name], kept[name]
+        assert extended.keys() == again.keys()
+        for key, value in again.items():
+            if isinstance(value, float | list):  # summed in another order: rates to 6
+                # places, expected pairs to 1
+                rounding = 0.11 if "expected" in key else 2e-6
+                assert extended[key] == pytest.approx(value, abs=rounding), (name, key)
+            else:  # counts
+                assert extended[key] == value, (name, key)
+
+
 def test_each_run_reports_the_time_of_the_deliveries_it_added(sequence: dict) -> None:
     """The manifest's per-delivery stages are the deliveries ingested for this publication
     (one file per source each month; then only the corrected file), not every delivery the
@@ -268,7 +325,8 @@ def test_incremental_linkage_on_spark_gives_the_clusters_it_gives_on_duckdb(
     spark: Any, sequence: dict, small_data: GeneratedData, tmp_path: Path
 ) -> None:
     """The same two months on Spark, the second linked incrementally (its stored pairs
-    updated by rewriting, not in place): the clusters DuckDB gives."""
+    updated by rewriting, not in place): the clusters and error-rate estimates DuckDB
+    gives."""
     project = load_project(monthly_project(small_data, tmp_path))
     deliver(tmp_path, 1)
     run_project(project, engine_name="spark")
@@ -279,6 +337,14 @@ def test_incremental_linkage_on_spark_gives_the_clusters_it_gives_on_duckdb(
     on_spark, on_duckdb = lookup(result), lookup(sequence["month2"])
     for column in ID_COLUMNS_BY_THRESHOLD:
         assert members(on_spark, column) == members(on_duckdb, column), column
+    # Its estimates extend month 1's, as on DuckDB, to the same figures.
+    assert result.manifest["linkage"]["estimates_counted"]["pairs_of"] == (
+        "records reclustered or removed"
+    )
+    for name, estimated in result.manifest["estimated_error_rates"].items():
+        on_duckdb = sequence["month2"].manifest["estimated_error_rates"][name]
+        for rate in ("precision", "recall"):
+            assert estimated[rate] == pytest.approx(on_duckdb[rate], abs=2e-6), (name, rate)
 
 
 def test_a_full_relink_reports_its_drift_from_the_incremental_state(sequence: dict) -> None:
