@@ -28,9 +28,11 @@ These are ESTIMATES: they take the model's match probabilities at face value.
   the matches no blocking rule reached (the blocking check's estimate,
   pipelines.blocking_reach) less those found inside clusters above.
 - Estimated recall = expected true pairs within clusters / (those + expected missed).
-- The pairs and their q are one table (build_expected_pairs, in the engine's scratch
-  area); the balanced threshold's is kept (Tables.BALANCED_EXPECTED_PAIRS) for quality.bias
-  to take apart by group.
+- The pairs and their q are one table per threshold (count_pairs, in the engine's scratch
+  area, then kept as Tables.expected_pairs: quality.bias takes the balanced one apart by
+  group). After an incremental linkage only the pairs of the records it reclustered or
+  removed are counted again: a pair's q depends only on the scored pairs of its records'
+  clusters, and every other cluster is as the publication it extended left it.
 - Inside a person of more than LARGEST_PERSON_PAIRED records no pair is listed: its
   unscored pairs count as not one person, its never-blocked matches as missed, its cross
   pairs uncapped (counted per threshold as `persons_too_large_to_pair`). A cluster that

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from pipelines.contract import OutputLayout
+from pipelines.contract import THRESHOLDS, OutputLayout, Tables
 
 from .conftest import DEMO_CONFIG
 from .helpers import demo_subset, published
@@ -208,7 +208,9 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
         rows = con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
     tables = {row[0] for row in rows}
     assert not [t for t in tables if t.startswith(("__splink__", "__identity_"))]
-    assert {"pairwise_predictions", "person_lookup", "balanced_expected_pairs"} <= tables
+    # The estimates' counted pairs are kept, for the report and the next incremental linkage.
+    kept = {Tables.expected_pairs(t) for t in THRESHOLDS} | {Tables.EXPECTED_PAIRS_OF}
+    assert {"pairwise_predictions", "person_lookup", *kept} <= tables
 
 
 def test_malformed_delivery_fails_its_ingest_with_the_file_named(
