@@ -29,16 +29,11 @@ from typing import Any
 
 from pipelines.contract import LARGEST_PERSON_PAIRED, Tables
 from pipelines.engines import Engine
-from pipelines.sql import ident
+from pipelines.sql import ident, record_key
 
 _RULE_COLUMN = re.compile(r"\b[lr]\.[`\"]?(\w+)")
 _EQUALITY = re.compile(r"l\.[`\"]?(\w+)[`\"]?\s*=\s*r\.[`\"]?(\w+)[`\"]?")
 _DERIVED_SUFFIXES = ("_soundex", "_house", "_number", "_street", "_tokens", "_aliases")
-
-
-def _key(record: str, source: str = "source_dataset") -> str:
-    """A record's key, source|record id, as the lookup and the estimates write it."""
-    return f"{source} || '|' || {record}"
 
 
 def equality_columns(rule_sql: str) -> list[str] | None:
@@ -74,8 +69,8 @@ def _records_table(
     where = ""
     if only:
         where = (
-            f" WHERE {_key('CAST(record_id AS VARCHAR)')} IN "
-            f"(SELECT {_key('record_id')} FROM {only})"
+            f" WHERE {record_key('CAST(record_id AS VARCHAR)')} IN "
+            f"(SELECT {record_key()} FROM {only})"
         )
     engine.create_table(
         name,
@@ -258,8 +253,8 @@ def pairs_never_blocked_in_persons(
         if changed:
             engine.create_table(
                 "__changed_lookup",
-                f"SELECT * FROM {lookup_table} WHERE {_key('source_record_id')} IN "
-                f"(SELECT {_key('record_id')} FROM {changed})",
+                f"SELECT * FROM {lookup_table} WHERE {record_key('source_record_id')} IN "
+                f"(SELECT {record_key()} FROM {changed})",
             )
             lookup_table = "__changed_lookup"
         together = " UNION ".join(
@@ -301,8 +296,8 @@ def pairs_never_blocked_in_persons(
     if changed:
         with engine.scratch():
             engine.create_table("__changed_never_blocked", never_blocked)
-        ends = f"SELECT {_key('record_id')} FROM {changed}"
-        a, b = _key("record_a", "source_a"), _key("record_b", "source_b")
+        ends = f"SELECT {record_key()} FROM {changed}"
+        a, b = record_key("record_a", "source_a"), record_key("record_b", "source_b")
         engine.delete_rows(out, f"{a} IN ({ends}) OR {b} IN ({ends})")
         engine.insert_rows(out, "SELECT * FROM __changed_never_blocked")
     else:

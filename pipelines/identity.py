@@ -53,7 +53,7 @@ from pipelines.contract import (
     parquet_source,
 )
 from pipelines.engines import Engine
-from pipelines.sql import lit
+from pipelines.sql import lit, record_key
 
 # Engine tables of the identity step.
 CLUSTERS = "__identity_clusters"  # the clusters of the records recomputed
@@ -80,7 +80,7 @@ REGISTER_COLUMNS = (
 )
 # How the record key reads: source names are lower_case identifiers, so '|' cannot occur in
 # them and (source, record id) keys are unique.
-RECORD_KEY = "source_dataset || '|' || record_id"
+RECORD_KEY = record_key()
 
 
 class IdentityError(RuntimeError):

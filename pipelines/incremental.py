@@ -37,7 +37,7 @@ from linkage_models import linkage
 from pipelines.contract import DeliveryTables, OutputLayout, Tables
 from pipelines.engines import Engine
 from pipelines.identity import RECORD_KEY
-from pipelines.sql import ident
+from pipelines.sql import ident, record_key
 
 # Engine tables of an incremental linkage.
 STATE_RECORDS = "linkage_state_records"  # kept between runs, with the linkage's tables
@@ -53,8 +53,8 @@ NODES = "__incremental_nodes"
 RECLUSTERED_RECORDS = "__incremental_reclustered_records"
 EDGES = "__incremental_edges"
 KEY_COLUMNS = ("record_id", "source_dataset")
-RECORD_KEY_L = "source_dataset_l || '|' || record_id_l"
-RECORD_KEY_R = "source_dataset_r || '|' || record_id_r"
+RECORD_KEY_L = record_key("record_id_l", "source_dataset_l")
+RECORD_KEY_R = record_key("record_id_r", "source_dataset_r")
 FULL_RELINK = "run a full relink instead (`joinedup run`, or the Dagster job `relink`)"
 
 

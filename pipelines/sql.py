@@ -24,6 +24,12 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def record_key(record: str = "record_id", source: str = "source_dataset") -> str:
+    """A record's key, source|record id: how pairs, clusters, the lookup and the estimates
+    name one record across sources."""
+    return f"{source} || '|' || {record}"
+
+
 def in_list(values: list[str]) -> str:
     """A parenthesised list of string literals, for IN."""
     return "(" + ", ".join(lit(v) for v in values) + ")"

@@ -62,12 +62,11 @@ from typing import Any
 
 from pipelines.contract import LARGEST_PERSON_PAIRED, PERSON_ID_COLUMNS, Tables
 from pipelines.engines import Engine
-from pipelines.sql import lit
+from pipelines.sql import lit, record_key
 
 Z95 = 1.959964
 # Each pair an estimate counts, with its probability of being one person (build_expected_pairs).
 EXPECTED_PAIRS = "__expected_pairs"
-RECORD_KEY = "source_dataset || '|' || record_id"
 
 
 def _pairs_sql(pairs_table: str) -> str:
@@ -178,7 +177,7 @@ class ExpectedPairs:
 def _records_sql(lookup_table: str, column: str, touching: str | None) -> str:
     """The lookup's records keyed, with their cluster and its size; `touching`: only the
     clusters holding a record of that table or one scored against such a record."""
-    key = "source_dataset || '|' || source_record_id"
+    key = record_key("source_record_id")
     where = ""
     if touching:
         near = f"""SELECT id FROM {touching}
@@ -358,7 +357,7 @@ def estimate_error_rates(
     if touching:
         engine.drop_table(touching)  # a stored one, left by a failed run, would hide it
         with engine.scratch():
-            engine.create_table(touching, f"SELECT DISTINCT {RECORD_KEY} AS id FROM {changed}")
+            engine.create_table(touching, f"SELECT DISTINCT {record_key()} AS id FROM {changed}")
     estimates: dict[str, dict[str, Any]] = {}
     for name, column in threshold_columns.items():
         kept = Tables.expected_pairs(name)
