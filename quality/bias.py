@@ -33,6 +33,8 @@ DIMENSIONS = ("source", "sex", "age_band", "region", "event_year")
 FLAG_RECALL_GAP = 0.01
 # The balanced pairs counted here when no estimate kept them (bias_tables).
 EXPECTED_PAIRS_BY_GROUP = "__expected_pairs_by_group"
+# One row per linked record with its groups and its share of the group figures.
+RECORD_STATS = "__record_stats"
 
 
 def _age_sql(born: str, at: str) -> str:
@@ -88,17 +90,6 @@ def bias_tables(
     is the balanced estimate's pairs as quality.error_rates kept them (a publication's
     Tables.BALANCED_EXPECTED_PAIRS); without it they are counted again here."""
     build_record_groups(engine, accepted_tables)
-    engine.create_table(
-        "__person_sources",
-        """SELECT person_id, count(DISTINCT source) AS sources FROM __record_groups
-           GROUP BY 1""",
-    )
-    engine.create_table(
-        "__record_dupes",
-        """SELECT id, count(*) OVER (PARTITION BY person_id, source) AS in_source,
-                  count(*) OVER (PARTITION BY person_id) AS in_person
-           FROM __record_groups""",
-    )
     if counted_table is None:
         drop_expected_pairs(engine)
         counted = build_expected_pairs(
@@ -107,14 +98,15 @@ def bias_tables(
         add_missed_elsewhere(engine, counted, EXPECTED_PAIRS_BY_GROUP)
         drop_expected_pairs(engine)
     counted_table = counted_table or EXPECTED_PAIRS_BY_GROUP
+    build_record_stats(engine, counted_table)
     elsewhere = float(
         engine.fetch(f"SELECT sum(q) FROM {counted_table} WHERE kind = 'elsewhere'")[0][0] or 0
     )
-    total_records = int(engine.fetch("SELECT count(*) FROM __record_groups")[0][0])
-    overall = _group_stats(engine, counted_table, None, elsewhere, total_records)
+    total_records = engine.count(RECORD_STATS)
+    overall = _group_stats(engine, None, elsewhere, total_records)
     result: dict[str, Any] = {"overall": overall, "dimensions": {}}
     for dim in DIMENSIONS:
-        rows = _group_stats(engine, counted_table, dim, elsewhere, total_records)
+        rows = _group_stats(engine, dim, elsewhere, total_records)
         for row in rows:
             row["flagged"] = (
                 row["estimated_recall"] is not None
@@ -122,41 +114,55 @@ def bias_tables(
                 and row["estimated_recall"] < overall[0]["estimated_recall"] - FLAG_RECALL_GAP
             )
         result["dimensions"][dim] = rows
-    for table in ("__record_groups", "__person_sources", "__record_dupes", EXPECTED_PAIRS_BY_GROUP):
+    for table in ("__record_groups", RECORD_STATS, EXPECTED_PAIRS_BY_GROUP):
         engine.execute(f"DROP TABLE IF EXISTS {table}")
     return result
 
 
-def _group_stats(
-    engine: Engine, counted_table: str, dim: str | None, elsewhere: float, total_records: int
-) -> list[dict[str, Any]]:
-    """One row per group; pair figures count pair ends (a pair once for each record), and
-    `elsewhere` (missed pairs known only as a total) goes to groups by their records."""
-    group = f"g.{dim}" if dim else "'all'"
-    rows = engine.fetch(f"""
-        WITH per_record AS (
-            SELECT {group} AS grp, g.id, ps.sources > 1 AS cross_linked,
-                   d.in_source > 1 AS dupe, d.in_person - 1 AS clustermates
-            FROM __record_groups g
-            JOIN __person_sources ps USING (person_id)
-            JOIN __record_dupes d USING (id)),
-        pair_ends AS (
-            SELECT {group} AS grp, p.q, p.kind
-            FROM {counted_table} p JOIN __record_groups g ON g.id = p.a
+def build_record_stats(engine: Engine, counted_table: str) -> None:
+    """Table RECORD_STATS: each linked record's groups with what the group figures add up:
+    whether its person spans sources, whether it has a duplicate in its own source, its
+    clustermates, and the q of the counted pairs it is an end of (within persons, and
+    across them: missed). One pass over the counted pairs serves every dimension."""
+    engine.create_table(
+        RECORD_STATS,
+        f"""
+        WITH ends AS (
+            SELECT a AS id, q, kind FROM {counted_table} WHERE a IS NOT NULL
             UNION ALL
-            SELECT {group} AS grp, p.q, p.kind
-            FROM {counted_table} p JOIN __record_groups g ON g.id = p.b),
-        pair_stats AS (
-            SELECT grp,
-                   sum(q) FILTER (WHERE kind <> 'cross') AS tp,
+            SELECT b AS id, q, kind FROM {counted_table} WHERE b IS NOT NULL),
+        per_end AS (
+            SELECT id, sum(q) FILTER (WHERE kind <> 'cross') AS tp,
                    sum(q) FILTER (WHERE kind = 'cross') AS missed
-            FROM pair_ends GROUP BY grp)
-        SELECT r.grp, count(*) AS records,
-               count(*) FILTER (WHERE r.cross_linked) AS linked_to_other_sources,
-               count(*) FILTER (WHERE r.dupe) AS within_source_duplicates,
-               sum(r.clustermates) AS within, s.tp, s.missed
-        FROM per_record r LEFT JOIN pair_stats s USING (grp)
-        GROUP BY r.grp, s.tp, s.missed ORDER BY r.grp""")
+            FROM ends GROUP BY id),
+        person_sources AS (
+            SELECT person_id, count(DISTINCT source) AS sources FROM __record_groups
+            GROUP BY person_id),
+        persons AS (
+            SELECT g.*, count(*) OVER (PARTITION BY g.person_id, g.source) AS in_source,
+                   count(*) OVER (PARTITION BY g.person_id) AS in_person
+            FROM __record_groups g)
+        SELECT p.id, {", ".join(f"p.{d}" for d in DIMENSIONS)},
+               s.sources > 1 AS cross_linked, p.in_source > 1 AS dupe,
+               p.in_person - 1 AS clustermates, e.tp, e.missed
+        FROM persons p JOIN person_sources s ON s.person_id = p.person_id
+        LEFT JOIN per_end e ON e.id = p.id""",
+    )
+
+
+def _group_stats(
+    engine: Engine, dim: str | None, elsewhere: float, total_records: int
+) -> list[dict[str, Any]]:
+    """One row per group, from RECORD_STATS; pair figures count pair ends (a pair once for
+    each record), and `elsewhere` (missed pairs known only as a total) goes to groups by
+    their records."""
+    grouped = f"GROUP BY {dim} ORDER BY {dim}" if dim else ""
+    rows = engine.fetch(f"""
+        SELECT {dim or "'all'"} AS grp, count(*) AS records,
+               count(*) FILTER (WHERE cross_linked) AS linked_to_other_sources,
+               count(*) FILTER (WHERE dupe) AS within_source_duplicates,
+               sum(clustermates) AS within, sum(tp) AS tp, sum(missed) AS missed
+        FROM {RECORD_STATS} {grouped}""")
     out = []
     for grp, records, linked, dupes, within, tp, missed in rows:
         share = 2 * elsewhere * int(records) / total_records if total_records else 0.0
