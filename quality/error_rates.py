@@ -67,6 +67,9 @@ from pipelines.sql import lit, record_key
 Z95 = 1.959964
 # Each pair an estimate counts, with its probability of being one person (build_expected_pairs).
 EXPECTED_PAIRS = "__expected_pairs"
+# The balanced threshold's kept pairs were once stored under this name alone; a working
+# database from then still holds them, stale (Tables.expected_pairs names them now).
+FORMER_BALANCED_EXPECTED_PAIRS = "balanced_expected_pairs"
 
 
 def _pairs_sql(pairs_table: str) -> str:
@@ -350,6 +353,7 @@ def estimate_error_rates(
     (kept_pairs_of): only the pairs of those records are counted again, the rest read as
     kept (at 1M records, a 1% delivery: the estimate step 7.5 s, not 25.5 s)."""
     drop_expected_pairs(engine)  # any left in the stored tables by an earlier version
+    engine.drop_table(FORMER_BALANCED_EXPECTED_PAIRS)
     engine.drop_table(Tables.EXPECTED_PAIRS_OF)
     not_blocked = _expected_not_blocked(engine, not_blocked_table, never_blocked_pairs_table)
     listed = never_blocked_pairs_table if not_blocked is not None else None

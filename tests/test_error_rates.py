@@ -192,3 +192,29 @@ def test_a_person_too_large_to_pair_is_counted_not_listed(any_engine: Engine) ->
     assert estimates["precision"] == pytest.approx(scored / 6, abs=1e-6)
     assert estimates["expected_missed_not_blocked"] == pytest.approx(3.0)
     assert estimates["recall"] == pytest.approx(scored / (scored + 3.0), abs=1e-6)
+
+
+def test_the_stale_table_of_a_former_version_is_dropped(tmp_path: Path) -> None:
+    """A working database from before the kept pairs were named per threshold holds the
+    balanced ones under their old name, never updated again: the estimate drops them."""
+    engine = DuckDBEngine(tmp_path / "estimates.duckdb")
+    engine.create_table("balanced_expected_pairs", "SELECT 'a' AS a, 'b' AS b, 0.9 AS q")
+    engine.create_table(
+        "scored",
+        """SELECT 's' AS source_dataset_l, 'a' AS record_id_l, 's' AS source_dataset_r,
+                  'b' AS record_id_r, 0.99 AS match_probability""",
+    )
+    engine.create_table(
+        "lookup",
+        "SELECT 's' AS source_dataset, id AS source_record_id, 'p' AS person_id "
+        "FROM (VALUES ('a'), ('b')) AS t(id)",
+    )
+    estimate_error_rates(
+        engine,
+        threshold_columns={"balanced": "person_id"},
+        pairs_table="scored",
+        lookup_table="lookup",
+        below_floor_table=None,
+    )
+    assert not engine.table_exists("balanced_expected_pairs")
+    assert engine.table_exists("expected_pairs_balanced")
