@@ -15,9 +15,14 @@ from dagster_project.linkage import PERSON_CLUSTERS, input_tables, model_path
 from dagster_project.published import MANIFEST
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
-from linkage_models.diagnostics import write_diagnostics, write_label_accuracy
+from linkage_models.diagnostics import (
+    completeness_columns,
+    write_diagnostics,
+    write_label_accuracy,
+)
 from pipelines.contract import Tables, load_record, records_of
 from pipelines.deliveries import delivery_statuses
+from pipelines.disclosure_control import rounded
 from quality.linkage_report import write_linkage_report
 from quality.reports import write_quality_reports
 
@@ -71,18 +76,27 @@ def quality_assets() -> list[dg.AssetsDefinition]:
             predicted = load_record(s.layout, "predict")
             detailed = predicted.get("detailed_pairs") if predicted.get("incremental") else None
             s.record["of"] = "every pair" if detailed is None else "new records' pairs"
+            inputs = input_tables(s.layout)
+            columns = ", ".join(completeness_columns(s.project.spec))
+            completeness = {source: f"__completeness_{source}" for source in inputs}
+            for source, view in completeness.items():
+                s.engine.create_view(view, f"SELECT {columns} FROM {inputs[source]}")
             written = write_diagnostics(
                 s.engine.splink_api(),
                 s.project.spec,
                 json.loads(Path(model_path(s.layout)).read_text()),
-                input_tables(s.layout),
+                inputs,
                 Tables.PAIRS_FOR_CLUSTERING,
                 Tables.clusters("balanced"),
                 s.layout.charts_dir,
                 s.layout.diagnostics_dir,
                 s.layout.relative(s.layout.diagnostics_dir),
+                completeness,
+                rounded,
                 detailed,
             )
+            for view in completeness.values():
+                s.engine.drop_view(view)
             s.record["written"] = written
         return dg.MaterializeResult(
             metadata={

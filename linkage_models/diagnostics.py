@@ -12,6 +12,7 @@ few helper queries here are plain SQL that every engine reads alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,30 @@ WATERFALL_PAIRS_PER_THRESHOLD = 5
 COUNTS = ("tp", "fp", "tn", "fn")
 DASHBOARD_CLUSTERS = 10
 BLOCKING_SAMPLE_RECORDS = 100_000
+
+
+def completeness_columns(project: LinkageProject) -> list[str]:
+    """The columns whose completeness is charted: those the model compares."""
+    return [c for c in project.linkage_columns() if c != "source_dataset"]
+
+
+def _completeness_shown(
+    records: list[dict[str, Any]], count_shown: Callable[[int], int]
+) -> list[dict[str, Any]]:
+    """Splink's completeness figures with the counts of records as a publication shows them."""
+    shown = []
+    for record in records:
+        total = count_shown(int(record["total_rows_inc_nulls"]))
+        missing = count_shown(int(record["total_null_rows"]))
+        shown.append(
+            {
+                **record,
+                "total_rows_inc_nulls": total,
+                "total_null_rows": missing,
+                "completeness": (total - missing) / total if total else 0.0,
+            }
+        )
+    return shown
 
 
 def _save(chart: Any, path: Path) -> None:
@@ -46,10 +71,17 @@ def write_diagnostics(
     charts_dir: Path,
     secure_dir: Path,
     secure_dir_as_named: str,
+    completeness_tables: dict[str, str],
+    count_shown: Callable[[int], int],
     detailed_pairs_table: str | None = None,
 ) -> list[dict[str, Any]]:
     """Write every diagnostic: charts of the model and of counts into `charts_dir` (beside
     the linkage report, shareable), those that show identifiers into `secure_dir`.
+    `completeness_tables`: per source, a view of its `completeness_columns` (read where they
+    are, not copied). Splink labels each table with a source_dataset column of its own, so
+    the inputs' column of that name is left out (Spark rejects the ambiguity that DuckDB
+    lets pass). Its counts of records are shown as `count_shown` gives them (the
+    publication's disclosure control), its shares computed from those.
     Returns [{title, href, where, identifying}]: `href` relative to the report's folder for
     charts; for the others only `where` (their path in the secure zone, under
     `secure_dir_as_named`: how a reader finds `secure_dir` once published), so nothing that
@@ -106,18 +138,15 @@ def write_diagnostics(
         linker.evaluation.unlinkables_chart(),
         place("Unlinkable records (too little information to link)", "unlinkables.html"),
     )
-    # Splink labels each table with its own source_dataset column: the inputs' column of that
-    # name is left out (Spark rejects the ambiguity that DuckDB lets pass).
-    compared = ", ".join(c for c in project.linkage_columns() if c != "source_dataset")
     completeness = [
-        db_api.query_sql(f"SELECT {compared} FROM {table}") for table in input_tables.values()
+        db_api.table_to_splink_dataframe(f"__completeness_{s}", t)
+        for s, t in completeness_tables.items()
     ]
-    _save(
-        exploratory.completeness_chart(completeness, table_names_for_chart=list(input_tables)),
-        place("Completeness of linkage columns by source", "completeness.html"),
+    chart = exploratory.completeness_chart(
+        completeness, table_names_for_chart=list(completeness_tables)
     )
-    for frame in completeness:
-        frame.drop_table_from_database_and_remove_from_cache()
+    chart.raw_records = _completeness_shown(chart.raw_records, count_shown)
+    _save(chart, place("Completeness of linkage columns by source", "completeness.html"))
     _save(
         chart_comparisons_from_blocking_rules(
             frames,

@@ -206,8 +206,10 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
     database = OutputLayout(out).work_dir / "joinedup.duckdb"
     with duckdb.connect(str(database), read_only=True) as con:
         rows = con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        views = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
     tables = {row[0] for row in rows}
     assert not [t for t in tables if t.startswith(("__splink__", "__identity_"))]
+    assert not [v for (v,) in views if v.startswith("__completeness_")]
     # The estimates' counted pairs are kept, for the report and the next incremental linkage.
     kept = {Tables.expected_pairs(t) for t in THRESHOLDS} | {Tables.EXPECTED_PAIRS_OF}
     assert {"pairwise_predictions", "person_lookup", *kept} <= tables

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.disclosure_control import shown_count
+from pipelines.disclosure_control import rounded, shown_count
 from pipelines.run import RunResult
 from pipelines.synthetic import GeneratedData
 
@@ -170,6 +170,25 @@ def test_diagnostics_are_offline_html_and_identifying_ones_stay_secure(
         assert f"secure/snapshots/{small_run.snapshot}/diagnostics/{name}" in html
         assert not re.search(r"<script[^>]*\bsrc=", (zone.diagnostics_dir / name).read_text())
     assert html.count("shows identifiers: kept in the secure zone") == 5
+
+
+def test_completeness_chart_shows_every_source_with_its_own_records(
+    small_run: RunResult,
+) -> None:
+    """Each source has its own bars, counted over its own accepted records (the chart once
+    showed one source's figures under another's name and left the rest out); the counts
+    are rounded as every count the publication shows."""
+    chart = (published(small_run.output_dir).charts_dir / "completeness.html").read_text()
+    values = json.loads(re.search(r'"data": \{"values": (\[.*?\])\}', chart).group(1))
+    rows = {(v["source_dataset"], v["total_rows_inc_nulls"]) for v in values}
+    accepted = {
+        (name, rounded(counts["rows_accepted"]))
+        for name, counts in small_run.manifest["reconciliation"]["by_source"].items()
+    }
+    assert rows == accepted
+    columns = {v["column_name"] for v in values}
+    assert {"given_name", "date_of_birth"} <= columns and "source_dataset" not in columns
+    assert all(v["total_null_rows"] % 5 == 0 for v in values)
 
 
 def test_report_draws_its_figures_as_static_charts(small_run: RunResult) -> None:

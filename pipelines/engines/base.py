@@ -116,6 +116,9 @@ class Engine(ABC):
         """A SELECT under a name, computed when read (nothing is copied)."""
         self.execute(f"CREATE OR REPLACE VIEW {name} AS {select_sql}")
 
+    def drop_view(self, name: str) -> None:
+        self.execute(f"DROP VIEW IF EXISTS {name}")
+
     def delete_rows(self, table: str, condition: str) -> None:
         """Remove the rows of a table meeting a condition (in place where the engine can)."""
         self.create_table(table, f"SELECT * FROM {table} WHERE NOT ({condition})")

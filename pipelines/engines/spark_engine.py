@@ -300,6 +300,9 @@ class SparkEngine(Engine):
         self._views.pop(name.lower(), None)
         self._own_views.add(name.lower())
 
+    def drop_view(self, name: str) -> None:
+        self.drop_table(name)  # a view here is the session's temporary view of that name
+
     def _store(self, name: str, frame: Any) -> None:
         key = name.lower()
         path = f"{self.tables_dir.rstrip('/')}/{key}/{uuid.uuid4().hex}"
