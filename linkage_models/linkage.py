@@ -293,6 +293,19 @@ def probable_twins_condition(project: LinkageProject) -> str | None:
     return f"(gamma_given_name IN (0, 1) AND gamma_date_of_birth = {dob_exact})"
 
 
+def tf_columns(trained: dict[str, Any]) -> list[str]:
+    """The columns a trained model adjusts for term frequency (their tables must be
+    computed, or registered, before scoring records apart from the linker's inputs)."""
+    return sorted(
+        {
+            level["tf_adjustment_column"]
+            for comparison in trained["comparisons"]
+            for level in comparison["comparison_levels"]
+            if level.get("tf_adjustment_column")
+        }
+    )
+
+
 def cluster_at_thresholds(
     linker: Linker, db_api: Any, predictions_table: str, thresholds: Thresholds
 ) -> dict[str, str]:

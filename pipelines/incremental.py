@@ -285,18 +285,6 @@ def _split_inputs(
     return new, kept
 
 
-def _tf_columns(trained: dict[str, Any]) -> list[str]:
-    """The columns the model adjusts for term frequency."""
-    return sorted(
-        {
-            level["tf_adjustment_column"]
-            for comparison in trained["comparisons"]
-            for level in comparison["comparison_levels"]
-            if level.get("tf_adjustment_column")
-        }
-    )
-
-
 def _oriented_sql(columns: list[str], table: str) -> str:
     """Pairs with their left record the one whose key sorts first, as Splink's predict
     orients them (predict_between puts the new record on the left)."""
@@ -326,7 +314,7 @@ def score_changes(
     }
     scored = []
     with engine.scratch():
-        for column in _tf_columns(trained):
+        for column in linkage.tf_columns(trained):
             linker.table_management.compute_tf_table(column)
         if frames["new"] and frames["kept"]:
             scored.append(linker.inference.predict_between(frames["new"], frames["kept"]))

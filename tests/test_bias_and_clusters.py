@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from dagster_project.quality import drop_sample, sample_of_persons
 from pipelines.contract import Tables
 from pipelines.engines import Engine
 from pipelines.standardise import load_reference_tables
@@ -155,3 +156,38 @@ def test_oversized_persons_are_listed(any_engine: Engine) -> None:
         {"records_per_person": OVERSIZED_CLUSTER, "persons": 5},
         {"records_per_person": OVERSIZED_CLUSTER + 5, "persons": 5},
     ]
+
+
+def test_a_sample_of_persons_takes_whole_persons_and_leaves_the_rest(any_engine: Engine) -> None:
+    """The diagnostics' sample of persons (for the pairs they score again at scale): each
+    person wholly in it or out of it, every record in exactly one of the two parts, about
+    the share asked for, on both engines alike."""
+    ids = [str(i) for i in range(2000)]
+    any_engine.load_frame(
+        "people_in", pd.DataFrame({"source_dataset": "s", "record_id": ids, "v": range(2000)})
+    )
+    any_engine.load_frame(
+        Tables.clusters("balanced"),
+        pd.DataFrame(
+            {
+                "source_dataset": "s",
+                "record_id": ids,
+                "cluster_id": [f"c{i % 500}" for i in range(2000)],
+            }
+        ),
+    )
+    sample = sample_of_persons(any_engine, {"s": "people_in"}, 0.3)
+    assert sample is not None
+    (sampled,), (others,) = sample[0].values(), sample[1].values()
+    parts = any_engine.fetch(
+        f"SELECT c.cluster_id, count(s.record_id), count(o.record_id) "
+        f"FROM {Tables.clusters('balanced')} c "
+        f"LEFT JOIN {sampled} s ON s.record_id = c.record_id "
+        f"LEFT JOIN {others} o ON o.record_id = c.record_id GROUP BY c.cluster_id"
+    )
+    assert all((n_in == 4 and n_out == 0) or (n_in == 0 and n_out == 4) for _, n_in, n_out in parts)
+    assert 0.2 * 500 < sum(1 for _, n_in, _ in parts if n_in) < 0.4 * 500
+    assert any_engine.columns(sampled) == any_engine.columns("people_in")
+    drop_sample(any_engine, sample)
+    assert not any_engine.table_exists(sampled)
+    assert sample_of_persons(any_engine, {"s": "people_in"}, 1.0) is None

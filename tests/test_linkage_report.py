@@ -9,7 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from dagster_project.linkage import input_tables, model_path
+from dagster_project.quality import SAMPLED_KEYS, drop_sample, sample_of_persons
+from linkage_models.diagnostics import score_sampled_persons
+from linkage_models.linkage import make_linker
+from linkage_models.project import LoadedProject
+from pipelines.contract import OutputLayout, Tables
 from pipelines.disclosure_control import rounded, shown_count
+from pipelines.engines.duckdb_engine import DuckDBEngine
 from pipelines.run import RunResult
 from pipelines.synthetic import GeneratedData
 
@@ -215,3 +222,42 @@ def test_report_says_when_a_person_was_too_large_to_pair(small_run: RunResult) -
     data["quality"]["estimated"]["high_recall"]["persons_too_large_to_pair"] = 1
     words = " ".join(render_linkage_report(data, []).split())
     assert "Persons of more than 1,000 records: &lt;10 at high recall." in words  # "<10"
+
+
+def test_at_scale_the_pair_diagnostics_show_every_pair_of_a_sample_of_whole_persons(
+    small_project: LoadedProject, small_run: RunResult
+) -> None:
+    """Above about 100,000 records the waterfalls, comparison viewer and cluster studio show
+    the pairs of a sample of persons, scored again with Splink's intermediate columns:
+    exactly the linkage's own scored pairs that hold a sampled record, with the same
+    weights, and every balanced person wholly in the sample or out of it."""
+    layout = OutputLayout(small_run.output_dir)
+    inputs = input_tables(layout)
+    model = json.loads(Path(model_path(layout)).read_text())
+    model = {**model, "retain_intermediate_calculation_columns": True}
+    key = "{s}_l || '|' || {r}_l, {s}_r || '|' || {r}_r"
+    pair = f"least({key}) AS a, greatest({key}) AS b".format(s="source_dataset", r="record_id")
+    with DuckDBEngine(layout.work_dir / "joinedup.duckdb") as engine, engine.scratch():
+        sample = sample_of_persons(engine, inputs, 0.2)
+        assert sample is not None
+        db_api = engine.splink_api()
+        linker = make_linker(db_api, inputs, small_project.spec, model)
+        scored = score_sampled_persons(db_api, linker, model, *sample)
+        sampled = f"SELECT source_dataset || '|' || record_id FROM {SAMPLED_KEYS}"
+        again = engine.fetch(f"SELECT {pair}, match_weight FROM {scored.physical_name}")
+        linked = engine.fetch(
+            f"SELECT * FROM (SELECT {pair}, match_weight FROM {Tables.PAIRWISE_PREDICTIONS}) "
+            f"WHERE a IN ({sampled}) OR b IN ({sampled})"
+        )
+        records = sum(engine.count(t) for t in inputs.values())
+        in_sample = engine.count(SAMPLED_KEYS)
+        split_persons = engine.fetch(
+            f"SELECT count(*) FROM (SELECT cluster_id FROM {Tables.clusters('balanced')} c "
+            f"LEFT JOIN {SAMPLED_KEYS} k USING (source_dataset, record_id) "
+            "GROUP BY cluster_id HAVING count(k.record_id) BETWEEN 1 AND count(*) - 1)"
+        )[0][0]
+        drop_sample(engine, sample)
+    assert 0.1 * records < in_sample < 0.3 * records
+    assert split_persons == 0
+    assert len(again) == len({(a, b) for a, b, _ in again}) > 100  # each pair once
+    assert {(a, b): round(w, 6) for a, b, w in again} == {(a, b): round(w, 6) for a, b, w in linked}
