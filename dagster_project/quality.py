@@ -111,7 +111,8 @@ def quality_assets() -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         with step(project, engine, "diagnostics") as s:
             # After an incremental linkage: the pairs of the records it added, as its
-            # predict step scored them ("" when it added none); else every pair.
+            # predict step scored them ("" when it added none); else every pair, or above
+            # PAIRS_SAMPLE_RECORDS the pairs of a sample of persons, scored again.
             predicted = load_record(s.layout, "predict")
             detailed = predicted.get("detailed_pairs") if predicted.get("incremental") else None
             inputs = input_tables(s.layout)
