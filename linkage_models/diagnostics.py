@@ -157,7 +157,7 @@ def write_diagnostics(
     predictions = None
     if detailed_pairs_table is not None:
         scope = " (pairs of the records this linkage added)"
-        if _count(db_api, detailed_pairs_table):
+        if detailed_pairs_table and _count(db_api, detailed_pairs_table):  # "": none added
             predictions = db_api.table_to_splink_dataframe(
                 "__splink__df_predict", detailed_pairs_table
             )
