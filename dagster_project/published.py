@@ -16,7 +16,8 @@ import dagster as dg
 from dagster_project.linkage import PERSON_CLUSTERS, input_tables, model_path
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
-from pipelines.blocking_reach import pairs_never_blocked_in_persons
+from linkage_models.linkage import PREDICTION_FLOOR
+from pipelines.blocking_reach import pairs_never_blocked_in_persons, rule_records
 from pipelines.contract import (
     PERSON_ID_COLUMNS,
     OutputLayout,
@@ -31,13 +32,15 @@ from pipelines.manifest import build_manifest, write_manifest
 from pipelines.publish import publish_linked_dataset
 from quality.accuracy import pairwise_cluster_metrics
 from quality.disclosure_checks import identifier_echo_rates, identifying_names
-from quality.error_rates import estimate_error_rates, kept_pairs_of
+from quality.error_rates import ComparedPairs, estimate_error_rates, kept_pairs_of
 
 PERSON_LOOKUP = dg.AssetKey(["published", "person_lookup"])
 EVENTS = dg.AssetKey(["published", "events"])
 MANIFEST = dg.AssetKey(["published", "manifest"])
 ESTIMATED_ERROR_RATES = dg.AssetKey(["published", "estimated_error_rates"])
 MEASURED_ACCURACY = dg.AssetKey(["published", "measured_accuracy"])
+# The records with the columns the rules read, for the estimates to tell compared pairs.
+RULE_RECORDS = "__estimates_rule_records"
 
 
 def error_rate_table(manifest: dict) -> str:
@@ -225,7 +228,16 @@ def published_assets() -> list[dg.AssetsDefinition]:
             pairs_never_blocked_in_persons(
                 s.engine, rules, list(PERSON_ID_COLUMNS.values()), changed=changed
             )
-            estimates = estimate_error_rates(s.engine, changed=changed, snapshot=s.layout.snapshot)
+            with s.engine.scratch():
+                s.engine.drop_table(RULE_RECORDS)  # a stored one would hide it
+                compared = ComparedPairs(
+                    RULE_RECORDS, rule_records(s.engine, RULE_RECORDS, rules), PREDICTION_FLOOR
+                )
+            estimates = estimate_error_rates(
+                s.engine, changed=changed, snapshot=s.layout.snapshot, compared=compared
+            )
+            with s.engine.scratch():
+                s.engine.drop_table(RULE_RECORDS)
             s.record["estimated"] = estimates
         balanced = estimates["balanced"]
         return dg.MaterializeResult(

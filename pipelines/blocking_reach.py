@@ -209,6 +209,32 @@ class BlockingRules:
     link_only: bool = False
 
 
+def rule_records(engine: Engine, name: str, blocking: BlockingRules) -> str:
+    """Table `name`: every input record keyed (id, source|record), with the columns the
+    rules read; returns the condition under which the rules compare two of them, over
+    aliases l and r (either way round, as Splink may orient a pair). The error-rate
+    estimates read a pair that meets it but was not stored as scored below the floor."""
+    read = {c for rule in blocking.rules_sql for c in _RULE_COLUMN.findall(rule)}
+    columns = sorted(read - {"source_dataset", "record_id"})
+    selected = ", ".join(
+        [f"{record_key('CAST(record_id AS VARCHAR)')} AS id", "source_dataset", "record_id"]
+        + [ident(c) for c in columns]
+    )
+    engine.create_table(
+        name,
+        " UNION ALL ".join(f"SELECT {selected} FROM {t}" for t in blocking.input_tables.values()),
+    )
+    flipped = [
+        re.sub(r"\b([lr])\.", lambda m: "r." if m.group(1) == "l" else "l.", rule)
+        for rule in blocking.rules_sql
+    ]
+    caught = " OR ".join(f"coalesce(({rule}), false)" for rule in [*blocking.rules_sql, *flipped])
+    compared = f"({caught or 'false'})"
+    if blocking.link_only:
+        compared = f"(l.source_dataset <> r.source_dataset AND {compared})"
+    return compared
+
+
 def pairs_never_blocked_in_persons(
     engine: Engine,
     blocking: BlockingRules,

@@ -20,9 +20,12 @@ These are ESTIMATES: they take the model's match probabilities at face value.
   whose pair (a2, b) was scored too (and the same from b's side). A pair a model scores
   0.5 on a coincidence of name and birth date, whose records each already sit in a
   cluster with their own strong matches that the other record scored 0.02 against, is
-  not half a missed pair. Unscored pairs (a2, b) give no cap: they were never compared
-  or fell below the prediction floor, and treating them as not one person capped too
-  hard on pseudopeople (at 0.9: 54 expected where 204 of the pairs were one person).
+  not half a missed pair. A pair (a2, b) the prediction rules compared but that was not
+  stored scored below the prediction floor, and caps with the floor in place of P(a2, b)
+  (when the caller says how to tell compared pairs: ComparedPairs). A pair (a2, b) never
+  compared gives no cap: treating every unstored pair as not one person capped too hard
+  on pseudopeople (at 0.9: 54 expected where 204 of the pairs were one person); telling
+  the compared ones apart gives 200.3 where 214 are.
   Plus pairs a pair rule (the opt-in probable-twins rule) kept out of clustering, the
   expected matches among pairs scored below the prediction floor (summed, not kept), and
   the matches no blocking rule reached (the blocking check's estimate,
@@ -43,13 +46,14 @@ These are ESTIMATES: they take the model's match probabilities at face value.
 
 Assumptions that remain: the probabilities are calibrated, and identifiers agree
 independently among matches (the blocking check's estimate rests on it). Measured against
-truth (session 22), estimate minus measured recall in points at high_precision / balanced /
-high_recall: pseudopeople with four times its noise +2.49 / +1.86 / +2.19 (it was +7.49 /
-+6.52 / +5.51 before the matches never blocked were counted: 7.6% of its true pairs);
-pseudopeople -0.19 / -0.98 / -1.01; FEBRL3 0 / 0 / -0.01; FEBRL4 -0.11 at each. What
-remains is calibration: on pseudopeople, cross-cluster pairs scored 0.5-0.9 sum to 534
-expected matches where 185 are (its noise copies a household member's SSN), and on the
-noisy set pairs below the floor hold 427 true pairs where 181 were expected. Where ground
+truth (session 27), estimate minus measured recall in points at high_precision / balanced /
+high_recall: pseudopeople +0.93 / +0.21 / +0.06 (-0.19 / -0.98 / -1.01 before the caps
+through clustermates scored below the floor); the generator at 1M +0.37 / -0.03 / -0.15;
+FEBRL3 0 / 0 / -0.01; FEBRL4 -0.11 at each; pseudopeople with four times its noise +3.71
+/ +3.23 / +2.96 (+2.49 / +1.86 / +2.19 before those caps; +7.49 / +6.52 / +5.51 before
+the matches never blocked were counted: 7.6% of its true pairs). What remains is
+calibration: on the noisy set pairs below the floor hold 427 true pairs where 181 were
+expected, and the caps trust the low probabilities that undercount them. Where ground
 truth exists, the manifest and report show measured and estimated rates side by side so the
 estimator's own error is visible.
 """
@@ -124,21 +128,53 @@ def _within_never_blocked_sql(never_blocked_table: str) -> str:
     ) AS n LEFT JOIN __paths t ON n.a = t.a AND n.b = t.b"""
 
 
-# The scored pairs whose records sit in two clusters, q being the pair's match probability
-# capped through each clustermate (see the module docstring).
-_CROSS_SQL = """
+@dataclass(frozen=True)
+class ComparedPairs:
+    """How to tell the pairs the prediction rules compared: a pair they compared that was
+    not stored was scored below `floor` (pipelines.blocking_reach.rule_records)."""
+
+    records: str  # table: id (source|record) and the columns the rules read
+    condition: str  # over aliases l and r of `records`
+    floor: float
+
+
+def _cross_sql(below_floor: bool) -> str:
+    """The scored pairs whose records sit in two clusters, q being the pair's match
+    probability capped through each clustermate (see the module docstring); with
+    `below_floor`, also through a clustermate compared with the other record and scored
+    below the floor (table __below_floor_near, p at most the floor)."""
+    evidence = ["__scored_pairs", "__below_floor_near"] if below_floor else ["__scored_pairs"]
+    caps = " UNION ALL ".join(
+        f"""SELECT s.a, s.b, o.p + 1 - l.p AS cap
+            FROM __cross_scored s JOIN __links l ON l.x = s.{end}
+            JOIN {table} o ON o.a = least(l.y, s.{other}) AND o.b = greatest(l.y, s.{other})"""
+        for table in evidence
+        for end, other in (("a", "b"), ("b", "a"))
+    )
+    return f"""
     SELECT s.a, s.b, least(s.p, coalesce(t.cap, 1)) AS q, 'cross' AS kind
     FROM __cross_scored s LEFT JOIN (
-        SELECT a, b, min(cap) AS cap FROM (
-            SELECT s.a, s.b, o.p + 1 - l.p AS cap
-            FROM __cross_scored s JOIN __links l ON l.x = s.a
-            JOIN __scored_pairs o ON o.a = least(l.y, s.b) AND o.b = greatest(l.y, s.b)
-            UNION ALL
-            SELECT s.a, s.b, o.p + 1 - l.p AS cap
-            FROM __cross_scored s JOIN __links l ON l.x = s.b
-            JOIN __scored_pairs o ON o.a = least(l.y, s.a) AND o.b = greatest(l.y, s.a)
-        ) AS caps GROUP BY a, b
+        SELECT a, b, min(cap) AS cap FROM ({caps}) AS caps GROUP BY a, b
     ) AS t ON s.a = t.a AND s.b = t.b"""
+
+
+def _below_floor_near_sql(compared: ComparedPairs) -> str:
+    """The pairs (clustermate of one record of a cross pair, the other record) that were
+    not stored but that the rules compared: scored below the floor, p at most the floor."""
+    return f"""
+    WITH candidates AS (
+        SELECT least(l.y, s.b) AS a, greatest(l.y, s.b) AS b
+        FROM __cross_scored s JOIN __links l ON l.x = s.a
+        UNION
+        SELECT least(l.y, s.a) AS a, greatest(l.y, s.a) AS b
+        FROM __cross_scored s JOIN __links l ON l.x = s.b),
+    unstored AS (
+        SELECT c.a, c.b FROM candidates c
+        ANTI JOIN __scored_pairs o ON o.a = c.a AND o.b = c.b)
+    SELECT u.a, u.b, CAST({float(compared.floor)!r} AS DOUBLE) AS p FROM unstored u
+    JOIN {compared.records} l ON l.id = u.a JOIN {compared.records} r ON r.id = u.b
+    WHERE {compared.condition}"""
+
 
 _HELPER_TABLES = (
     "__scored_pairs",
@@ -147,6 +183,7 @@ _HELPER_TABLES = (
     "__cross_scored",
     "__links",
     "__paths",
+    "__below_floor_near",
 )
 
 
@@ -202,6 +239,7 @@ def count_pairs(
     largest_person: int = LARGEST_PERSON_PAIRED,
     table: str = EXPECTED_PAIRS,
     touching: str | None = None,
+    compared: ComparedPairs | None = None,
 ) -> None:
     """Table `table` (a, b, q, kind) for the clusters of one person-id column: each
     pair the estimate counts, with q, the probability it is one person: kind 'within'
@@ -212,7 +250,9 @@ def count_pairs(
 
     `touching`: a table (id) of record keys; only the pairs with a record among them are
     counted. A pair's q depends only on the scored pairs of its records' clusters, so after
-    an incremental linkage only the pairs of the records it reclustered can have changed."""
+    an incremental linkage only the pairs of the records it reclustered can have changed.
+    `compared`: how to tell the pairs the rules compared, so that a cross pair is capped
+    through a clustermate scored below the floor against its other record too."""
     if not engine.table_exists("__scored_pairs"):
         engine.create_table("__scored_pairs", _pairs_sql(pairs_table))
     engine.create_table("__records", _records_sql(lookup_table, column, touching))
@@ -225,7 +265,9 @@ def count_pairs(
         )
     engine.create_table("__links", _links_sql(largest_person))
     engine.create_table("__paths", _PATHS_SQL)
-    parts = [_WITHIN_SCORED_SQL, _CROSS_SQL]
+    if compared:
+        engine.create_table("__below_floor_near", _below_floor_near_sql(compared))
+    parts = [_WITHIN_SCORED_SQL, _cross_sql(below_floor=compared is not None)]
     if never_blocked_pairs_table:
         parts.append(_within_never_blocked_sql(never_blocked_pairs_table))
     counted = " UNION ALL ".join(parts)
@@ -340,6 +382,7 @@ def estimate_error_rates(
     largest_person: int = LARGEST_PERSON_PAIRED,
     changed: str | None = None,
     snapshot: str | None = None,
+    compared: ComparedPairs | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Estimated pairwise precision and recall of each threshold's clusters. With the
     blocking check's figure and the never-blocked pairs inside persons
@@ -351,7 +394,9 @@ def estimate_error_rates(
     `changed`: a table (source_dataset, record_id) of the records an incremental linkage
     reclustered or removed, when the kept pairs are those of the publication it extended
     (kept_pairs_of): only the pairs of those records are counted again, the rest read as
-    kept (at 1M records, a 1% delivery: the estimate step 7.5 s, not 25.5 s)."""
+    kept (at 1M records, a 1% delivery: the estimate step 7.5 s, not 25.5 s).
+    `compared`: how to tell the pairs the prediction rules compared, for the caps through a
+    clustermate scored below the floor (count_pairs)."""
     drop_expected_pairs(engine)  # any left in the stored tables by an earlier version
     engine.drop_table(FORMER_BALANCED_EXPECTED_PAIRS)
     engine.drop_table(Tables.EXPECTED_PAIRS_OF)
@@ -369,7 +414,14 @@ def estimate_error_rates(
         # thresholds took 42-48 s, in memory 23-27 s.
         with engine.scratch():
             count_pairs(
-                engine, column, pairs_table, lookup_table, listed, largest_person, touching=touching
+                engine,
+                column,
+                pairs_table,
+                lookup_table,
+                listed,
+                largest_person,
+                touching=touching,
+                compared=compared,
             )
         if touching:
             engine.delete_rows(

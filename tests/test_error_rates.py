@@ -7,12 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.blocking_reach import BlockingRules, pairs_never_blocked_in_persons
+from pipelines.blocking_reach import BlockingRules, pairs_never_blocked_in_persons, rule_records
 from pipelines.contract import LARGEST_PERSON_PAIRED
 from pipelines.engines import Engine
 from pipelines.engines.duckdb_engine import DuckDBEngine
 from pipelines.linking import implied_rules_recall
-from quality.error_rates import estimate_error_rates
+from quality.error_rates import ComparedPairs, estimate_error_rates
 
 
 def _estimate(tmp_path: Path, pairs: str, people: str) -> dict:
@@ -218,3 +218,42 @@ def test_the_stale_table_of_a_former_version_is_dropped(tmp_path: Path) -> None:
     )
     assert not engine.table_exists("balanced_expected_pairs")
     assert engine.table_exists("expected_pairs_balanced")
+
+
+@pytest.mark.parametrize(("key_of_b", "missed"), [("y", 0.11), ("z", 0.6)])
+def test_a_clustermate_compared_and_scored_below_the_floor_caps_a_cross_pair(
+    tmp_path: Path, key_of_b: str, missed: float
+) -> None:
+    """a and l are one person (0.9); b, another, scored 0.6 against a. The rules compare
+    records with the same key: l and b, when they share one, were compared and not stored,
+    so scored below the floor (0.01). Then if a and b were one person, l would be too,
+    which its own comparison all but rules out: the pair is capped at 0.01 + 1 - 0.9. If
+    the rules never compared l and b, nothing caps it."""
+    engine = DuckDBEngine(tmp_path / "estimates.duckdb")
+    engine.create_table(
+        "scored",
+        """SELECT 's' AS source_dataset_l, l AS record_id_l, 's' AS source_dataset_r,
+                  r AS record_id_r, p AS match_probability
+           FROM (VALUES ('a', 'l', 0.9), ('a', 'b', 0.6)) AS t(l, r, p)""",
+    )
+    engine.create_table(
+        "lookup",
+        """SELECT 's' AS source_dataset, id AS source_record_id, person AS person_id
+           FROM (VALUES ('a', 'p1'), ('l', 'p1'), ('b', 'p2')) AS t(id, person)""",
+    )
+    rules = BlockingRules(["l.k = r.k"], {"s": "records"})
+    engine.create_table(
+        "records",
+        f"""SELECT 's' AS source_dataset, id AS record_id, k
+            FROM (VALUES ('a', 'x'), ('l', 'y'), ('b', '{key_of_b}')) AS t(id, k)""",
+    )
+    condition = rule_records(engine, "rule_records", rules)
+    estimates = estimate_error_rates(
+        engine,
+        threshold_columns={"balanced": "person_id"},
+        pairs_table="scored",
+        lookup_table="lookup",
+        below_floor_table=None,
+        compared=ComparedPairs("rule_records", condition, 0.01),
+    )["balanced"]
+    assert estimates["recall"] == pytest.approx(0.9 / (0.9 + missed), abs=1e-6)

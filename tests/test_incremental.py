@@ -14,8 +14,9 @@ import pytest
 
 from dagster_project.definitions import build_definitions
 from dagster_project.linkage import input_tables, model_path
+from linkage_models.linkage import PREDICTION_FLOOR
 from linkage_models.project import LoadedProject, load_project
-from pipelines.blocking_reach import pairs_never_blocked_in_persons
+from pipelines.blocking_reach import pairs_never_blocked_in_persons, rule_records
 from pipelines.contract import (
     LINK_DELIVERIES_JOB,
     PERSON_ID_COLUMNS,
@@ -29,7 +30,7 @@ from pipelines.engines import DuckDBEngine
 from pipelines.linking import blocking_rules
 from pipelines.run import ProjectGraph, RunError, RunResult, run_project
 from pipelines.synthetic import GeneratedData
-from quality.error_rates import estimate_error_rates
+from quality.error_rates import ComparedPairs, estimate_error_rates
 
 from .test_persistent_ids import (
     at_snapshot,
@@ -89,10 +90,12 @@ def count_every_pair_again(project: LoadedProject) -> dict[str, Any]:
         inputs = input_tables(layout)
         rules = blocking_rules(project, model_path(layout), inputs)
         pairs_never_blocked_in_persons(engine, rules, list(PERSON_ID_COLUMNS.values()))
+        condition = rule_records(engine, "__recount_rule_records", rules)
+        compared = ComparedPairs("__recount_rule_records", condition, PREDICTION_FLOOR)
         return {
             "never_blocked_kept": kept,
             "never_blocked": never_blocked_pairs(engine),
-            "estimated": estimate_error_rates(engine),
+            "estimated": estimate_error_rates(engine, compared=compared),
         }
 
 
