@@ -63,9 +63,10 @@ def _records_table(
     columns: list[str],
     only: str | None = None,
 ) -> None:
-    """Every source's linkage input records, keyed, with the columns the rules read (`only`:
-    those a table (source_dataset, record_id) holds)."""
-    selected = ", ".join(["source_dataset", "record_id", *(ident(c) for c in columns)])
+    """Every source's linkage input records, keyed (id: source|record), with the columns the
+    rules read (`only`: those a table (source_dataset, record_id) holds)."""
+    key = f"{record_key('CAST(record_id AS VARCHAR)')} AS id"
+    selected = ", ".join([key, "source_dataset", "record_id", *(ident(c) for c in columns)])
     where = ""
     if only:
         where = (
@@ -208,22 +209,18 @@ class BlockingRules:
     # link_only: pairs within one source are never compared, whatever the rules say.
     link_only: bool = False
 
+    def columns_read(self) -> list[str]:
+        """The records' columns the rules read, besides their keys."""
+        read = {c for rule in self.rules_sql for c in _RULE_COLUMN.findall(rule)}
+        return sorted(read - {"source_dataset", "record_id"})
+
 
 def rule_records(engine: Engine, name: str, blocking: BlockingRules) -> str:
     """Table `name`: every input record keyed (id, source|record), with the columns the
     rules read; returns the condition under which the rules compare two of them, over
     aliases l and r (either way round, as Splink may orient a pair). The error-rate
     estimates read a pair that meets it but was not stored as scored below the floor."""
-    read = {c for rule in blocking.rules_sql for c in _RULE_COLUMN.findall(rule)}
-    columns = sorted(read - {"source_dataset", "record_id"})
-    selected = ", ".join(
-        [f"{record_key('CAST(record_id AS VARCHAR)')} AS id", "source_dataset", "record_id"]
-        + [ident(c) for c in columns]
-    )
-    engine.create_table(
-        name,
-        " UNION ALL ".join(f"SELECT {selected} FROM {t}" for t in blocking.input_tables.values()),
-    )
+    _records_table(engine, name, blocking.input_tables, blocking.columns_read())
     flipped = [
         re.sub(r"\b([lr])\.", lambda m: "r." if m.group(1) == "l" else "l.", rule)
         for rule in blocking.rules_sql
@@ -273,8 +270,7 @@ def pairs_never_blocked_in_persons(
                   HAVING count(*) <= {int(largest_person)}) AS small
               ON small.person = k.{ident(c)})"""
 
-    read = {c for rule in blocking.rules_sql for c in _RULE_COLUMN.findall(rule)}
-    columns = sorted(read - {"source_dataset", "record_id"})
+    columns = blocking.columns_read()
     with engine.scratch():  # the working tables
         if changed:
             engine.create_table(

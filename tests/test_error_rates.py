@@ -15,9 +15,9 @@ from pipelines.linking import implied_rules_recall
 from quality.error_rates import ComparedPairs, estimate_error_rates
 
 
-def _estimate(tmp_path: Path, pairs: str, people: str) -> dict:
-    """The balanced estimates for scored pairs (rows of record, record, p) and a lookup
-    (rows of record, person), all in one source."""
+def _engine(tmp_path: Path, pairs: str, people: str) -> DuckDBEngine:
+    """A database with scored pairs (rows of record, record, p) as table `scored` and a
+    lookup (rows of record, person) as table `lookup`, all in one source."""
     engine = DuckDBEngine(tmp_path / "estimates.duckdb")
     engine.create_table(
         "scored",
@@ -30,13 +30,24 @@ def _estimate(tmp_path: Path, pairs: str, people: str) -> dict:
         f"""SELECT 's' AS source_dataset, id AS source_record_id, person AS person_id
             FROM (VALUES {people}) AS t(id, person)""",
     )
+    return engine
+
+
+def _balanced(engine: DuckDBEngine, compared: ComparedPairs | None = None) -> dict:
+    """The balanced estimates of _engine's pairs and lookup."""
     return estimate_error_rates(
         engine,
         threshold_columns={"balanced": "person_id"},
         pairs_table="scored",
         lookup_table="lookup",
         below_floor_table=None,
+        compared=compared,
     )["balanced"]
+
+
+def _estimate(tmp_path: Path, pairs: str, people: str) -> dict:
+    """The balanced estimates for scored pairs and a lookup (_engine)."""
+    return _balanced(_engine(tmp_path, pairs, people))
 
 
 def test_a_pair_in_a_cluster_counts_the_path_that_put_it_there(tmp_path: Path) -> None:
@@ -197,25 +208,9 @@ def test_a_person_too_large_to_pair_is_counted_not_listed(any_engine: Engine) ->
 def test_the_stale_table_of_a_former_version_is_dropped(tmp_path: Path) -> None:
     """A working database from before the kept pairs were named per threshold holds the
     balanced ones under their old name, never updated again: the estimate drops them."""
-    engine = DuckDBEngine(tmp_path / "estimates.duckdb")
+    engine = _engine(tmp_path, "('a', 'b', 0.99)", "('a', 'p'), ('b', 'p')")
     engine.create_table("balanced_expected_pairs", "SELECT 'a' AS a, 'b' AS b, 0.9 AS q")
-    engine.create_table(
-        "scored",
-        """SELECT 's' AS source_dataset_l, 'a' AS record_id_l, 's' AS source_dataset_r,
-                  'b' AS record_id_r, 0.99 AS match_probability""",
-    )
-    engine.create_table(
-        "lookup",
-        "SELECT 's' AS source_dataset, id AS source_record_id, 'p' AS person_id "
-        "FROM (VALUES ('a'), ('b')) AS t(id)",
-    )
-    estimate_error_rates(
-        engine,
-        threshold_columns={"balanced": "person_id"},
-        pairs_table="scored",
-        lookup_table="lookup",
-        below_floor_table=None,
-    )
+    _balanced(engine)
     assert not engine.table_exists("balanced_expected_pairs")
     assert engine.table_exists("expected_pairs_balanced")
 
@@ -229,31 +224,15 @@ def test_a_clustermate_compared_and_scored_below_the_floor_caps_a_cross_pair(
     so scored below the floor (0.01). Then if a and b were one person, l would be too,
     which its own comparison all but rules out: the pair is capped at 0.01 + 1 - 0.9. If
     the rules never compared l and b, nothing caps it."""
-    engine = DuckDBEngine(tmp_path / "estimates.duckdb")
-    engine.create_table(
-        "scored",
-        """SELECT 's' AS source_dataset_l, l AS record_id_l, 's' AS source_dataset_r,
-                  r AS record_id_r, p AS match_probability
-           FROM (VALUES ('a', 'l', 0.9), ('a', 'b', 0.6)) AS t(l, r, p)""",
+    engine = _engine(
+        tmp_path, "('a', 'l', 0.9), ('a', 'b', 0.6)", "('a', 'p1'), ('l', 'p1'), ('b', 'p2')"
     )
-    engine.create_table(
-        "lookup",
-        """SELECT 's' AS source_dataset, id AS source_record_id, person AS person_id
-           FROM (VALUES ('a', 'p1'), ('l', 'p1'), ('b', 'p2')) AS t(id, person)""",
-    )
-    rules = BlockingRules(["l.k = r.k"], {"s": "records"})
     engine.create_table(
         "records",
         f"""SELECT 's' AS source_dataset, id AS record_id, k
             FROM (VALUES ('a', 'x'), ('l', 'y'), ('b', '{key_of_b}')) AS t(id, k)""",
     )
+    rules = BlockingRules(["l.k = r.k"], {"s": "records"})
     condition = rule_records(engine, "rule_records", rules)
-    estimates = estimate_error_rates(
-        engine,
-        threshold_columns={"balanced": "person_id"},
-        pairs_table="scored",
-        lookup_table="lookup",
-        below_floor_table=None,
-        compared=ComparedPairs("rule_records", condition, 0.01),
-    )["balanced"]
+    estimates = _balanced(engine, ComparedPairs("rule_records", condition, 0.01))
     assert estimates["recall"] == pytest.approx(0.9 / (0.9 + missed), abs=1e-6)
