@@ -3,9 +3,9 @@
 - reconciliation: every row delivered is in the person lookup or in quarantine;
 - output contract: the person lookup has its columns and one row per linked record; no
   published table has a column the project maps as an identifier;
-- identifier scan: no full name (given and family name together), full postcode or person
-  identifier of any input record appears in any file of the shareable zone, in text
-  (reports, JSON) or in a published table's values.
+- identifier scan: no full name (given and family name together, neither an initial), full
+  postcode or person identifier of any input record appears in any file of the shareable
+  zone, in text (reports, JSON) or in a published table's values.
 
 A failure names the check, the file and the column, never a value. Dates are not scanned
 in text: a report's own dates (the snapshot date, when it was written) are not identifying
@@ -70,9 +70,10 @@ def _identifier_values_sql(project: LinkageProject, sources: list[str]) -> str:
     parts = []
     for source in sources:
         table = Tables.linkage_input(source)
+        # An initial is not a name: "B B" would match a colour code (#1b1b1b) in any page.
         parts.append(
             f"SELECT 'name' AS kind, lower(given_name || ' ' || family_name) AS token "
-            f"FROM {table} WHERE given_name IS NOT NULL AND family_name IS NOT NULL"
+            f"FROM {table} WHERE length(given_name) > 1 AND length(family_name) > 1"
         )
         parts.append(
             f"SELECT 'postcode', upper(replace(postcode, ' ', '')) FROM {table} "

@@ -134,6 +134,39 @@ def test_the_audit_passes_a_clean_build_and_refuses_one_showing_a_name(
     assert current_snapshot(layout) == small_run.snapshot
 
 
+def test_the_audit_does_not_take_a_colour_code_for_a_record_named_by_initials(
+    small_run: RunResult, small_project: LoadedProject
+) -> None:
+    """Found on pseudopeople's files: a record named "B B" matched the "#1b1b1b" of every
+    page's style sheet, and the audit refused the whole publication."""
+    layout = OutputLayout(small_run.output_dir)
+    stage_from_current(layout, "audit-test")
+    try:
+        with DuckDBEngine(layout.work_dir / "joinedup.duckdb") as engine:
+            sources = list(small_run.manifest["reconciliation"]["by_source"])
+            # A temporary table on this connection only: the shared run is left as it was.
+            engine.execute(
+                "CREATE TEMP TABLE linkage_input_prisons AS "
+                "SELECT * REPLACE ('B' AS given_name, 'B' AS family_name) "
+                "FROM main.linkage_input_prisons"
+            )
+            note = layout.reports_dir / "analyst_note.md"
+            note.write_text("<p style='color: #1b1b1b'>Checked by hand.</p>\n")
+            checked = audit_build(engine, small_project.spec, layout, sources)
+            assert checked["identifier_values_found"] == 0
+            # A real name beside the initials is still refused.
+            engine.execute(
+                "UPDATE linkage_input_prisons SET given_name = 'Bo', family_name = 'By' "
+                "WHERE record_id = (SELECT min(record_id) FROM linkage_input_prisons)"
+            )
+            note.write_text("<p>Checked Bo By by hand.</p>\n")
+            with pytest.raises(AuditFailure, match="analyst_note.md: 1 name value"):
+                audit_build(engine, small_project.spec, layout, sources)
+    finally:
+        shutil.rmtree(layout.root / "staging")
+    assert current_snapshot(layout) == small_run.snapshot
+
+
 def test_the_audit_refuses_a_shareable_count_that_escaped_disclosure_control(
     small_run: RunResult, small_project: LoadedProject
 ) -> None:
