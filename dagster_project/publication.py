@@ -48,6 +48,7 @@ def publication_assets() -> list[dg.AssetsDefinition]:
                 "previous_snapshot": record["previous_snapshot"] or "none",
                 "text_files_scanned": audit["text_files_scanned"],
                 "published_tables": audit["published_tables"],
+                "digit_codes_not_scanned_lengths": str(audit["digit_codes_not_scanned_lengths"]),
                 "shareable": dg.MetadataValue.path(str(published.shareable_dir)),
             }
         )

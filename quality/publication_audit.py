@@ -5,7 +5,9 @@
   published table has a column the project maps as an identifier;
 - identifier scan: no full name (given and family name together, neither an initial), full
   postcode or person identifier of any input record appears in any file of the shareable
-  zone, in text (reports, JSON) or in a published table's values.
+  zone, in text (reports, JSON) or in a published table's values. Identifiers of digits
+  only are looked for where they are sparse among numbers of their length; where they are
+  dense, any number would match one by chance (CHANCE_MATCH).
 
 A failure names the check, the file and the column, never a value. Dates are not scanned
 in text: a report's own dates (the snapshot date, when it was written) are not identifying
@@ -32,7 +34,14 @@ from pipelines.sql import ident
 TEXT_SUFFIXES = {".html", ".json", ".md", ".csv", ".txt", ".js", ".svg"}
 WORD = re.compile(r"[^\W\d_][^\W\d_'’-]*(?:['’-][^\W\d_]+)*")
 POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}\b")
-IDENTIFIER_CODE = re.compile(r"\b[A-Z0-9]{6,}\b")
+# Long codes; never the digits after a decimal point (0.988969 is a rate, not an id).
+IDENTIFIER_CODE = re.compile(r"(?<!\d\.)\b[A-Z0-9]{6,}\b")
+# A code of digits only is scanned for when the project's identifiers of its length are
+# sparse among all numbers of that length: where they are dense (a pseudonymised key
+# numbered 100000-999999), any count in a report or record id in the lookup would match
+# one by chance and the audit could never pass.
+CHANCE_MATCH = 1e-4
+DIGITS_ONLY = "translate(token, '0123456789', '') = ''"
 # The chart libraries (Vega) inlined so charts work offline: minified code, never data.
 LIBRARY_BUNDLE = re.compile(r"<script[^>]*>\s*!function\(.*?</script>", re.S)
 
@@ -85,6 +94,16 @@ def _identifier_values_sql(project: LinkageProject, sources: list[str]) -> str:
             for c in person_ids
         ]
     return " UNION ".join(parts)
+
+
+def _dense_code_lengths(engine: Engine) -> list[int]:
+    """Lengths at which the identifiers made of digits are too dense to tell from numbers
+    (more than CHANCE_MATCH of all numbers of that length)."""
+    found = engine.fetch(
+        "SELECT length(token), count(DISTINCT token) FROM __audit_identifiers "
+        f"WHERE kind = 'code' AND {DIGITS_ONLY} GROUP BY length(token)"
+    )
+    return sorted(int(n) for n, distinct in found if distinct > CHANCE_MATCH * 10 ** int(n))
 
 
 def _published_tables(layout: OutputLayout) -> list[Path]:
@@ -140,6 +159,13 @@ def audit_build(
 
     files = [p for p in layout.shareable_dir.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES]
     engine.create_table("__audit_identifiers", _identifier_values_sql(project, sources))
+    dense = _dense_code_lengths(engine)
+    if dense:
+        lengths = ", ".join(map(str, dense))
+        engine.delete_rows(
+            "__audit_identifiers",
+            f"kind = 'code' AND {DIGITS_ONLY} AND length(token) IN ({lengths})",
+        )
     tokens = _text_tokens(files)
     if len(tokens):
         engine.load_frame("__audit_tokens", tokens)
@@ -175,4 +201,7 @@ def audit_build(
         "published_tables": len(tables),
         "text_files_scanned": len(files),
         "identifier_values_found": 0,
+        # Person identifiers of these many digits were too dense to scan for (see
+        # CHANCE_MATCH): the column-name check still keeps them out of published tables.
+        "digit_codes_not_scanned_lengths": dense,
     }

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from linkage_models.project import LoadedProject, load_project
+from linkage_models.project import LoadedProject, load_project, parse_project
 from pipelines.contract import OutputLayout
 from pipelines.engines.duckdb_engine import DuckDBEngine
 from pipelines.publication import (
@@ -28,6 +28,7 @@ from pipelines.run import RunError, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 from quality.publication_audit import AuditFailure, audit_build
 
+from .conftest import DEMO_CONFIG
 from .helpers import demo_subset
 
 
@@ -165,6 +166,52 @@ def test_the_audit_does_not_take_a_colour_code_for_a_record_named_by_initials(
     finally:
         shutil.rmtree(layout.root / "staging")
     assert current_snapshot(layout) == small_run.snapshot
+
+
+@pytest.mark.parametrize(
+    ("first_key", "step", "dense"),
+    [(100_000, 1, True), (400_000_000_000, 7_919, False)],
+    ids=["dense six-digit keys", "sparse twelve-digit keys"],
+)
+def test_the_audit_looks_for_numeric_person_keys_only_where_a_number_would_not_match_by_chance(
+    small_run: RunResult, first_key: int, step: int, dense: bool
+) -> None:
+    """A pseudonymised key numbered 100000, 100001, ... makes almost every six-digit
+    number in a report someone's key: looking for them would refuse every publication.
+    Sparse keys are still looked for, and never in the digits of a rate (0.400000007919)."""
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    prisons = next(s for s in raw["sources"] if s["name"] == "prisons")
+    prisons["identifiers"]["other"] = {"prison_key": {"type": "person_id", "column": "key"}}
+    project = parse_project(raw, "keys.yaml")
+    layout = OutputLayout(small_run.output_dir)
+    stage_from_current(layout, "audit-test")
+    try:
+        with DuckDBEngine(layout.work_dir / "joinedup.duckdb") as engine:
+            sources = list(small_run.manifest["reconciliation"]["by_source"])
+            for source in sources:  # on this connection only: the shared run stays as it was
+                key = (
+                    f"CAST({first_key} + {step} * row_number() OVER (ORDER BY record_id) "
+                    "AS VARCHAR)"
+                    if source == "prisons"
+                    else "CAST(NULL AS VARCHAR)"
+                )
+                engine.execute(
+                    f"CREATE TEMP TABLE linkage_input_{source} AS "
+                    f"SELECT *, {key} AS prison_key FROM main.linkage_input_{source}"
+                )
+            key = engine.fetch("SELECT max(prison_key) FROM linkage_input_prisons")[0][0]
+            note = layout.reports_dir / "analyst_note.md"
+            note.write_text(f"Precision 0.{key}, estimated.\n")
+            checked = audit_build(engine, project, layout, sources)
+            assert checked["digit_codes_not_scanned_lengths"] == ([6] if dense else [])
+            note.write_text(f"Records checked by hand: {key}.\n")
+            if dense:
+                assert audit_build(engine, project, layout, sources)["published_tables"]
+            else:
+                with pytest.raises(AuditFailure, match="analyst_note.md: 1 code value"):
+                    audit_build(engine, project, layout, sources)
+    finally:
+        shutil.rmtree(layout.root / "staging")
 
 
 def test_the_audit_refuses_a_shareable_count_that_escaped_disclosure_control(
