@@ -158,13 +158,15 @@ def audit_build(
             problems.append(f"{table.name}: has column(s) mapped as identifiers {exposed}")
 
     files = [p for p in layout.shareable_dir.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES]
-    engine.create_table("__audit_identifiers", _identifier_values_sql(project, sources))
+    values = _identifier_values_sql(project, sources)
+    engine.create_table("__audit_identifiers", values)
     dense = _dense_code_lengths(engine)
-    if dense:
+    if dense:  # made again without them (no engine needs to rewrite a table from itself)
         lengths = ", ".join(map(str, dense))
-        engine.delete_rows(
+        engine.create_table(
             "__audit_identifiers",
-            f"kind = 'code' AND {DIGITS_ONLY} AND length(token) IN ({lengths})",
+            f"SELECT * FROM ({values}) AS v "
+            f"WHERE NOT (kind = 'code' AND {DIGITS_ONLY} AND length(token) IN ({lengths}))",
         )
     tokens = _text_tokens(files)
     if len(tokens):
