@@ -57,6 +57,62 @@ def _completeness_shown(
     return shown
 
 
+def _histogram_shown(
+    records: list[dict[str, Any]], count_shown: Callable[[int], int]
+) -> list[dict[str, Any]]:
+    """The match-weight histogram with its counts of pairs as a publication shows counts."""
+    return [{**r, "count_rows": count_shown(int(r["count_rows"]))} for r in records]
+
+
+def _blocking_shown(
+    records: list[dict[str, Any]], count_shown: Callable[[int], int], possible: int
+) -> list[dict[str, Any]]:
+    """The blocking chart with each rule's count of pairs shown as a publication shows
+    counts, the running total the sum of those (nothing exact to subtract), and the
+    possible pairs counted from the shown numbers of records (`possible`): the exact figure
+    gives away the exact number of records."""
+    shown, total = [], 0
+    for record in sorted(records, key=lambda r: int(r["match_key"])):
+        marginal = count_shown(int(round(float(record["marginal_comparison_count"]))))
+        total += marginal
+        shown.append(
+            {
+                **record,
+                "marginal_comparison_count": marginal,
+                "cumulative_comparison_count": total,
+                "total_possible_comparison_count": possible,
+            }
+        )
+    return shown
+
+
+def _unlinkables_shown(
+    records: list[dict[str, Any]], count_shown: Callable[[int], int], records_in: int
+) -> list[dict[str, Any]]:
+    """The unlinkables chart's shares of records from shown counts: each cumulative count
+    as a publication shows counts, over the shown number of records (a share of 1 in 36,631
+    gave away single records), each step the difference of two shown shares."""
+    total = count_shown(records_in)
+    shown, before = [], 0.0
+    for record in sorted(records, key=lambda r: float(r["match_weight"])):
+        below = count_shown(int(round(float(record["cum_prop"]) * records_in)))
+        share = below / total if total else 0.0
+        shown.append({**record, "prop": share - before, "cum_prop": share})
+        before = share
+    return shown
+
+
+def _possible_pairs(link_type: str, records_by_source: list[int]) -> int:
+    """Pairs the link type could compare among these numbers of records."""
+    everyone = sum(records_by_source)
+    across = (everyone * everyone - sum(n * n for n in records_by_source)) // 2
+    if link_type == "link_only":
+        return across
+    if link_type == "dedupe_only":
+        return sum(n * (n - 1) // 2 for n in records_by_source)
+    return everyone * (everyone - 1) // 2
+
+
 def _save(chart: Any, path: Path) -> None:
     path.write_text(chart.to_html(inline=True))
 
@@ -170,7 +226,8 @@ def write_diagnostics(
     else:
         predictions = linker.inference.predict(threshold_match_probability=PREDICTION_FLOOR)
     frames = [db_api.table_to_splink_dataframe(f"__diag_{s}", t) for s, t in input_tables.items()]
-    records = sum(_count(db_api, t) for t in input_tables.values())
+    by_source = [_count(db_api, t) for t in input_tables.values()]
+    records = sum(by_source)
 
     _save(
         linker.visualisations.match_weights_chart(),
@@ -180,20 +237,20 @@ def write_diagnostics(
         linker.visualisations.m_u_parameters_chart(),
         place("m and u probabilities", "m_u_parameters.html"),
     )
-    if histogram is not None:
-        _save(
-            linker.visualisations.match_weights_histogram(histogram),
-            place("Histogram of match weights of scored pairs", "match_weight_histogram.html"),
+    if histogram is not None or predictions is not None:
+        chart = linker.visualisations.match_weights_histogram(
+            histogram if histogram is not None else predictions
         )
-    elif predictions is not None:
+        chart.raw_records = _histogram_shown(chart.raw_records, count_shown)
+        title = "Histogram of match weights of scored pairs"
         _save(
-            linker.visualisations.match_weights_histogram(predictions),
-            place(
-                "Histogram of match weights of scored pairs" + scope, "match_weight_histogram.html"
-            ),
+            chart,
+            place(title + ("" if histogram is not None else scope), "match_weight_histogram.html"),
         )
+    unlinkables = linker.evaluation.unlinkables_chart()
+    unlinkables.raw_records = _unlinkables_shown(unlinkables.raw_records, count_shown, records)
     _save(
-        linker.evaluation.unlinkables_chart(),
+        unlinkables,
         place("Unlinkable records (too little information to link)", "unlinkables.html"),
     )
     completeness = [
@@ -205,18 +262,21 @@ def write_diagnostics(
     )
     chart.raw_records = _completeness_shown(chart.raw_records, count_shown)
     _save(chart, place("Completeness of linkage columns by source", "completeness.html"))
+    blocking = chart_comparisons_from_blocking_rules(
+        frames,
+        # The rules the model predicts with (after the blocking analysis), in the
+        # dialect they were saved in; Splink transpiles them.
+        blocking_rules=trained_model["blocking_rules_to_generate_predictions"],
+        link_type=project.model.link_type,
+        unique_id_column_name="record_id",
+        source_dataset_column_name="source_dataset",
+        # About 100k records sampled: exact for small data, stable and quick for large.
+        record_sample_proportion=min(1.0, BLOCKING_SAMPLE_RECORDS / max(records, 1)),
+    )
+    possible = _possible_pairs(project.model.link_type, [count_shown(n) for n in by_source])
+    blocking.raw_records = _blocking_shown(blocking.raw_records, count_shown, possible)
     _save(
-        chart_comparisons_from_blocking_rules(
-            frames,
-            # The rules the model predicts with (after the blocking analysis), in the
-            # dialect they were saved in; Splink transpiles them.
-            blocking_rules=trained_model["blocking_rules_to_generate_predictions"],
-            link_type=project.model.link_type,
-            unique_id_column_name="record_id",
-            source_dataset_column_name="source_dataset",
-            # About 100k records sampled: exact for small data, stable and quick for large.
-            record_sample_proportion=min(1.0, BLOCKING_SAMPLE_RECORDS / max(records, 1)),
-        ),
+        blocking,
         place("Comparisons generated per blocking rule", "blocking_rule_comparisons.html"),
     )
 

@@ -198,6 +198,37 @@ def test_completeness_chart_shows_every_source_with_its_own_records(
     assert all(v["total_null_rows"] % 5 == 0 for v in values)
 
 
+def _chart_values(small_run: RunResult, name: str) -> list[dict]:
+    chart = (published(small_run.output_dir).charts_dir / name).read_text()
+    return json.loads(re.search(r'"data": \{"values": (\[.*?\])\}', chart).group(1))
+
+
+def test_shareable_charts_show_counts_as_the_publication_does(small_run: RunResult) -> None:
+    """The histogram's and the blocking chart's counts of pairs are rounded, the blocking
+    chart's running total is the sum of what it shows and its possible pairs come from the
+    shown numbers of records; the unlinkables chart's shares are of rounded counts (a
+    share of 1 in N gave single records away)."""
+    histogram = _chart_values(small_run, "match_weight_histogram.html")
+    assert histogram and all(v["count_rows"] % 5 == 0 for v in histogram)
+    blocking = sorted(
+        _chart_values(small_run, "blocking_rule_comparisons.html"), key=lambda v: v["match_key"]
+    )
+    assert all(v["marginal_comparison_count"] % 5 == 0 for v in blocking)
+    running = [
+        sum(v["marginal_comparison_count"] for v in blocking[: i + 1]) for i in range(len(blocking))
+    ]
+    assert [v["cumulative_comparison_count"] for v in blocking] == running
+    reconciliation = small_run.manifest["reconciliation"]
+    shown = sum(rounded(c["rows_accepted"]) for c in reconciliation["by_source"].values())
+    assert {v["total_possible_comparison_count"] for v in blocking} == {shown * (shown - 1) // 2}
+    linked = rounded(reconciliation["rows_linked"])
+    unlinkables = _chart_values(small_run, "unlinkables.html")
+    assert unlinkables  # the demo's data has records too sparse to link
+    for v in unlinkables:
+        below = v["cum_prop"] * linked
+        assert abs(below - round(below)) < 1e-6 and round(below) % 5 == 0
+
+
 def test_report_draws_its_figures_as_static_charts(small_run: RunResult) -> None:
     """Error rates, cluster sizes and bias are drawn as inline SVG (no script, no network),
     and a chart never draws what the tables suppress."""
