@@ -212,110 +212,85 @@ def _scaled_noise(factor: float) -> dict[str, Any]:
     }
 
 
-def pseudopeople_sample(noise: float = 1.0) -> Dataset:
-    """pseudopeople's sample data, with its default noise or that noise scaled up."""
-    import pseudopeople as psp
+ZIPCODE = {"country": "US", "pattern": "^[0-9]{5}$", "prefix_lengths": [3]}
+ADDRESS = ["street_number", "street_name", "unit_number"]
 
-    config = _scaled_noise(noise) if noise != 1.0 else None
-    census = psp.generate_decennial_census(config=config)
-    ssa = psp.generate_social_security(config=config)
-    w2 = psp.generate_taxes_w2_and_1099(config=config)
-    frames = _pseudopeople_frames({"census": census, "social_security": ssa, "w2_1099": w2})
-    truth = _pseudopeople_truth(frames)
-    # Common columns for the script (an analyst harmonises the three files first).
-    c, s, w = frames["census"], frames["social_security"], frames["w2_1099"]
-    script = {
-        "census": pd.DataFrame(
-            {
-                "rec_id": c.rec_id,
-                "first_name": c.first_name,
-                "middle_initial": c.middle_initial,
-                "last_name": c.last_name,
-                "dob": _iso_date(c.date_of_birth, "%m/%d/%Y"),
-                "sex": c.sex,
-                "ssn": None,
-                "zipcode": c.zipcode,
-                "street_number": c.street_number,
-                "street_name": c.street_name,
-            }
-        ),
-        "social_security": pd.DataFrame(
-            {
-                "rec_id": s.rec_id,
-                "first_name": s.first_name,
-                "middle_initial": s.middle_name.str[:1],
-                "last_name": s.last_name,
-                "dob": _iso_date(s.date_of_birth, "%Y%m%d"),
-                "sex": s.sex,
-                "ssn": s.ssn,
-                "zipcode": None,
-                "street_number": None,
-                "street_name": None,
-            }
-        ),
-        "w2_1099": pd.DataFrame(
-            {
-                "rec_id": w.rec_id,
-                "first_name": w.first_name,
-                "middle_initial": w.middle_initial,
-                "last_name": w.last_name,
-                "dob": None,
-                "sex": None,
-                "ssn": w.ssn,
-                "zipcode": w.mailing_address_zipcode,
-                "street_number": w.mailing_address_street_number,
-                "street_name": w.mailing_address_street_name,
-            }
-        ),
+
+def _household_survey_mapping(dob_format: str) -> dict[str, Any]:
+    """A census-like file (census, ACS, CPS, WIC): every field it has, as joinedup maps it."""
+    return {
+        "given_name": "first_name",
+        "middle_names": "middle_initial",
+        "family_name": "last_name",
+        "date_of_birth": {"column": "date_of_birth", "formats": [dob_format]},
+        "sex": "sex",
+        "postcode": {"column": "zipcode", **ZIPCODE},
+        "other": {
+            "address": {"type": "address", "columns": ADDRESS},
+            "city": {"type": "name", "column": "city"},
+            "state": {"type": "exact", "column": "state"},
+        },
     }
-    for f in script.values():
-        f[["ssn", "zipcode", "street_number", "street_name", "dob", "sex"]] = f[
-            ["ssn", "zipcode", "street_number", "street_name", "dob", "sex"]
-        ].astype("string")
-    # joinedup maps every field the three files share: names, date of birth (or the
-    # census age on census day), sex, the SSN, the street address, city, state and ZIP code.
-    zipcode = {"country": "US", "pattern": "^[0-9]{5}$", "prefix_lengths": [3]}
-    address = ["street_number", "street_name", "unit_number"]
-    mailing = [f"mailing_address_{c}" for c in address]
+
+
+def _tax_form_mapping() -> dict[str, Any]:
+    """A tax form (W-2/1099, 1040): names, the SSN and the mailing address."""
+    return {
+        "given_name": "first_name",
+        "middle_names": "middle_initial",
+        "family_name": "last_name",
+        "postcode": {"column": "mailing_address_zipcode", **ZIPCODE},
+        "other": {
+            "ssn": {"type": "person_id", "column": "ssn"},
+            "address": {"type": "address", "columns": [f"mailing_address_{c}" for c in ADDRESS]},
+            "city": {"type": "name", "column": "mailing_address_city"},
+            "state": {"type": "exact", "column": "mailing_address_state"},
+        },
+    }
+
+
+def _script_frame(
+    f: pd.DataFrame,
+    middle_initial: pd.Series,
+    dob: pd.Series | None,
+    sex: pd.Series | None,
+    ssn: pd.Series | None,
+    address_prefix: str | None,
+) -> pd.DataFrame:
+    """The script's common columns for one file (an analyst harmonises the files first);
+    `address_prefix`: where its ZIP code and street are ("" for zipcode, street_number...;
+    None when it has none)."""
+    frame = pd.DataFrame(
+        {
+            "rec_id": f.rec_id,
+            "first_name": f.first_name,
+            "middle_initial": middle_initial,
+            "last_name": f.last_name,
+            "dob": dob,
+            "sex": sex,
+            "ssn": ssn,
+            **{
+                c: None if address_prefix is None else f[f"{address_prefix}{c}"]
+                for c in ("zipcode", "street_number", "street_name")
+            },
+        }
+    )
+    shared = ["ssn", "zipcode", "street_number", "street_name", "dob", "sex"]
+    frame[shared] = frame[shared].astype("string")
+    return frame
+
+
+def _pseudopeople_dataset(
+    frames: dict[str, pd.DataFrame],
+    identifiers: dict[str, dict[str, Any]],
+    script: dict[str, pd.DataFrame],
+) -> Dataset:
+    """pseudopeople's files linked and deduplicated together, beside one script."""
     return Dataset(
         link_type="link_and_dedupe",
         frames=frames,
-        identifiers={
-            "census": {
-                "given_name": "first_name",
-                "middle_names": "middle_initial",
-                "family_name": "last_name",
-                "date_of_birth": {"column": "date_of_birth", "formats": ["%m/%d/%Y"]},
-                "sex": "sex",
-                "postcode": {"column": "zipcode", **zipcode},
-                "other": {
-                    "address": {"type": "address", "columns": address},
-                    "city": {"type": "name", "column": "city"},
-                    "state": {"type": "exact", "column": "state"},
-                },
-            },
-            "social_security": {
-                "given_name": "first_name",
-                "middle_names": "middle_name",
-                "family_name": "last_name",
-                "date_of_birth": {"column": "date_of_birth", "formats": ["%Y%m%d"]},
-                "sex": "sex",
-                "other": {"ssn": {"type": "person_id", "column": "ssn"}},
-            },
-            "w2_1099": {
-                "given_name": "first_name",
-                "middle_names": "middle_initial",
-                "family_name": "last_name",
-                "postcode": {"column": "mailing_address_zipcode", **zipcode},
-                "other": {
-                    "ssn": {"type": "person_id", "column": "ssn"},
-                    "address": {"type": "address", "columns": mailing},
-                    "city": {"type": "name", "column": "mailing_address_city"},
-                    "state": {"type": "exact", "column": "mailing_address_state"},
-                },
-            },
-        },
-        truth=truth,
+        identifiers=identifiers,
+        truth=_pseudopeople_truth(frames),
         script_frames=script,
         script_comparisons=_pseudopeople_comparisons,
         script_blocking=[
@@ -330,6 +305,42 @@ def pseudopeople_sample(noise: float = 1.0) -> Dataset:
         # contract for such files would allow it.
         validation={"max_unknown_sex_code_rate": 0.2},
     )
+
+
+def pseudopeople_sample(noise: float = 1.0) -> Dataset:
+    """pseudopeople's sample data, with its default noise or that noise scaled up."""
+    import pseudopeople as psp
+
+    config = _scaled_noise(noise) if noise != 1.0 else None
+    census = psp.generate_decennial_census(config=config)
+    ssa = psp.generate_social_security(config=config)
+    w2 = psp.generate_taxes_w2_and_1099(config=config)
+    frames = _pseudopeople_frames({"census": census, "social_security": ssa, "w2_1099": w2})
+    c, s, w = frames["census"], frames["social_security"], frames["w2_1099"]
+    script = {
+        "census": _script_frame(
+            c, c.middle_initial, _iso_date(c.date_of_birth, "%m/%d/%Y"), c.sex, None, ""
+        ),
+        "social_security": _script_frame(
+            s, s.middle_name.str[:1], _iso_date(s.date_of_birth, "%Y%m%d"), s.sex, s.ssn, None
+        ),
+        "w2_1099": _script_frame(w, w.middle_initial, None, None, w.ssn, "mailing_address_"),
+    }
+    # joinedup maps every field the three files share: names, date of birth (or the
+    # census age on census day), sex, the SSN, the street address, city, state and ZIP code.
+    identifiers = {
+        "census": _household_survey_mapping("%m/%d/%Y"),
+        "social_security": {
+            "given_name": "first_name",
+            "middle_names": "middle_name",
+            "family_name": "last_name",
+            "date_of_birth": {"column": "date_of_birth", "formats": ["%Y%m%d"]},
+            "sex": "sex",
+            "other": {"ssn": {"type": "person_id", "column": "ssn"}},
+        },
+        "w2_1099": _tax_form_mapping(),
+    }
+    return _pseudopeople_dataset(frames, identifiers, script)
 
 
 def pseudopeople_households() -> Dataset:
@@ -350,78 +361,20 @@ def pseudopeople_households() -> Dataset:
     }
     frames = _pseudopeople_frames(generated)
     dob_formats = {"census": "%m/%d/%Y", "acs": "%m/%d/%Y", "cps": "%m/%d/%Y", "wic": "%m%d%Y"}
-    zipcode = {"country": "US", "pattern": "^[0-9]{5}$", "prefix_lengths": [3]}
-    address = ["street_number", "street_name", "unit_number"]
-    mailing = [f"mailing_address_{c}" for c in address]
-    identifiers: dict[str, dict[str, Any]] = {
-        name: {
-            "given_name": "first_name",
-            "middle_names": "middle_initial",
-            "family_name": "last_name",
-            "date_of_birth": {"column": "date_of_birth", "formats": [fmt]},
-            "sex": "sex",
-            "postcode": {"column": "zipcode", **zipcode},
-            "other": {
-                "address": {"type": "address", "columns": address},
-                "city": {"type": "name", "column": "city"},
-                "state": {"type": "exact", "column": "state"},
-            },
-        }
-        for name, fmt in dob_formats.items()
+    identifiers = {name: _household_survey_mapping(fmt) for name, fmt in dob_formats.items()}
+    identifiers["tax_1040"] = _tax_form_mapping()
+    script = {
+        name: _script_frame(
+            f, f.middle_initial, _iso_date(f.date_of_birth, dob_formats[name]), f.sex, None, ""
+        )
+        for name, f in frames.items()
+        if name != "tax_1040"
     }
-    identifiers["tax_1040"] = {
-        "given_name": "first_name",
-        "middle_names": "middle_initial",
-        "family_name": "last_name",
-        "postcode": {"column": "mailing_address_zipcode", **zipcode},
-        "other": {
-            "ssn": {"type": "person_id", "column": "ssn"},
-            "address": {"type": "address", "columns": mailing},
-            "city": {"type": "name", "column": "mailing_address_city"},
-            "state": {"type": "exact", "column": "mailing_address_state"},
-        },
-    }
-    script = {}
-    for name, f in frames.items():
-        if name == "tax_1040":
-            dob, sex, ssn = None, None, f.ssn
-            zipcode_, number, street = (
-                f[f"mailing_address_{c}"] for c in ("zipcode", "street_number", "street_name")
-            )
-        else:
-            dob, sex, ssn = _iso_date(f.date_of_birth, dob_formats[name]), f.sex, None
-            zipcode_, number, street = f.zipcode, f.street_number, f.street_name
-        script[name] = pd.DataFrame(
-            {
-                "rec_id": f.rec_id,
-                "first_name": f.first_name,
-                "middle_initial": f.middle_initial,
-                "last_name": f.last_name,
-                "dob": dob,
-                "sex": sex,
-                "ssn": ssn,
-                "zipcode": zipcode_,
-                "street_number": number,
-                "street_name": street,
-            }
-        ).astype("string")
-    return Dataset(
-        link_type="link_and_dedupe",
-        frames=frames,
-        identifiers=identifiers,
-        truth=_pseudopeople_truth(frames),
-        script_frames=script,
-        script_comparisons=_pseudopeople_comparisons,
-        script_blocking=[
-            ["first_name", "last_name"],
-            ["last_name", "dob"],
-            ["first_name", "dob"],
-            ["ssn"],
-            ["zipcode", "street_number"],
-        ],
-        script_deterministic=[["ssn", "last_name"], ["first_name", "last_name", "dob"]],
-        validation={"max_unknown_sex_code_rate": 0.2},
-    )
+    t = frames["tax_1040"]
+    script["tax_1040"] = _script_frame(t, t.middle_initial, None, None, t.ssn, "mailing_address_")
+    # Every column as text, as this set's script was first run.
+    script = {name: frame.astype("string") for name, frame in script.items()}
+    return _pseudopeople_dataset(frames, identifiers, script)
 
 
 def _generator_comparisons() -> list:
