@@ -6,6 +6,7 @@ and everything downstream of it; a schedule runs it periodically.
     -> linkage/person_clusters
 """
 
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -13,18 +14,27 @@ import dagster as dg
 
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
+from linkage_models.linkage import PREDICTION_FLOOR
+from linkage_models.project import LoadedProject
+from linkage_models.registry import ModelRegistry, ModelVersion
 from pipelines import incremental, linking
-from pipelines.contract import OutputLayout, forget_record, load_record
+from pipelines.blocking_reach import rule_records
+from pipelines.contract import OutputLayout, Tables, forget_record, load_record
 from pipelines.deliveries import deliveries_for_linkage, withdrawn_deliveries
+from pipelines.engines import Engine
+from pipelines.incremental import IncrementalUnavailable
 from pipelines.publication import begin_staging
 from pipelines.standardise import build_linkage_input, extend_linkage_input
+from quality.error_rates import ComparedPairs
 from quality.model_comparison import incremental_drift
 from quality.quarantine import combine_and_quarantine
+from quality.threshold_choice import candidate_thresholds, choose_balanced_threshold
 
 LINKAGE_INPUTS = dg.AssetKey(["linkage", "linkage_inputs"])
 MODEL = dg.AssetKey(["linkage", "model"])
 PAIRWISE_PREDICTIONS = dg.AssetKey(["linkage", "pairwise_predictions"])
 PERSON_CLUSTERS = dg.AssetKey(["linkage", "person_clusters"])
+CANDIDATES_RULE_RECORDS = "__candidates_rule_records"
 
 
 def input_tables(layout: OutputLayout) -> dict[str, str]:
@@ -66,6 +76,58 @@ def linkage_conditions(layout: OutputLayout, project: Any, engine_name: str) -> 
         load_record(layout, "train")["version"],
         spec.model.thresholds.as_dict(),
         spec.model.probable_twins_rule,
+    )
+
+
+def with_balanced_threshold(
+    engine: Engine,
+    project: LoadedProject,
+    version: ModelVersion,
+    inputs: dict[str, str],
+    incremental_linkage: bool,
+) -> ModelVersion:
+    """The model version with its balanced threshold, chosen now (and frozen with it) if
+    the project leaves it to the model (`balanced: auto`) and the model has none yet. The
+    choice scores every record, so an incremental linkage cannot make it."""
+    if not project.spec.model.thresholds.chosen_with_model or version.balanced_threshold:
+        return version
+    if incremental_linkage:
+        layout = OutputLayout(project.output_dir)
+        # Nothing published to extend says so first (what a full relink would do anyway).
+        stored = load_record(layout, "linkage_inputs")["stored_linkage"]
+        incremental.check_state(layout.published, stored, {})
+        raise IncrementalUnavailable(
+            f"model v{version.version} has no balanced threshold chosen yet (balanced: "
+            f"auto): {incremental.FULL_RELINK}"
+        )
+    model_dir = OutputLayout(project.output_dir).model_dir
+    model = str(model_dir / version.path)
+    thresholds = project.spec.model.thresholds
+    columns = linking.link_at_candidates(
+        engine, project, model, inputs, candidate_thresholds(thresholds)
+    )
+    rules = linking.blocking_rules(project, model, inputs)
+    with engine.scratch():
+        engine.drop_table(CANDIDATES_RULE_RECORDS)  # a stored one would hide it
+        compared = ComparedPairs(
+            CANDIDATES_RULE_RECORDS,
+            rule_records(engine, CANDIDATES_RULE_RECORDS, rules),
+            PREDICTION_FLOOR,
+        )
+    choice = choose_balanced_threshold(
+        engine,
+        thresholds,
+        columns,
+        linking.CANDIDATES_LOOKUP,
+        linking.CANDIDATES_NEVER_BLOCKED,
+        compared,
+    )
+    with engine.scratch():
+        engine.drop_table(CANDIDATES_RULE_RECORDS)
+    for table in (linking.CANDIDATES_LOOKUP, linking.CANDIDATES_NEVER_BLOCKED):
+        engine.drop_table(table)
+    return ModelRegistry(model_dir).record_balanced_threshold(
+        version.version, choice["threshold"], choice
     )
 
 
@@ -168,20 +230,29 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
     def model(
         config: ModelConfig, project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
-        with step(project, engine, "train") as s:
-            entry = linking.model_for_linkage(
-                s.engine,
-                s.project,
-                input_tables(s.layout),
-                config.model_version,
-                config.train_if_none_approved,
+        with step(project, engine, "train", model_chosen=False) as s:
+            inputs = input_tables(s.layout)
+            version, trained, summary = linking.model_for_linkage(
+                s.engine, s.project, inputs, config.model_version, config.train_if_none_approved
             )
+            started = time.perf_counter()
+            had = version.balanced_threshold
+            version = with_balanced_threshold(
+                s.engine, s.project, version, inputs, linked_incrementally(s.layout)
+            )
+            if version.balanced_threshold != had:
+                s.record["balanced_threshold_chosen_in_seconds"] = round(
+                    time.perf_counter() - started, 1
+                )
+            entry = linking.model_record(s.project, version, trained, summary)
             s.record.update(entry)
         return dg.MaterializeResult(
             metadata={
                 "version": entry["version"],
                 "trained_in_this_run": entry["trained_in_this_run"],
                 "approved": entry["approved"],
+                # Chosen with the model (balanced: auto) or the project's own.
+                "balanced_threshold": entry["thresholds"]["balanced"],
                 "probability_two_random_records_match": entry[
                     "probability_two_random_records_match"
                 ],
@@ -216,6 +287,9 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                 pairs = linking.predict(
                     s.engine, s.project, model_path(s.layout), input_tables(s.layout)
                 )
+            pairs["probable_twins_rule_cost"] = linking.pair_rule_cost(
+                s.engine, s.project.spec, Tables.PAIRWISE_PREDICTIONS
+            )
             s.record.update(pairs)
         return dg.MaterializeResult(
             metadata={

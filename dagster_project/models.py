@@ -10,7 +10,7 @@ import json
 
 import dagster as dg
 
-from dagster_project.linkage import LINKAGE_INPUTS, input_tables
+from dagster_project.linkage import LINKAGE_INPUTS, input_tables, with_balanced_threshold
 from dagster_project.resources import EngineResource, LinkageProjectResource
 from dagster_project.steps import step
 from linkage_models.registry import ModelRegistry
@@ -34,7 +34,7 @@ def model_assets() -> list[dg.AssetsDefinition]:
     def candidate_model(
         project: LinkageProjectResource, engine: EngineResource
     ) -> dg.MaterializeResult:
-        with step(project, engine, "train_candidate") as s:
+        with step(project, engine, "train_candidate", model_chosen=False) as s:
             inputs = input_tables(s.layout)
             registry = ModelRegistry(s.layout.model_dir)
             approved = registry.approved()
@@ -44,18 +44,24 @@ def model_assets() -> list[dg.AssetsDefinition]:
                 registry.approve(entry.version)
                 record.update(approved=entry.version, comparison=None, promoted=True)
             else:
-                tables = {
-                    label: linking.link_for_comparison(
-                        s.engine, s.project, str(s.layout.model_dir / v.path), inputs, label
+                # Each model links at its own thresholds: a balanced one chosen with the
+                # model is chosen for the candidate here, on the data it is compared on.
+                tables, thresholds = {}, {}
+                for label, v in (("approved", approved), ("candidate", entry)):
+                    v = with_balanced_threshold(s.engine, s.project, v, inputs, False)
+                    linked = s.project.with_balanced_threshold(v.balanced_threshold)
+                    thresholds[label] = linked.spec.model.thresholds.as_dict()
+                    tables[label] = linking.link_for_comparison(
+                        s.engine, linked, str(s.layout.model_dir / v.path), inputs, label
                     )
-                    for label, v in (("approved", approved), ("candidate", entry))
-                }
                 comparison = {
                     "candidate": entry.version,
                     "approved": approved.version,
+                    "thresholds": thresholds,
                     "by_threshold": compare_linkages(
                         s.engine,
-                        s.project.spec.model.thresholds.as_dict(),
+                        thresholds["candidate"],
+                        thresholds["approved"],
                         tables["candidate"],
                         tables["approved"],
                     ),

@@ -11,7 +11,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from linkage_models.project import LoadedProject, load_project
-from pipelines.contract import OutputLayout
+from pipelines.contract import OutputLayout, StageNotRun, load_record
 from pipelines.engines import Engine, open_engine
 from pipelines.engines.spark_engine import SparkSettings
 from pipelines.publication import run_lock
@@ -51,19 +51,33 @@ class LinkageProjectResource(dg.ConfigurableResource):
         into one folder at once (the second waits output.wait_for_running_seconds, then
         fails with a message naming the folder)."""
         self.setup_for_execution(context)
-        with run_lock(self.layout, self.project.spec.output.wait_for_running_seconds):
+        with run_lock(self.layout, self.configured.spec.output.wait_for_running_seconds):
             yield self
 
     @property
-    def project(self) -> LoadedProject:
+    def configured(self) -> LoadedProject:
+        """The project as its file says (`balanced: auto` left unresolved)."""
         if self._loaded is None:
             self.setup_for_execution(dg.build_init_resource_context())
         assert self._loaded is not None
         return self._loaded
 
     @property
+    def project(self) -> LoadedProject:
+        """The project with the thresholds the latest model step recorded: a balanced
+        threshold chosen with the model (`balanced: auto`) put in place."""
+        project = self.configured
+        if not project.spec.model.thresholds.chosen_with_model:
+            return project
+        try:
+            model = load_record(self.layout, "train")
+        except StageNotRun:
+            return project
+        return project.with_balanced_threshold((model.get("thresholds") or {}).get("balanced"))
+
+    @property
     def layout(self) -> OutputLayout:
-        return OutputLayout(self.project.output_dir)
+        return OutputLayout(self.configured.output_dir)
 
 
 class SparkSessionResource(dg.ConfigurableResource):

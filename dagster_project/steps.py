@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 
 from dagster_project.resources import EngineResource, LinkageProjectResource
-from linkage_models.project import ConfigError, LoadedProject
+from linkage_models.project import BalancedThresholdNotChosen, ConfigError, LoadedProject
 from pipelines.contract import OutputLayout, ReconciliationError, measured, save_record
 from pipelines.deliveries import SourceError
 from pipelines.engines import Engine, error_summary, where_raised
@@ -34,6 +34,7 @@ EXPECTED_FAILURES = (
     NoApprovedModel,
     IdentityError,
     IncrementalUnavailable,
+    BalancedThresholdNotChosen,
 )
 
 
@@ -47,10 +48,15 @@ class Step:
 
 @contextmanager
 def step(
-    project: LinkageProjectResource, engine: EngineResource, record_name: str
+    project: LinkageProjectResource,
+    engine: EngineResource,
+    record_name: str,
+    model_chosen: bool = True,
 ) -> Iterator[Step]:
-    """Run one step; on success its record is saved as `record_name` with its timings."""
-    loaded = project.project
+    """Run one step; on success its record is saved as `record_name` with its timings.
+    `model_chosen`: the step runs after the model step, at the thresholds it recorded (the
+    steps that pick a model resolve them themselves)."""
+    loaded = project.project if model_chosen else project.configured
     log.info("%s started", record_name, extra={"step": record_name, "event": "started"})
     try:
         with engine.open(loaded) as e, measured() as figures:

@@ -16,7 +16,7 @@ from typing import Any
 
 from splink import Linker
 
-from linkage_models.project import BlockingRule, LinkageProject, Thresholds, TrainingSpec
+from linkage_models.project import BlockingRule, LinkageProject, TrainingSpec
 from linkage_models.settings import (
     blocking_rule,
     build_settings,
@@ -307,12 +307,13 @@ def tf_columns(trained: dict[str, Any]) -> list[str]:
 
 
 def cluster_at_thresholds(
-    linker: Linker, db_api: Any, predictions_table: str, thresholds: Thresholds
+    linker: Linker, db_api: Any, predictions_table: str, thresholds: dict[str, float]
 ) -> dict[str, str]:
-    """Connected components at each threshold; returns threshold name -> cluster table."""
+    """Connected components at each threshold (name -> match probability); returns
+    name -> cluster table."""
     predictions = db_api.table_to_splink_dataframe("__joinedup_predictions", predictions_table)
     tables = {}
-    for name, probability in thresholds.as_dict().items():
+    for name, probability in thresholds.items():
         clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
             predictions, threshold_match_probability=probability
         )

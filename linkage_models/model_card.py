@@ -43,6 +43,32 @@ def _blocking_lines(blocking: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _balanced_choice_lines(choice: dict[str, Any] | None) -> list[str]:
+    """How the balanced threshold was chosen with this model (quality.threshold_choice)."""
+    if not choice:
+        return []
+    lines = [
+        "",
+        "## Balanced threshold",
+        "",
+        f"Chosen with this model on its first linkage, from its own label-free estimates at "
+        f"each candidate, and frozen with it: {choice['threshold']}, {choice['rule']}. The "
+        "estimates take the model's probabilities at face value (see the linkage report for "
+        "where they have missed).",
+        "",
+        "| threshold | estimated precision (95% low) | estimated recall | estimated F1 |",
+        "|---|---|---|---|",
+    ]
+    for c in choice["candidates"]:
+        mark = " (chosen)" if c["threshold"] == choice["threshold"] else ""
+        lines.append(
+            f"| {c['threshold']}{mark} | {c['estimated_precision']:.4f} "
+            f"({c['estimated_precision_95ci_low']:.4f}) | "
+            f"{c['estimated_recall']:.4f} | {c['estimated_f1']:.4f} |"
+        )
+    return lines
+
+
 def model_card_markdown(
     project: str,
     entry: ModelVersion,
@@ -50,6 +76,7 @@ def model_card_markdown(
     thresholds: dict[str, float],
     training_summary: dict[str, Any] | None,
     probable_twins_rule: str,
+    balanced_choice: dict[str, Any] | None = None,
 ) -> str:
     """A short card: what was trained on what, its parameters, and what it cannot do."""
     prior = entry.probability_two_random_records_match
@@ -71,6 +98,7 @@ def model_card_markdown(
             if probable_twins_rule == "exclude"
             else "off (pairs are linked on their match weight alone)"
         ),
+        *_balanced_choice_lines(balanced_choice),
         "",
         "## Training",
         "",

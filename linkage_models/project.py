@@ -436,24 +436,49 @@ class TrainingSpec(_Strict):
 
 
 class Thresholds(_Strict):
-    """Match probabilities at which pairs are accepted when clustering."""
+    """Match probabilities at which pairs are accepted when clustering. `balanced: auto` (the
+    default) has it chosen with the model, from the model's own estimates, and frozen with
+    it (quality.threshold_choice): the lowest candidate whose estimated precision reaches
+    `balanced_precision_target` at the low end of its 95% interval, else the one of highest
+    estimated F1. A number fixes it. A fixed 0.99 linked
+    every data set measured below its best F1 (docs/benchmarks.md, "The balanced
+    threshold")."""
 
     high_precision: float = Field(gt=0, lt=1)
-    balanced: float = Field(gt=0, lt=1)
+    balanced: float | Literal["auto"] = Field(default="auto")
     high_recall: float = Field(gt=0, lt=1)
+    balanced_precision_target: float = Field(default=0.999, gt=0, le=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> Thresholds:
-        if not self.high_precision >= self.balanced >= self.high_recall:
+        balanced = self.high_recall if self.balanced == "auto" else self.balanced
+        if not 0 < balanced < 1 or not self.high_precision >= balanced >= self.high_recall:
             raise ValueError("expected high_precision >= balanced >= high_recall")
         return self
 
+    @property
+    def chosen_with_model(self) -> bool:
+        return self.balanced == "auto"
+
+    def with_balanced(self, balanced: float) -> Thresholds:
+        """These thresholds with the balanced one the model chose."""
+        return Thresholds(**{**self.model_dump(), "balanced": balanced})
+
     def as_dict(self) -> dict[str, float]:
+        if self.balanced == "auto":
+            raise BalancedThresholdNotChosen(
+                "the balanced threshold (balanced: auto) is chosen with the model, at its "
+                "first linkage: the thresholds are not known before the model step"
+            )
         return {
             "high_precision": self.high_precision,
             "balanced": self.balanced,
             "high_recall": self.high_recall,
         }
+
+
+class BalancedThresholdNotChosen(RuntimeError):
+    """Thresholds were read before the model they are chosen with was picked."""
 
 
 class ModelSpec(_Strict):
@@ -465,7 +490,7 @@ class ModelSpec(_Strict):
     comparisons: dict[str, ComparisonSpec]
     blocking_rules: list[BlockingRule] = Field(min_length=1)
     training: TrainingSpec
-    thresholds: Thresholds = Thresholds(high_precision=0.999, balanced=0.99, high_recall=0.9)
+    thresholds: Thresholds = Thresholds(high_precision=0.999, high_recall=0.9)
     # "off" (the default): trust the match weights alone. "exclude" (opt in): pairs with the
     # same date of birth and different given names (at most sharing an initial) are not
     # linked, as probable twins. It costs recall wherever given names vary in ways the name
@@ -659,6 +684,18 @@ class LoadedProject(BaseModel):
 
     def source_path(self, source: SourceSpec) -> str:
         return str(self.data_dir / source.path)
+
+    def with_balanced_threshold(self, balanced: float | None) -> LoadedProject:
+        """The project as a linkage with a model runs it: a balanced threshold chosen with
+        the model (`balanced: auto`) put in place (unchanged when one is set, or None)."""
+        thresholds = self.spec.model.thresholds
+        if balanced is None or not thresholds.chosen_with_model:
+            return self
+        model = self.spec.model.model_copy(
+            update={"thresholds": thresholds.with_balanced(balanced)}
+        )
+        spec = self.spec.model_copy(update={"model": model})
+        return self.model_copy(update={"spec": spec})
 
 
 def mapped_identifiers(sources: list[SourceSpec]) -> dict[str, int]:

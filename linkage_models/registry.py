@@ -34,6 +34,11 @@ class ModelVersion:
     # The recall of the deterministic rules the prior was built on (None: older versions,
     # built on the project's declared recall).
     deterministic_rules_recall: float | None = None
+    # The balanced threshold chosen for this model on its first linkage (projects with
+    # `balanced: auto`), with the estimates it was chosen from; frozen once set, so every
+    # linkage with the model, incremental ones too, clusters at it (None: not chosen yet).
+    balanced_threshold: float | None = None
+    balanced_threshold_choice: dict[str, Any] | None = None
 
 
 class ModelRegistry:
@@ -112,6 +117,23 @@ class ModelRegistry:
         index["versions"] = [asdict(v) for v in [*existing, entry]]
         self._write_index(index)
         return entry
+
+    def record_balanced_threshold(
+        self, version: int | str, threshold: float, choice: dict[str, Any]
+    ) -> ModelVersion:
+        """Freeze the balanced threshold chosen for a version; a version that has one keeps it."""
+        entry = self.get(version)
+        if entry.balanced_threshold is not None:
+            raise ValueError(
+                f"{self.index_path}: model v{entry.version} already links at balanced "
+                f"{entry.balanced_threshold}"
+            )
+        index = self._index()
+        for v in index["versions"]:
+            if v["version"] == entry.version:
+                v.update(balanced_threshold=threshold, balanced_threshold_choice=choice)
+        self._write_index(index)
+        return self.get(entry.version)
 
     def entry_for(self, model_file: Path) -> ModelVersion | None:
         """The entry of a registered model file (None: not one of this registry's)."""

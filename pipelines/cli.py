@@ -342,6 +342,7 @@ def train(
         return
     table = Table(
         "threshold",
+        "candidate / approved",
         "links gained",
         "links lost",
         "pairwise agreement",
@@ -351,6 +352,7 @@ def train(
     for name, c in trained.comparison["by_threshold"].items():
         table.add_row(
             name,
+            f"{c['threshold']} / {c['approved_threshold']}",
             f"{c['links_gained']:,}",
             f"{c['links_lost']:,}",
             f"{c['pairwise_agreement']:.4f}",

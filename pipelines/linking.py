@@ -18,7 +18,11 @@ from linkage_models.model_card import model_card_markdown
 from linkage_models.project import LinkageProject, LoadedProject
 from linkage_models.registry import ModelRegistry, ModelVersion
 from pipelines import incremental
-from pipelines.blocking_reach import BlockingRules, expected_unblocked_matches
+from pipelines.blocking_reach import (
+    BlockingRules,
+    expected_unblocked_matches,
+    pairs_never_blocked_in_persons,
+)
 from pipelines.contract import THRESHOLDS, OutputLayout, Tables, clusters_lookup_sql
 from pipelines.deliveries import delivery_statuses
 from pipelines.engines import Engine
@@ -151,43 +155,58 @@ def model_for_linkage(
     input_tables: dict[str, str],
     model_version: str | None = None,
     train_if_none_approved: bool = False,
-) -> dict[str, Any]:
+) -> tuple[ModelVersion, dict[str, Any], dict[str, Any] | None]:
     """The model a linkage runs with: the approved version (or `model_version`, when one is
-    named). Training happens here only for a project that has never approved a model, and
-    only when the caller allows it (`joinedup run` does; the schedule does not): that first
-    model is approved as it is registered. Writes the model card."""
+    named), its trained settings, and what training found when it was trained here.
+    Training happens here only for a project that has never approved a model, and only
+    when the caller allows it (`joinedup run` does; the schedule does not): that first
+    model is approved as it is registered."""
     check_linkage_inputs(project, input_tables)
-    spec = project.spec
-    layout = OutputLayout(project.output_dir)
-    registry = ModelRegistry(layout.model_dir)
-    summary: dict[str, Any] | None = None
+    registry = ModelRegistry(OutputLayout(project.output_dir).model_dir)
     if model_version is not None:
-        entry, trained = registry.load(model_version)
-    elif registry.approved() is not None:
-        entry, trained = registry.load("approved")
-    elif train_if_none_approved:
+        return (*registry.load(model_version), None)
+    if registry.approved() is not None:
+        return (*registry.load("approved"), None)
+    if train_if_none_approved:
         entry, trained, summary = train_model(engine, project, input_tables)
         registry.approve(entry.version)
-    else:
-        raise NoApprovedModel(
-            f"{registry.index_path}: no approved model to link with, and this run may not "
-            "train one. Train and approve one first: `joinedup train` (the first model of a "
-            "project is approved when trained), or `joinedup promote <version>`"
-        )
-    approved = registry.approved()
+        return entry, trained, summary
+    raise NoApprovedModel(
+        f"{registry.index_path}: no approved model to link with, and this run may not "
+        "train one. Train and approve one first: `joinedup train` (the first model of a "
+        "project is approved when trained), or `joinedup promote <version>`"
+    )
+
+
+def model_record(
+    project: LoadedProject,
+    entry: ModelVersion,
+    trained: dict[str, Any],
+    summary: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What a linkage records of its model, with the thresholds it links at (a balanced
+    threshold chosen with the model put in place); writes the model card."""
+    chosen = project.spec.model.thresholds.chosen_with_model
+    spec = project.with_balanced_threshold(entry.balanced_threshold).spec
+    layout = OutputLayout(project.output_dir)
+    approved = ModelRegistry(layout.model_dir).approved()
+    thresholds = spec.model.thresholds.as_dict()
     layout.model_card.write_text(
         model_card_markdown(
             spec.project,
             entry,
             trained,
-            spec.model.thresholds.as_dict(),
+            thresholds,
             summary,
             spec.model.probable_twins_rule,
+            entry.balanced_threshold_choice if chosen else None,
         )
     )
     return {
         **asdict(entry),
         "path": str(layout.model_dir / entry.path),
+        "thresholds": thresholds,
+        "balanced_chosen_with_model": chosen,
         "trained_in_this_run": summary is not None,
         "approved": approved is not None and approved.version == entry.version,
         "config_changed_since_training": entry.config_hash != project.config_hash,
@@ -253,9 +272,6 @@ def predict(
             "expected_matches": round(float(below_expected), 1),
         },
         "removed_by_probable_twins_rule": removed,
-        "probable_twins_rule_cost": pair_rule_cost(
-            engine, project.spec, Tables.PAIRWISE_PREDICTIONS
-        ),
     }
 
 
@@ -297,9 +313,6 @@ def predict_incremental(
         },
         "removed_by_probable_twins_rule": engine.count(Tables.PAIRWISE_PREDICTIONS)
         - engine.count(Tables.PAIRS_FOR_CLUSTERING),
-        "probable_twins_rule_cost": pair_rule_cost(
-            engine, project.spec, Tables.PAIRWISE_PREDICTIONS
-        ),
         "incremental": {
             "previous_snapshot": state["snapshot"],
             **changes,
@@ -443,21 +456,86 @@ def pair_rule_cost(
     }
 
 
-def cluster(
-    engine: Engine, project: LoadedProject, model_path: str, input_tables: dict[str, str]
-) -> dict[str, dict[str, int]]:
-    """Connected components at each threshold, as the contract's cluster tables."""
-    thresholds = project.spec.model.thresholds
+def cluster_at(
+    engine: Engine,
+    project: LoadedProject,
+    model_path: str,
+    input_tables: dict[str, str],
+    thresholds: dict[str, float],
+) -> None:
+    """Connected components of PAIRS_FOR_CLUSTERING at each threshold (table name ->
+    match probability), each as a table (source_dataset, record_id, cluster_id)."""
     db_api, linker = trained_linker(engine, project, model_path, input_tables)
     with engine.scratch():  # Splink's many tables: at 1M, 33-40 s written to the file, 13-17 s not
         tables = linkage.cluster_at_thresholds(
             linker, db_api, Tables.PAIRS_FOR_CLUSTERING, thresholds
         )
-    for name in THRESHOLDS:
-        engine.create_table(
-            Tables.clusters(name),
-            f"SELECT source_dataset, record_id, cluster_id FROM {tables[name]}",
-        )
+    for name, table in tables.items():
+        engine.create_table(name, f"SELECT source_dataset, record_id, cluster_id FROM {table}")
+
+
+# The person lookup with a cluster column per candidate threshold, and the pairs inside
+# its persons no rule blocked (link_at_candidates).
+CANDIDATES_LOOKUP = "__candidates_lookup"
+CANDIDATES_NEVER_BLOCKED = "__candidates_never_blocked"
+
+
+def candidate_column(threshold: float) -> str:
+    return "at_" + f"{threshold}".replace(".", "_")
+
+
+def link_at_candidates(
+    engine: Engine,
+    project: LoadedProject,
+    model_path: str,
+    input_tables: dict[str, str],
+    thresholds: list[float],
+) -> dict[str, float]:
+    """Score the inputs with a model and cluster them at each of `thresholds`, with what
+    the error-rate estimates read beside them: CANDIDATES_LOOKUP (a column per threshold),
+    CANDIDATES_NEVER_BLOCKED and the blocking check. Overwrites the linkage tables (the
+    scored pairs): a full linkage makes them again. Returns column -> threshold."""
+    columns = {candidate_column(t): t for t in thresholds}
+    predict(engine, project, model_path, input_tables)
+    cluster_at(engine, project, model_path, input_tables, {f"__{c}": t for c, t in columns.items()})
+    first = next(iter(columns))
+    ids = ", ".join(f"{c}.cluster_id AS {c}" for c in columns)
+    joins = " ".join(
+        f"JOIN __{c} {c} ON {c}.source_dataset = {first}.source_dataset "
+        f"AND {c}.record_id = {first}.record_id"
+        for c in columns
+        if c != first
+    )
+    engine.create_table(
+        CANDIDATES_LOOKUP,
+        f"SELECT {first}.source_dataset, {first}.record_id AS source_record_id, {ids} "
+        f"FROM __{first} {first} {joins}",
+    )
+    for c in columns:
+        engine.drop_table(f"__{c}")
+    blocking_check(engine, project, model_path, input_tables)
+    pairs_never_blocked_in_persons(
+        engine,
+        blocking_rules(project, model_path, input_tables),
+        list(columns),
+        lookup_table=CANDIDATES_LOOKUP,
+        out=CANDIDATES_NEVER_BLOCKED,
+    )
+    return columns
+
+
+def cluster(
+    engine: Engine, project: LoadedProject, model_path: str, input_tables: dict[str, str]
+) -> dict[str, dict[str, int]]:
+    """Connected components at each threshold, as the contract's cluster tables."""
+    thresholds = project.spec.model.thresholds.as_dict()
+    cluster_at(
+        engine,
+        project,
+        model_path,
+        input_tables,
+        {Tables.clusters(name): thresholds[name] for name in THRESHOLDS},
+    )
     return cluster_summary(engine, project)
 
 

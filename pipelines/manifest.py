@@ -131,6 +131,11 @@ def build_manifest(
             "blocking_analysis": model.get("blocking_analysis"),
         },
         "thresholds": spec.model.thresholds.as_dict(),
+        # How the balanced threshold was chosen with the model, from its estimates at each
+        # candidate (quality.threshold_choice); None where the project fixed it.
+        "balanced_threshold_choice": model.get("balanced_threshold_choice")
+        if model.get("balanced_chosen_with_model")
+        else None,
         # Persistent ids: this publication's generation, the one it carried ids forward
         # from, and the churn ledger per threshold (pipelines.identity).
         "identity": published["identity"],

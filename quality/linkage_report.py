@@ -165,6 +165,8 @@ def linkage_quality(
                 name: {"match_probability": p, "use": THRESHOLD_MEANING[name]}
                 for name, p in manifest["thresholds"].items()
             },
+            # How the model chose the balanced threshold (None: the project fixed it).
+            "balanced_threshold_choice": manifest.get("balanced_threshold_choice"),
             "probable_twins_rule": spec.model.probable_twins_rule,
             "pairs": manifest["pairs"],
         },

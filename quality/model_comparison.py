@@ -59,18 +59,23 @@ def cluster_agreement(engine: Engine, lookup: str, reference: str, column: str) 
 
 def compare_linkages(
     engine: Engine,
-    thresholds: dict[str, float],
+    candidate_thresholds: dict[str, float],
+    approved_thresholds: dict[str, float],
     candidate: dict[str, str],
     approved: dict[str, str],
 ) -> dict[str, Any]:
     """`candidate` and `approved` name each linkage's tables: "pairs" (the pairs clustering
-    may use) and "lookup" (a person lookup with the contract's id columns)."""
+    may use) and "lookup" (a person lookup with the contract's id columns), linked at each
+    model's thresholds (a balanced one chosen with each model may differ)."""
     result: dict[str, Any] = {}
-    for name, p in thresholds.items():
+    for name, p in candidate_thresholds.items():
         links = {
             label: f"SELECT DISTINCT {PAIR_KEY} FROM {tables['pairs']} "
-            f"WHERE match_probability >= {p}"
-            for label, tables in (("candidate", candidate), ("approved", approved))
+            f"WHERE match_probability >= {at[name]}"
+            for label, tables, at in (
+                ("candidate", candidate, candidate_thresholds),
+                ("approved", approved, approved_thresholds),
+            )
         }
         gained, lost, kept = engine.fetch(
             f"""SELECT count(*) FILTER (WHERE a.a IS NULL), count(*) FILTER (WHERE c.a IS NULL),
@@ -83,6 +88,7 @@ FROM ({links["candidate"]}) c FULL OUTER JOIN ({links["approved"]}) a
         )
         result[name] = {
             "threshold": p,
+            "approved_threshold": approved_thresholds[name],
             "links_gained": int(gained),
             "links_lost": int(lost),
             "links_in_both": int(kept),

@@ -78,7 +78,8 @@ def test_sample_review_import_and_report(
     review = quality["clerical_review"]
     assert review["labelled_pairs"] == len(labels)
     assert review["labelled_matches"] == int(labels.clerical_match.sum())
-    for name, threshold in small_project.spec.model.thresholds.as_dict().items():
+    linked_at = json.loads(published(run_out).exact_manifest.read_text())["thresholds"]
+    for name, threshold in linked_at.items():
         rates = review["thresholds"][name]
         precision, recall = _population_rates(run_out, small_data.ground_truth, threshold)
         # Weighted back to all scored pairs, the reviewed rates estimate the population's.

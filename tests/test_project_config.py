@@ -57,8 +57,8 @@ def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
     ("mutate", "expected"),
     [
         (
-            lambda r: r["model"]["thresholds"].pop("balanced"),
-            r"model\.thresholds\.balanced: Field required",
+            lambda r: r["model"]["thresholds"].update(balanced="best"),
+            r"model\.thresholds\.balanced",
         ),
         (
             lambda r: r["sources"][1].update(format="xlsx"),

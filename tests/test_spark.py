@@ -286,7 +286,7 @@ with SparkEngine.open(Path(out) / "work", settings) as engine:
     linker = linkage.make_linker(db_api, {source.name: table}, project.spec, model)
     predictions = linkage.predict(linker)
     clusters = linkage.cluster_at_thresholds(
-        linker, db_api, predictions.table, project.spec.model.thresholds
+        linker, db_api, predictions.table, {"balanced": 0.99}
     )
     print(json.dumps({
         "records": engine.count(table),
