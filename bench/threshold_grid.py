@@ -1,12 +1,14 @@
 """Benchmark: what a finished run would have given at other thresholds, measured against
 ground truth and estimated without it.
 
-joinedup's thresholds are fixed match probabilities (0.999 / 0.99 / 0.9 unless a project
-says otherwise). This reads a finished run's stored pairs, clusters them again at each
-threshold of a grid (Splink's clustering, as the cluster step does), and for each gives
-the pairwise precision, recall and F1 against the truth beside the label-free estimates
-(quality.error_rates, with the caps the estimate step uses). It answers two questions: at
-which threshold the data is linked best, and whether the estimates would have found it.
+joinedup's high-precision and high-recall thresholds are fixed match probabilities (0.999
+and 0.9 unless a project says otherwise); its balanced one is chosen with the model from
+the estimates (quality.threshold_choice). This reads a finished run's stored pairs,
+clusters them again at each threshold of a grid (Splink's clustering, as the cluster step
+does), and for each gives the pairwise precision, recall and F1 against the truth beside
+the label-free estimates (quality.error_rates, with the caps the estimate step uses). It
+answers two questions: at which threshold the data is linked best, and whether the
+estimates (and so the choice) would have found it.
 
 Works on a copy of the run's working database; the run is left as it was. The never-blocked
 pairs inside persons are those the run listed (at its own thresholds): below its lowest
