@@ -62,7 +62,9 @@ def make_linker(
         if trained_model is None
         else model_for_dialect(trained_model, project, db_api.sql_dialect.sql_dialect_str)
     )
-    return Linker(frames, settings, log_level=logging.WARNING)
+    # Splink's logging is the application's to set (log_level None: each linker would
+    # otherwise reset it, and the command line could not quiet its warnings).
+    return Linker(frames, settings, log_level=None)
 
 
 class ModelMismatchError(ValueError):

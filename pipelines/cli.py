@@ -97,10 +97,18 @@ def generate(
     console.print(f"ground truth (for evaluation only): {data.ground_truth}")
 
 
+def _quiet_splink() -> None:
+    """Splink warns, for each EM session, of the levels that session cannot see, and at
+    prediction of parameters no session trained; joinedup deals with both (levels never
+    seen score as no evidence, and the model card lists them), so on the console they were
+    only noise: a first `make demo` printed dozens. Its errors still show."""
+    logging.getLogger("splink").setLevel(logging.ERROR)
+
+
 def _run_with_progress(
     config: Path, data_dir: Path | None, output_dir: Path | None, **run_options: Any
 ) -> RunResult:
-    logging.getLogger("splink").setLevel(logging.WARNING)
+    _quiet_splink()
     project = load_project(config, data_dir=data_dir, output_dir=output_dir)
     previous = OutputLayout(project.output_dir).published.manifest
     last_run = last_run_seconds(json.loads(previous.read_text()) if previous.exists() else None)
@@ -127,7 +135,17 @@ def _print_summary(result: RunResult) -> None:
         f"{rec['rows_quarantined']:,}",
     )
     console.print(table)
-    links = Table("threshold", "match probability", "links", "persons", title="Links")
+    choice = m.get("balanced_threshold_choice")
+    links = Table(
+        "threshold",
+        "match probability",
+        "links",
+        "persons",
+        title="Links",
+        caption=f"balanced chosen with model v{m['model']['version']}: {choice['rule']}"
+        if choice
+        else None,
+    )
     for name, counts in m["links"].items():
         links.add_row(
             name, str(m["thresholds"][name]), f"{counts['links']:,}", f"{counts['persons']:,}"
@@ -327,7 +345,7 @@ def train(
 ) -> None:
     """Train a candidate model on every accepted delivery and compare it with the approved
     model on the same data. Linkage keeps the approved model until `joinedup promote`."""
-    logging.getLogger("splink").setLevel(logging.WARNING)
+    _quiet_splink()
     try:
         project = load_project(config, data_dir=data_dir, output_dir=out)
         with console.status("Training a candidate model"):

@@ -77,7 +77,9 @@ def _figure(output: str, label: str, table: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_run_then_rerun_with_the_latest_model(small_data, tmp_path: Path) -> None:
+def test_run_then_rerun_with_the_latest_model(
+    small_data, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """`joinedup run` with --data-dir, --out and --ground-truth; then again reusing the
     model it trained: the same persons with the same ids, no new model version; then the
     commands that read and manage what was published."""
@@ -87,6 +89,12 @@ def test_run_then_rerun_with_the_latest_model(small_data, tmp_path: Path) -> Non
     assert done.exit_code == 0, done.output
     for step in ("linkage_inputs", "train", "predict", "cluster", "publish", "linkage_report"):
         assert f"linkage · {step}" in done.output  # each step shown as it ran
+    # Splink's warnings of levels an EM session cannot see are not printed (the model
+    # card lists the levels never seen); the threshold the model chose is, and why.
+    assert not [r for r in caplog.records if "not observed in dataset" in r.getMessage()]
+    assert "balanced chosen with model v1: the lowest candidate" in " ".join(
+        done.output.split()
+    )
     manifest = json.loads((published(out).exact_manifest).read_text())
     rec = manifest["reconciliation"]
     assert rec["rows_in"] == sum(small_data.records.values())
