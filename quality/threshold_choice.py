@@ -18,8 +18,10 @@ candidate of highest estimated F1.
 It is chosen once, on a model's first linkage, and frozen with the model in the registry
 (linkage_models.registry), so every later linkage with that model, incremental ones too,
 clusters at the same threshold and person ids move only when the model does. What it
-rests on is what the estimates rest on: on the generator at 1M the point rule took 0.97,
-where precision was estimated 0.99904 and measured 0.99856.
+rests on is what the estimates rest on: on the project's generator they put precision
+0.05-0.07 points high near 0.95-0.97, so the rule took 0.97 at 1M records (estimated
+0.99904, measured 0.99855) and 0.95 on the demo's 29k (0.99928, measured 0.9986), short of
+the target it believed it reached (docs/benchmarks.md, session 29).
 """
 
 from __future__ import annotations

@@ -92,9 +92,7 @@ def test_run_then_rerun_with_the_latest_model(
     # Splink's warnings of levels an EM session cannot see are not printed (the model
     # card lists the levels never seen); the threshold the model chose is, and why.
     assert not [r for r in caplog.records if "not observed in dataset" in r.getMessage()]
-    assert "balanced chosen with model v1: the lowest candidate" in " ".join(
-        done.output.split()
-    )
+    assert "balanced chosen with model v1: the lowest candidate" in " ".join(done.output.split())
     manifest = json.loads((published(out).exact_manifest).read_text())
     rec = manifest["reconciliation"]
     assert rec["rows_in"] == sum(small_data.records.values())
