@@ -323,6 +323,13 @@ def test_runs_link_with_the_approved_model_and_training_adds_a_candidate(
     assert _parameters(published(tmp_path).model_dir / "model_v0001.json") == pytest.approx(
         _parameters(published(tmp_path).model_dir / "model_v0002.json"), rel=1e-6
     )
+    # The candidate chose its own balanced threshold on the data it was compared on: the
+    # same data and seed, so the same threshold as the approved model's.
+    assert versions[1].balanced_threshold == versions[0].balanced_threshold
+    assert trained.comparison["thresholds"] == {
+        "approved": first.manifest["thresholds"],
+        "candidate": first.manifest["thresholds"],
+    }
     for compared in trained.comparison["by_threshold"].values():
         assert compared["links_gained"] == compared["links_lost"] == 0
         assert compared["pairwise_agreement"] == 1.0
