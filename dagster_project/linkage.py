@@ -91,8 +91,8 @@ def with_balanced_threshold(
     choice scores every record, so an incremental linkage cannot make it."""
     if not project.spec.model.thresholds.chosen_with_model or version.balanced_threshold:
         return version
+    layout = OutputLayout(project.output_dir)
     if incremental_linkage:
-        layout = OutputLayout(project.output_dir)
         # Nothing published to extend says so first (what a full relink would do anyway).
         stored = load_record(layout, "linkage_inputs")["stored_linkage"]
         incremental.check_state(layout.published, stored, {})
@@ -100,10 +100,11 @@ def with_balanced_threshold(
             f"model v{version.version} has no balanced threshold chosen yet (balanced: "
             f"auto): {incremental.FULL_RELINK}"
         )
-    model_dir = OutputLayout(project.output_dir).model_dir
-    model = str(model_dir / version.path)
+    model = str(layout.model_dir / version.path)
     thresholds = project.spec.model.thresholds
-    columns = linking.link_at_candidates(
+    # Scored here (overwriting the linkage tables: a full linkage makes them again).
+    linking.predict(engine, project, model, inputs)
+    columns = linking.cluster_at_candidates(
         engine, project, model, inputs, candidate_thresholds(thresholds)
     )
     rules = linking.blocking_rules(project, model, inputs)
@@ -126,7 +127,7 @@ def with_balanced_threshold(
         engine.drop_table(CANDIDATES_RULE_RECORDS)
     for table in (linking.CANDIDATES_LOOKUP, linking.CANDIDATES_NEVER_BLOCKED):
         engine.drop_table(table)
-    return ModelRegistry(model_dir).record_balanced_threshold(
+    return ModelRegistry(layout.model_dir).record_balanced_threshold(
         version.version, choice["threshold"], choice
     )
 

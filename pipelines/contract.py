@@ -111,19 +111,23 @@ class Tables:
         return f"expected_pairs_{threshold}"
 
 
-def clusters_lookup_sql() -> str:
-    """A person lookup (the contract's id columns) whose ids are the clusters at each
-    threshold: the linkage's result before person ids are carried forward."""
-    ids = ", ".join(f"{t}.cluster_id AS {PERSON_ID_COLUMNS[t]}" for t in THRESHOLDS)
+def clusters_lookup_sql(columns: dict[str, str] | None = None) -> str:
+    """A person lookup whose ids are clusters: `columns` maps each id column to a cluster
+    table (source_dataset, record_id, cluster_id); by default the contract's id columns
+    from the clusters at each threshold, the linkage's result before person ids are
+    carried forward."""
+    columns = columns or {PERSON_ID_COLUMNS[t]: Tables.clusters(t) for t in THRESHOLDS}
+    aliases = {column: f"c{i}" for i, column in enumerate(columns)}
+    ids = ", ".join(f"{a}.cluster_id AS {column}" for column, a in aliases.items())
     joins = " ".join(
-        f"JOIN {Tables.clusters(t)} {t} ON {t}.source_dataset = balanced.source_dataset "
-        f"AND {t}.record_id = balanced.record_id"
-        for t in THRESHOLDS
-        if t != "balanced"
+        f"JOIN {columns[column]} {a} ON {a}.source_dataset = c0.source_dataset "
+        f"AND {a}.record_id = c0.record_id"
+        for column, a in aliases.items()
+        if a != "c0"
     )
+    first = next(iter(columns.values()))
     return (
-        f"SELECT balanced.source_dataset, balanced.record_id AS source_record_id, {ids} "
-        f"FROM {Tables.clusters('balanced')} balanced {joins}"
+        f"SELECT c0.source_dataset, c0.record_id AS source_record_id, {ids} FROM {first} c0 {joins}"
     )
 
 

@@ -475,7 +475,7 @@ def cluster_at(
 
 
 # The person lookup with a cluster column per candidate threshold, and the pairs inside
-# its persons no rule blocked (link_at_candidates).
+# its persons no rule blocked (cluster_at_candidates).
 CANDIDATES_LOOKUP = "__candidates_lookup"
 CANDIDATES_NEVER_BLOCKED = "__candidates_never_blocked"
 
@@ -484,35 +484,24 @@ def candidate_column(threshold: float) -> str:
     return "at_" + f"{threshold}".replace(".", "_")
 
 
-def link_at_candidates(
+def cluster_at_candidates(
     engine: Engine,
     project: LoadedProject,
     model_path: str,
     input_tables: dict[str, str],
     thresholds: list[float],
 ) -> dict[str, float]:
-    """Score the inputs with a model and cluster them at each of `thresholds`, with what
-    the error-rate estimates read beside them: CANDIDATES_LOOKUP (a column per threshold),
-    CANDIDATES_NEVER_BLOCKED and the blocking check. Overwrites the linkage tables (the
-    scored pairs): a full linkage makes them again. Returns column -> threshold."""
+    """The scored pairs clustered at each of `thresholds`, with what the error-rate
+    estimates read beside them: CANDIDATES_LOOKUP (a column per threshold),
+    CANDIDATES_NEVER_BLOCKED and the blocking check. Returns column -> threshold."""
     columns = {candidate_column(t): t for t in thresholds}
-    predict(engine, project, model_path, input_tables)
-    cluster_at(engine, project, model_path, input_tables, {f"__{c}": t for c, t in columns.items()})
-    first = next(iter(columns))
-    ids = ", ".join(f"{c}.cluster_id AS {c}" for c in columns)
-    joins = " ".join(
-        f"JOIN __{c} {c} ON {c}.source_dataset = {first}.source_dataset "
-        f"AND {c}.record_id = {first}.record_id"
-        for c in columns
-        if c != first
+    tables = {c: f"__{c}" for c in columns}
+    cluster_at(
+        engine, project, model_path, input_tables, {tables[c]: t for c, t in columns.items()}
     )
-    engine.create_table(
-        CANDIDATES_LOOKUP,
-        f"SELECT {first}.source_dataset, {first}.record_id AS source_record_id, {ids} "
-        f"FROM __{first} {first} {joins}",
-    )
-    for c in columns:
-        engine.drop_table(f"__{c}")
+    engine.create_table(CANDIDATES_LOOKUP, clusters_lookup_sql(tables))
+    for table in tables.values():
+        engine.drop_table(table)
     blocking_check(engine, project, model_path, input_tables)
     pairs_never_blocked_in_persons(
         engine,

@@ -6,7 +6,7 @@ pseudopeople sets lost 2-4 points (docs/benchmarks.md, "The balanced threshold")
 the best threshold lies depends on the data, and the label-free estimates find it.
 
 The rule: with the model's pairs clustered at each candidate threshold
-(pipelines.linking.link_at_candidates; the candidates run from the high-recall threshold
+(pipelines.linking.cluster_at_candidates; the candidates run from the high-recall threshold
 to the high-precision one), estimate precision and recall there as the estimate step does
 (quality.error_rates), and take the lowest candidate whose estimated precision reaches
 the project's target (0.999 unless it says otherwise) at the lower end of its 95%
@@ -43,7 +43,7 @@ def candidate_thresholds(thresholds: Thresholds) -> list[float]:
     return sorted({low, high, *(t for t in CANDIDATES if low < t < high)})
 
 
-def _f1(precision: float, recall: float) -> float:
+def f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
@@ -56,7 +56,7 @@ def pick_balanced(estimates: dict[float, dict[str, float]], target: float) -> tu
             f"the lowest candidate whose estimated precision reaches {target} (at the lower "
             "end of its 95% interval)"
         )
-    best = max(estimates, key=lambda t: (_f1(estimates[t]["precision"], estimates[t]["recall"]), t))
+    best = max(estimates, key=lambda t: (f1(estimates[t]["precision"], estimates[t]["recall"]), t))
     return best, (
         f"no candidate's estimated precision reaches {target}: the one of highest estimated F1"
     )
@@ -71,7 +71,7 @@ def choose_balanced_threshold(
     compared: ComparedPairs,
 ) -> dict[str, Any]:
     """The balanced threshold for clusters at each candidate (`columns` of `lookup_table`:
-    column -> threshold; pipelines.linking.link_at_candidates), with the rule and every
+    column -> threshold; pipelines.linking.cluster_at_candidates), with the rule and every
     candidate's estimates."""
     estimated = estimate_error_rates(
         engine,
@@ -102,7 +102,7 @@ def choose_balanced_threshold(
                 "estimated_precision": e["precision"],
                 "estimated_precision_95ci_low": e["precision_low"],
                 "estimated_recall": e["recall"],
-                "estimated_f1": round(_f1(e["precision"], e["recall"]), 6),
+                "estimated_f1": round(f1(e["precision"], e["recall"]), 6),
             }
             for t, e in sorted(estimates.items())
         ],
