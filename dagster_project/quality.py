@@ -25,6 +25,7 @@ from pipelines.contract import Tables, load_record, records_of
 from pipelines.deliveries import delivery_statuses
 from pipelines.disclosure_control import rounded
 from pipelines.engines import Engine
+from pipelines.linking import clustering_pairs
 from quality.linkage_report import write_linkage_report
 from quality.reports import write_quality_reports
 
@@ -134,7 +135,7 @@ def quality_assets() -> list[dg.AssetsDefinition]:
                     s.project.spec,
                     json.loads(Path(model_path(s.layout)).read_text()),
                     inputs,
-                    Tables.PAIRS_FOR_CLUSTERING,
+                    clustering_pairs(s.project.spec),
                     Tables.clusters("balanced"),
                     s.layout.charts_dir,
                     s.layout.diagnostics_dir,

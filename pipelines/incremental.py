@@ -375,18 +375,17 @@ def extend_pairs(
     engine: Engine, state: dict[str, Any], new_below: tuple[Any, ...], pair_rule: str | None
 ) -> dict[str, int]:
     """In place: the stored pairs of removed records deleted and the new pairs above the
-    floor inserted, into PAIRWISE_PREDICTIONS and (those the pair rule keeps) into
-    PAIRS_FOR_CLUSTERING; PAIRS_BELOW_FLOOR: the stored sums plus the new ones."""
+    floor inserted, into PAIRWISE_PREDICTIONS and, when a pair rule is on, those it keeps
+    into PAIRS_FOR_CLUSTERING; PAIRS_BELOW_FLOOR: the stored sums plus the new ones."""
     columns = ", ".join(ident(c) for c in engine.columns(Tables.PAIRWISE_PREDICTIONS))
     removed = f"SELECT {RECORD_KEY} FROM {REMOVED_RECORDS}"
     touches_removed = f"{RECORD_KEY_L} IN ({removed}) OR {RECORD_KEY_R} IN ({removed})"
-    kept = f" WHERE NOT ({pair_rule})" if pair_rule else ""
     stored = engine.count(Tables.PAIRWISE_PREDICTIONS)
     any_removed = engine.count(REMOVED_RECORDS) > 0
-    for table, condition in (
-        (Tables.PAIRWISE_PREDICTIONS, ""),
-        (Tables.PAIRS_FOR_CLUSTERING, kept),
-    ):
+    tables = [(Tables.PAIRWISE_PREDICTIONS, "")]
+    if pair_rule:
+        tables.append((Tables.PAIRS_FOR_CLUSTERING, f" WHERE NOT ({pair_rule})"))
+    for table, condition in tables:
         if any_removed:
             engine.delete_rows(table, touches_removed)
         engine.insert_rows(table, f"SELECT {columns} FROM {NEW_PAIRS}{condition}")
@@ -409,11 +408,12 @@ def extend_pairs(
 
 
 def recluster_touched(
-    engine: Engine, db_api: Any, thresholds: dict[str, float]
+    engine: Engine, db_api: Any, thresholds: dict[str, float], pairs: str
 ) -> dict[str, dict[str, int]]:
     """In place, the clusters at each threshold (Tables.clusters(name), the stored
     linkage's): those touched by a new link or a removed record are recomputed with the new
-    records, from the pairs clustering may use; every other cluster stays as it was.
+    records, from the pairs clustering may use (table `pairs`); every other cluster stays as
+    it was.
 
     One set of records is reclustered at every threshold: the clusters touched at the
     lowest one, with the new records. Clusters at a higher threshold nest inside those at a
@@ -442,7 +442,7 @@ UNION ALL SELECT source_dataset, record_id, {RECORD_KEY} FROM {NEW_RECORDS}""",
     engine.create_table(
         EDGES,
         f"""SELECT {RECORD_KEY_L} AS node_id_l, {RECORD_KEY_R} AS node_id_r, match_probability
-FROM {Tables.PAIRS_FOR_CLUSTERING} p
+FROM {pairs} p
 SEMI JOIN {NODES} l ON l.source_dataset = p.source_dataset_l AND l.record_id = p.record_id_l
 SEMI JOIN {NODES} r ON r.source_dataset = p.source_dataset_r AND r.record_id = p.record_id_r
 WHERE match_probability >= {lowest}""",

@@ -236,8 +236,8 @@ def trained_linker(
 def predict(
     engine: Engine, project: LoadedProject, model_path: str, input_tables: dict[str, str]
 ) -> dict[str, Any]:
-    """Score blocked pairs into PAIRWISE_PREDICTIONS; the pairs clustering may use (after
-    the probable-twins rule) into PAIRS_FOR_CLUSTERING."""
+    """Score blocked pairs into PAIRWISE_PREDICTIONS; the pairs clustering may use, where
+    the probable-twins rule removes some, into PAIRS_FOR_CLUSTERING (clustering_pairs)."""
     _, linker = trained_linker(engine, project, model_path, input_tables)
     # Every blocked pair is scored; those below the floor are only summed (the matches the
     # model expects among them are missed matches), not kept. Splink's tables are scratch.
@@ -312,7 +312,7 @@ def predict_incremental(
             "expected_matches": round(float(below_expected), 1),
         },
         "removed_by_probable_twins_rule": engine.count(Tables.PAIRWISE_PREDICTIONS)
-        - engine.count(Tables.PAIRS_FOR_CLUSTERING),
+        - engine.count(clustering_pairs(project.spec)),
         "incremental": {
             "previous_snapshot": state["snapshot"],
             **changes,
@@ -422,12 +422,23 @@ def implied_rules_recall(engine: Engine, rules: list[Any], pairs_table: str) -> 
     return round(float(in_rules) / float(everything), 4) if everything else None
 
 
+def clustering_pairs(project: LinkageProject) -> str:
+    """The table of the pairs clustering may use: the scored pairs themselves unless the
+    probable-twins rule removes some (then a copy without them: at 1M, 1.9M rows and 3.4 s
+    that a project without the rule does not pay)."""
+    if linkage.probable_twins_condition(project) is None:
+        return Tables.PAIRWISE_PREDICTIONS
+    return Tables.PAIRS_FOR_CLUSTERING
+
+
 def apply_pair_rules(engine: Engine, project: LinkageProject, scored: str, kept: str) -> int:
-    """The scored pairs clustering may use, as table `kept`; returns how many the
-    probable-twins rule removed (none when the rule is off)."""
+    """The scored pairs clustering may use, as table `kept` when the probable-twins rule is
+    on (off, clustering reads `scored`); returns how many the rule removed."""
     condition = linkage.probable_twins_condition(project)
-    where = f" WHERE NOT {condition}" if condition else ""
-    engine.create_table(kept, f"SELECT * FROM {scored}{where}")
+    if condition is None:
+        engine.drop_table(kept)  # one left by a linkage with the rule on
+        return 0
+    engine.create_table(kept, f"SELECT * FROM {scored} WHERE NOT {condition}")
     return engine.count(scored) - engine.count(kept)
 
 
@@ -463,12 +474,12 @@ def cluster_at(
     input_tables: dict[str, str],
     thresholds: dict[str, float],
 ) -> None:
-    """Connected components of PAIRS_FOR_CLUSTERING at each threshold (table name ->
+    """Connected components of the pairs clustering may use at each threshold (table name ->
     match probability), each as a table (source_dataset, record_id, cluster_id)."""
     db_api, linker = trained_linker(engine, project, model_path, input_tables)
     with engine.scratch():  # Splink's many tables: at 1M, 33-40 s written to the file, 13-17 s not
         tables = linkage.cluster_at_thresholds(
-            linker, db_api, Tables.PAIRS_FOR_CLUSTERING, thresholds
+            linker, db_api, clustering_pairs(project.spec), thresholds
         )
     for name, table in tables.items():
         engine.create_table(name, f"SELECT source_dataset, record_id, cluster_id FROM {table}")
@@ -533,7 +544,9 @@ def cluster_incremental(engine: Engine, project: LoadedProject) -> dict[str, dic
     carried from the latest publication (after `predict_incremental`)."""
     db_api = engine.splink_api()
     thresholds = project.spec.model.thresholds.as_dict()
-    reclustered = incremental.recluster_touched(engine, db_api, thresholds)
+    reclustered = incremental.recluster_touched(
+        engine, db_api, thresholds, clustering_pairs(project.spec)
+    )
     summary = cluster_summary(engine, project)
     for name in THRESHOLDS:
         summary[name].update(reclustered[name])
@@ -547,7 +560,7 @@ def cluster_summary(engine: Engine, project: LoadedProject) -> dict[str, dict[st
     for name in THRESHOLDS:
         clusters = Tables.clusters(name)
         links = engine.fetch(
-            f"SELECT count(*) FROM {Tables.PAIRS_FOR_CLUSTERING} "
+            f"SELECT count(*) FROM {clustering_pairs(project.spec)} "
             f"WHERE match_probability >= {thresholds.as_dict()[name]}"
         )[0][0]
         persons, largest = engine.fetch(
@@ -575,6 +588,6 @@ def link_for_comparison(
     predict(engine, project, model_path, input_tables)
     cluster(engine, project, model_path, input_tables)
     pairs, lookup = f"__{label}_pairs", f"__{label}_lookup"
-    engine.create_table(pairs, f"SELECT * FROM {Tables.PAIRS_FOR_CLUSTERING}")
+    engine.create_table(pairs, f"SELECT * FROM {clustering_pairs(project.spec)}")
     engine.create_table(lookup, clusters_lookup_sql())
     return {"pairs": pairs, "lookup": lookup}

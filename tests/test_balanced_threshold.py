@@ -94,7 +94,7 @@ def test_the_run_links_at_the_threshold_the_model_chose_and_says_why(
     # The clusters are the chosen threshold's: its links are the pairs scored at or above it.
     with DuckDBEngine(published(small_run.output_dir).work_dir / "joinedup.duckdb") as engine:
         links = engine.fetch(
-            f"SELECT count(*) FROM pairs_for_clustering WHERE match_probability >= {balanced}"
+            f"SELECT count(*) FROM pairwise_predictions WHERE match_probability >= {balanced}"
         )[0][0]
     assert manifest["links"]["balanced"]["links"] == links
     # What the choice estimated there is what the published estimate says.

@@ -27,7 +27,7 @@ from pipelines.contract import (
 )
 from pipelines.deliveries import withdraw_delivery
 from pipelines.engines import DuckDBEngine
-from pipelines.linking import blocking_rules
+from pipelines.linking import blocking_rules, clustering_pairs
 from pipelines.run import ProjectGraph, RunError, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 from quality.error_rates import ComparedPairs, estimate_error_rates
@@ -72,7 +72,7 @@ def pairs_for_clustering(project: LoadedProject) -> dict[tuple[str, str], float]
     with duckdb.connect(str(database), read_only=True) as con:
         rows = con.execute(
             f"SELECT least({keys[0]}, {keys[1]}), greatest({keys[0]}, {keys[1]}), "
-            f"match_probability FROM {Tables.PAIRS_FOR_CLUSTERING}"
+            f"match_probability FROM {clustering_pairs(project.spec)}"
         ).fetchall()
     return {(a, b): p for a, b, p in rows}
 
