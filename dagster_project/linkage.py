@@ -85,12 +85,14 @@ def with_balanced_threshold(
     version: ModelVersion,
     inputs: dict[str, str],
     incremental_linkage: bool,
-) -> ModelVersion:
+) -> tuple[ModelVersion, dict[str, Any] | None]:
     """The model version with its balanced threshold, chosen now (and frozen with it) if
-    the project leaves it to the model (`balanced: auto`) and the model has none yet. The
-    choice scores every record, so an incremental linkage cannot make it."""
+    the project leaves it to the model (`balanced: auto`) and the model has none yet; with
+    the summary of the pairs the choice scored (None when it did not choose), which the
+    predict step then takes as they are. The choice scores every record, so an incremental
+    linkage cannot make it."""
     if not project.spec.model.thresholds.chosen_with_model or version.balanced_threshold:
-        return version
+        return version, None
     layout = OutputLayout(project.output_dir)
     if incremental_linkage:
         # Nothing published to extend says so first (what a full relink would do anyway).
@@ -102,8 +104,9 @@ def with_balanced_threshold(
         )
     model = str(layout.model_dir / version.path)
     thresholds = project.spec.model.thresholds
-    # Scored here (overwriting the linkage tables: a full linkage makes them again).
-    linking.predict(engine, project, model, inputs)
+    # Scored here, into the linkage's own tables: the predict step takes them (at 1M,
+    # about 20 s it would otherwise spend scoring the same pairs again).
+    scored = linking.predict(engine, project, model, inputs)
     columns = linking.cluster_at_candidates(
         engine, project, model, inputs, candidate_thresholds(thresholds)
     )
@@ -127,8 +130,25 @@ def with_balanced_threshold(
         engine.drop_table(CANDIDATES_RULE_RECORDS)
     for table in (linking.CANDIDATES_LOOKUP, linking.CANDIDATES_NEVER_BLOCKED):
         engine.drop_table(table)
-    return ModelRegistry(layout.model_dir).record_balanced_threshold(
+    chosen = ModelRegistry(layout.model_dir).record_balanced_threshold(
         version.version, choice["threshold"], choice
+    )
+    return chosen, {**scored, "model": model}
+
+
+def scored_by_model_step(engine: Engine, model: str, chosen: dict[str, Any] | None) -> bool:
+    """Whether the linkage tables hold the pairs the model step scored with `model` for its
+    balanced threshold choice (`chosen`: its summary of them): nothing has replaced them
+    since (a run re-executed from its predict step after another linkage would see other
+    counts)."""
+    if not chosen or chosen["model"] != model:
+        return False
+    if not engine.table_exists(Tables.PAIRWISE_PREDICTIONS):
+        return False
+    scored = engine.fetch(f"SELECT scored_pairs FROM {Tables.PAIRS_BELOW_FLOOR}")[0][0]
+    return (
+        int(scored) == chosen["scored"]
+        and engine.count(Tables.PAIRWISE_PREDICTIONS) == chosen["kept_above_floor"]
     )
 
 
@@ -237,14 +257,14 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                 s.engine, s.project, inputs, config.model_version, config.train_if_none_approved
             )
             started = time.perf_counter()
-            had = version.balanced_threshold
-            version = with_balanced_threshold(
+            version, scored = with_balanced_threshold(
                 s.engine, s.project, version, inputs, linked_incrementally(s.layout)
             )
-            if version.balanced_threshold != had:
+            if scored:
                 s.record["balanced_threshold_chosen_in_seconds"] = round(
                     time.perf_counter() - started, 1
                 )
+                s.record["pairs_scored_for_choice"] = scored
             entry = linking.model_record(s.project, version, trained, summary)
             s.record.update(entry)
         return dg.MaterializeResult(
@@ -284,6 +304,14 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                     linkage_conditions(s.layout, s.project, engine.engine),
                     rows_added(s.layout),
                 )
+            elif scored_by_model_step(
+                s.engine,
+                model_path(s.layout),
+                load_record(s.layout, "train").get("pairs_scored_for_choice"),
+            ):
+                pairs = load_record(s.layout, "train")["pairs_scored_for_choice"]
+                pairs = {k: v for k, v in pairs.items() if k != "model"}
+                pairs["scored_in_model_step"] = True
             else:
                 pairs = linking.predict(
                     s.engine, s.project, model_path(s.layout), input_tables(s.layout)

@@ -48,7 +48,7 @@ def model_assets() -> list[dg.AssetsDefinition]:
                 # model is chosen for the candidate here, on the data it is compared on.
                 tables, thresholds = {}, {}
                 for label, v in (("approved", approved), ("candidate", entry)):
-                    v = with_balanced_threshold(s.engine, s.project, v, inputs, False)
+                    v, _ = with_balanced_threshold(s.engine, s.project, v, inputs, False)
                     linked = s.project.with_balanced_threshold(v.balanced_threshold)
                     thresholds[label] = linked.spec.model.thresholds.as_dict()
                     tables[label] = linking.link_for_comparison(

@@ -141,3 +141,9 @@ def test_a_fixed_balanced_threshold_overrides_the_models_and_the_models_is_kept(
         == chosen_run.manifest["balanced_threshold_choice"]
     )
     assert again.manifest["links"] == chosen_run.manifest["links"]
+    # The first run's predict step took the pairs the choice scored; the later run, which
+    # did not choose, scored them itself, and they are the same.
+    assert chosen_run.manifest["pairs"]["scored_in_model_step"] is True
+    assert "scored_in_model_step" not in again.manifest["pairs"]
+    for count in ("scored", "kept_above_floor", "below_floor"):
+        assert again.manifest["pairs"][count] == chosen_run.manifest["pairs"][count]
