@@ -495,6 +495,10 @@ def candidate_column(threshold: float) -> str:
     return "at_" + f"{threshold}".replace(".", "_")
 
 
+def _candidate_clusters(column: str) -> str:
+    return f"__{column}"
+
+
 def cluster_at_candidates(
     engine: Engine,
     project: LoadedProject,
@@ -504,15 +508,14 @@ def cluster_at_candidates(
 ) -> dict[str, float]:
     """The scored pairs clustered at each of `thresholds`, with what the error-rate
     estimates read beside them: CANDIDATES_LOOKUP (a column per threshold),
-    CANDIDATES_NEVER_BLOCKED and the blocking check. Returns column -> threshold."""
+    CANDIDATES_NEVER_BLOCKED and the blocking check; each threshold's clusters stay until
+    `settle_candidate_clusters`. Returns column -> threshold."""
     columns = {candidate_column(t): t for t in thresholds}
-    tables = {c: f"__{c}" for c in columns}
+    tables = {c: _candidate_clusters(c) for c in columns}
     cluster_at(
         engine, project, model_path, input_tables, {tables[c]: t for c, t in columns.items()}
     )
     engine.create_table(CANDIDATES_LOOKUP, clusters_lookup_sql(tables))
-    for table in tables.values():
-        engine.drop_table(table)
     blocking_check(engine, project, model_path, input_tables)
     pairs_never_blocked_in_persons(
         engine,
@@ -522,6 +525,25 @@ def cluster_at_candidates(
         out=CANDIDATES_NEVER_BLOCKED,
     )
     return columns
+
+
+def settle_candidate_clusters(
+    engine: Engine, columns: dict[str, float], thresholds: dict[str, float]
+) -> bool:
+    """After the choice: the candidates' clusters at the linkage's `thresholds` (name ->
+    match probability) become its cluster tables, as `cluster` would make them from the
+    same pairs, and the others go. False (and none kept) when a threshold was no
+    candidate."""
+    at = {t: c for c, t in columns.items()}
+    kept = all(t in at for t in thresholds.values())
+    if kept:
+        for name, threshold in thresholds.items():
+            engine.create_table(
+                Tables.clusters(name), f"SELECT * FROM {_candidate_clusters(at[threshold])}"
+            )
+    for column in columns:
+        engine.drop_table(_candidate_clusters(column))
+    return kept
 
 
 def cluster(

@@ -11,7 +11,7 @@ import yaml
 
 from linkage_models.project import Thresholds, load_project
 from linkage_models.registry import ModelRegistry
-from pipelines.contract import OutputLayout
+from pipelines.contract import PERSON_ID_COLUMNS, OutputLayout
 from pipelines.engines import DuckDBEngine
 from pipelines.run import RunResult, run_project
 from pipelines.synthetic import GeneratedData
@@ -19,6 +19,8 @@ from quality.threshold_choice import candidate_thresholds, pick_balanced
 
 from .conftest import DEMO_CONFIG
 from .helpers import html_tables, published
+from .test_incremental import members
+from .test_persistent_ids import lookup
 
 
 def _estimates(*rows: tuple[float, float, float, float]) -> dict[float, dict[str, float]]:
@@ -141,9 +143,13 @@ def test_a_fixed_balanced_threshold_overrides_the_models_and_the_models_is_kept(
         == chosen_run.manifest["balanced_threshold_choice"]
     )
     assert again.manifest["links"] == chosen_run.manifest["links"]
-    # The first run's predict step took the pairs the choice scored; the later run, which
-    # did not choose, scored them itself, and they are the same.
+    # The first run's predict and cluster steps took the pairs the choice scored and the
+    # clusters it made; the later run, which did not choose, made them itself, the same.
     assert chosen_run.manifest["pairs"]["scored_in_model_step"] is True
+    assert chosen_run.manifest["linkage"]["clusters_made_in_model_step"] is True
     assert "scored_in_model_step" not in again.manifest["pairs"]
+    assert again.manifest["linkage"]["clusters_made_in_model_step"] is False
     for count in ("scored", "kept_above_floor", "below_floor"):
         assert again.manifest["pairs"][count] == chosen_run.manifest["pairs"][count]
+    for column in PERSON_ID_COLUMNS.values():
+        assert members(lookup(again), column) == members(lookup(chosen_run), column)
