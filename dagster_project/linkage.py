@@ -322,10 +322,9 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
             elif scored_by_model_step(
                 s.engine,
                 model_path(s.layout),
-                load_record(s.layout, "train").get("pairs_scored_for_choice"),
+                chosen := load_record(s.layout, "train").get("pairs_scored_for_choice"),
             ):
-                pairs = load_record(s.layout, "train")["pairs_scored_for_choice"]
-                pairs = {k: v for k, v in pairs.items() if k not in ("model", "clustered_at")}
+                pairs = {k: v for k, v in chosen.items() if k not in ("model", "clustered_at")}
                 pairs["scored_in_model_step"] = True
             else:
                 pairs = linking.predict(
@@ -369,7 +368,7 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                 "linked": "incremental" if changed else "full",
                 "incremental": changed,
                 # A model's first linkage: the clusters its balanced threshold choice made.
-                "clusters_made_in_model_step": bool(not changed and taken),
+                "clusters_made_in_model_step": taken,
                 # A full relink after incremental ones: how far their clusters had drifted.
                 "drift_from_incremental": None
                 if changed

@@ -48,11 +48,17 @@ def model_assets() -> list[dg.AssetsDefinition]:
                 # model is chosen for the candidate here, on the data it is compared on.
                 tables, thresholds = {}, {}
                 for label, v in (("approved", approved), ("candidate", entry)):
-                    v, _ = with_balanced_threshold(s.engine, s.project, v, inputs, False)
+                    v, chose = with_balanced_threshold(s.engine, s.project, v, inputs, False)
                     linked = s.project.with_balanced_threshold(v.balanced_threshold)
                     thresholds[label] = linked.spec.model.thresholds.as_dict()
                     tables[label] = linking.link_for_comparison(
-                        s.engine, linked, str(s.layout.model_dir / v.path), inputs, label
+                        s.engine,
+                        linked,
+                        str(s.layout.model_dir / v.path),
+                        inputs,
+                        label,
+                        # The choice scored and clustered with this model: not again.
+                        linked=bool(chose and chose["clustered_at"]),
                     )
                 comparison = {
                     "candidate": entry.version,

@@ -603,12 +603,15 @@ def link_for_comparison(
     model_path: str,
     input_tables: dict[str, str],
     label: str,
+    linked: bool = False,
 ) -> dict[str, str]:
     """Score and cluster the accepted data with one model, kept under `label` (so that two
     models can be compared on the same data): the pairs clustering may use, and a lookup
-    whose id columns are the clusters at each threshold."""
-    predict(engine, project, model_path, input_tables)
-    cluster(engine, project, model_path, input_tables)
+    whose id columns are the clusters at each threshold. `linked`: the linkage tables hold
+    this model's pairs and clusters already (its balanced threshold was just chosen)."""
+    if not linked:
+        predict(engine, project, model_path, input_tables)
+        cluster(engine, project, model_path, input_tables)
     pairs, lookup = f"__{label}_pairs", f"__{label}_lookup"
     engine.create_table(pairs, f"SELECT * FROM {clustering_pairs(project.spec)}")
     engine.create_table(lookup, clusters_lookup_sql())
