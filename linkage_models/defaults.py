@@ -109,6 +109,11 @@ def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str)
             blocking.append(["postcode", f"{address}_number"])
         if has("family_name"):
             blocking.append(["family_name", f"{address}_street"])
+            # The house number with the family name or the date of birth: a pair whose
+            # street, postcode and other name each carry a typo is still reached.
+            blocking.append(["family_name", f"{address}_number"])
+        if full_dob:
+            blocking.append(["date_of_birth", f"{address}_number"])
     if names and has("dob_year"):
         blocking.append(["given_name_soundex", "family_name_soundex", "dob_year"])
     if names:

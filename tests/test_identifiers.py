@@ -267,6 +267,9 @@ def test_a_project_without_a_model_gets_one_from_what_it_maps() -> None:
     assert ["address_house"] in model.blocking_rules
     # A house number within the postcode finds a house whose street is mistyped.
     assert ["postcode", "address_number"] in model.blocking_rules
+    # ... and with the family name or the date of birth, one whose postcode is mistyped too.
+    assert ["family_name", "address_number"] in model.blocking_rules
+    assert ["date_of_birth", "address_number"] in model.blocking_rules
     # No full date of birth in one source, so the year blocks.
     assert ["date_of_birth", "family_name_soundex"] in model.blocking_rules
     _assert_em_can_estimate_every_comparison(project)
