@@ -69,8 +69,6 @@ class Tables:
     # publication the linkage extended.
     EXPECTED_PAIRS_OF = "expected_pairs_of"
     PAIRS_FOR_CLUSTERING = "pairs_for_clustering"  # the pairs clustering may use
-    # An incremental linkage's new pairs with Splink's intermediate columns (diagnostics).
-    DETAILED_PAIRS = "detailed_pairs_of_changes"
     PERSON_LOOKUP = "person_lookup"
     EVENTS = "events"
 

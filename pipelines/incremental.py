@@ -45,7 +45,7 @@ CURRENT_RECORDS = "__incremental_current_records"
 NEW_RECORDS = "__incremental_new_records"
 REMOVED_RECORDS = "__incremental_removed_records"
 SCORED_PAIRS = "__incremental_scored_pairs"  # every new pair scored (a view)
-NEW_PAIRS = "__incremental_new_pairs"  # those at or above the prediction floor
+NEW_PAIRS = "__incremental_new_pairs"  # those at or above the prediction floor, every column
 TOUCHED = "__incremental_touched_clusters"
 NODES = "__incremental_nodes"
 # The records an incremental linkage reclustered or removed: only their person ids can
@@ -327,23 +327,23 @@ def score_new_records(
     engine: Engine, linker: Any, db_api: Any, trained: dict[str, Any], input_tables: dict[str, str]
 ) -> dict[str, Any]:
     """Score the new records against the kept ones and among themselves (the linker holds
-    the whole current population, whose term frequencies are used); the stored pairs of
-    removed records are dropped and the new pairs above the floor added, as
-    PAIRWISE_PREDICTIONS, with the floor's sums in PAIRS_BELOW_FLOOR; the new pairs above
-    the floor with all of Splink's columns as DETAILED_PAIRS ("detailed_pairs": "" when no
-    record was new)."""
+    the whole current population, whose term frequencies are used). The new pairs at or
+    above the floor, with every column Splink gave them (its intermediate ones when it kept
+    them, which the diagnostics show), become NEW_PAIRS, written once: extend_pairs adds
+    them to the stored pairs and recluster_touched reads their ends. Below the floor a pair
+    is only summed, as in a full linkage. "detailed_pairs": NEW_PAIRS, or "" when no record
+    was new."""
     scored = score_changes(engine, linker, db_api, trained, input_tables)
-    columns = engine.columns(Tables.PAIRWISE_PREDICTIONS)
-    empty = (
-        f"SELECT {', '.join(ident(c) for c in columns)} FROM {Tables.PAIRWISE_PREDICTIONS} "
-        "WHERE 1 = 0"
-    )
-    engine.create_view(
-        SCORED_PAIRS,
-        " UNION ALL ".join(
-            [empty, *(_oriented_sql(columns, frame.physical_name) for frame in scored)]
-        ),
-    )
+    if scored:
+        columns = engine.columns(scored[0].physical_name)
+        every = " UNION ALL ".join(_oriented_sql(columns, frame.physical_name) for frame in scored)
+    else:
+        columns = engine.columns(Tables.PAIRWISE_PREDICTIONS)
+        every = (
+            f"SELECT {', '.join(ident(c) for c in columns)} FROM {Tables.PAIRWISE_PREDICTIONS} "
+            "WHERE 1 = 0"
+        )
+    engine.create_view(SCORED_PAIRS, every)
     floor = linkage.PREDICTION_FLOOR
     below = f"match_probability < {floor}"
     new_below = engine.fetch(
@@ -351,23 +351,11 @@ def score_new_records(
         f"coalesce(sum(match_probability) FILTER (WHERE {below}), 0), count(*), "
         f"coalesce(sum(match_probability), 0) FROM {SCORED_PAIRS}"
     )[0]
-    # Below the floor a pair is only summed, as in a full linkage: only the others are kept.
     engine.create_table(NEW_PAIRS, f"SELECT * FROM {SCORED_PAIRS} WHERE NOT ({below})")
-    detailed = ""
-    if scored:  # with every column Splink gave them (intermediate ones when it kept them)
-        detailed = Tables.DETAILED_PAIRS
-        frame_columns = ", ".join(ident(c) for c in engine.columns(scored[0].physical_name))
-        engine.create_table(
-            detailed,
-            " UNION ALL ".join(
-                f"SELECT {frame_columns} FROM {frame.physical_name} WHERE NOT ({below})"
-                for frame in scored
-            ),
-        )
     return {
         "new_pairs_scored": int(new_below[2]),
         "new_below_floor": new_below,
-        "detailed_pairs": detailed,
+        "detailed_pairs": NEW_PAIRS if scored else "",
     }
 
 
@@ -429,24 +417,28 @@ def recluster_touched(
         f"SELECT {RECORD_KEY_L} {linked} UNION ALL SELECT {RECORD_KEY_R} {linked} "
         f"UNION ALL SELECT {RECORD_KEY} FROM {REMOVED_RECORDS}"
     )
-    engine.create_table(
-        TOUCHED, f"SELECT DISTINCT cluster_id FROM {widest} WHERE {RECORD_KEY} IN ({ends})"
-    )
-    engine.create_table(
-        NODES,
-        f"""SELECT source_dataset, CAST(record_id AS VARCHAR) AS record_id, {RECORD_KEY} AS node_id
+    for table in (TOUCHED, NODES, EDGES):  # stored by earlier versions, which would hide these
+        engine.drop_table(table)
+    with engine.scratch():  # the step's working tables, not the stored linkage's
+        engine.create_table(
+            TOUCHED, f"SELECT DISTINCT cluster_id FROM {widest} WHERE {RECORD_KEY} IN ({ends})"
+        )
+        engine.create_table(
+            NODES,
+            f"""SELECT source_dataset, CAST(record_id AS VARCHAR) AS record_id,
+  {RECORD_KEY} AS node_id
 FROM {widest} WHERE cluster_id IN (SELECT cluster_id FROM {TOUCHED})
   AND {RECORD_KEY} NOT IN (SELECT {RECORD_KEY} FROM {REMOVED_RECORDS})
 UNION ALL SELECT source_dataset, record_id, {RECORD_KEY} FROM {NEW_RECORDS}""",
-    )
-    engine.create_table(
-        EDGES,
-        f"""SELECT {RECORD_KEY_L} AS node_id_l, {RECORD_KEY_R} AS node_id_r, match_probability
+        )
+        engine.create_table(
+            EDGES,
+            f"""SELECT {RECORD_KEY_L} AS node_id_l, {RECORD_KEY_R} AS node_id_r, match_probability
 FROM {pairs} p
 SEMI JOIN {NODES} l ON l.source_dataset = p.source_dataset_l AND l.record_id = p.record_id_l
 SEMI JOIN {NODES} r ON r.source_dataset = p.source_dataset_r AND r.record_id = p.record_id_r
 WHERE match_probability >= {lowest}""",
-    )
+        )
     nodes = db_api.table_to_splink_dataframe(NODES, NODES)
     edges = db_api.table_to_splink_dataframe(EDGES, EDGES)
     reclustered = engine.count(NODES)
