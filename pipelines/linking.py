@@ -577,20 +577,19 @@ def cluster_incremental(engine: Engine, project: LoadedProject) -> dict[str, dic
 
 def cluster_summary(engine: Engine, project: LoadedProject) -> dict[str, dict[str, int]]:
     """Links, persons and the largest cluster at each threshold."""
-    thresholds = project.spec.model.thresholds
+    thresholds = project.spec.model.thresholds.as_dict()
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE match_probability >= {thresholds[name]})" for name in THRESHOLDS
+    )
+    links = engine.fetch(f"SELECT {counts} FROM {clustering_pairs(project.spec)}")[0]
     summary: dict[str, dict[str, int]] = {}
-    for name in THRESHOLDS:
-        clusters = Tables.clusters(name)
-        links = engine.fetch(
-            f"SELECT count(*) FROM {clustering_pairs(project.spec)} "
-            f"WHERE match_probability >= {thresholds.as_dict()[name]}"
-        )[0][0]
+    for name, linked in zip(THRESHOLDS, links, strict=True):
         persons, largest = engine.fetch(
-            f"SELECT count(*), max(n) FROM (SELECT count(*) AS n FROM {clusters} "
+            f"SELECT count(*), max(n) FROM (SELECT count(*) AS n FROM {Tables.clusters(name)} "
             "GROUP BY cluster_id)"
         )[0]
         summary[name] = {
-            "links": int(links),
+            "links": int(linked),
             "persons": int(persons),
             "largest_cluster": int(largest or 0),
         }
