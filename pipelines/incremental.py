@@ -285,6 +285,19 @@ def _split_inputs(
     return new, kept
 
 
+def drop_working_tables(engine: Engine, sources: list[str]) -> None:
+    """A full linkage replaces what incremental ones extended: their working tables (the
+    records and pairs the last one added, what it reclustered) then describe nothing."""
+    for source in sources:
+        for role in ("new", "kept"):
+            engine.drop_view(f"__incremental_{role}_{source}")
+    engine.drop_view(SCORED_PAIRS)
+    for table in (CURRENT_RECORDS, NEW_RECORDS, REMOVED_RECORDS, NEW_PAIRS, TOUCHED, NODES):
+        engine.drop_table(table)
+    engine.drop_table(EDGES)
+    engine.drop_table(RECLUSTERED_RECORDS)
+
+
 def _oriented_sql(columns: list[str], table: str) -> str:
     """Pairs with their left record the one whose key sorts first, as Splink's predict
     orients them (predict_between puts the new record on the left)."""
@@ -343,7 +356,9 @@ def score_new_records(
             f"SELECT {', '.join(ident(c) for c in columns)} FROM {Tables.PAIRWISE_PREDICTIONS} "
             "WHERE 1 = 0"
         )
-    engine.create_view(SCORED_PAIRS, every)
+    engine.drop_view(SCORED_PAIRS)  # stored by earlier versions, which would hide this one
+    with engine.scratch():  # a view of Splink's scratch tables goes with them
+        engine.create_view(SCORED_PAIRS, every)
     floor = linkage.PREDICTION_FLOOR
     below = f"match_probability < {floor}"
     new_below = engine.fetch(

@@ -238,6 +238,7 @@ def predict(
 ) -> dict[str, Any]:
     """Score blocked pairs into PAIRWISE_PREDICTIONS; the pairs clustering may use, where
     the probable-twins rule removes some, into PAIRS_FOR_CLUSTERING (clustering_pairs)."""
+    incremental.drop_working_tables(engine, list(input_tables))
     _, linker = trained_linker(engine, project, model_path, input_tables)
     # Every blocked pair is scored; those below the floor are only summed (the matches the
     # model expects among them are missed matches), not kept. Splink's tables are scratch.

@@ -77,6 +77,25 @@ def pairs_for_clustering(project: LoadedProject) -> dict[tuple[str, str], float]
     return {(a, b): p for a, b, p in rows}
 
 
+def working_objects(project: LoadedProject) -> dict[str, bool]:
+    """Every table and view of the working database, and whether it can be read (a view
+    over tables that are gone cannot)."""
+    database = OutputLayout(project.output_dir).work_dir / "joinedup.duckdb"
+    readable = {}
+    with duckdb.connect(str(database), read_only=True) as con:
+        names = con.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_catalog = current_database()"
+        ).fetchall()
+        for (name,) in names:
+            try:
+                con.execute(f'SELECT * FROM "{name}" LIMIT 0')
+                readable[name] = True
+            except duckdb.Error:
+                readable[name] = False
+    return readable
+
+
 def never_blocked_pairs(engine: DuckDBEngine) -> set[tuple]:
     return set(engine.fetch(f"SELECT * FROM {Tables.PAIRS_NEVER_BLOCKED_IN_PERSONS}"))
 
@@ -147,9 +166,11 @@ def sequence(small_data: GeneratedData, tmp_path_factory: pytest.TempPathFactory
     withdraw_delivery(project, "prisons", "prisons_2026-01.parquet", "retracted by its owner")
     results["changed"] = run_project(project, instance=instance, incremental=True)
     results["changed_pairs"] = pairs_for_clustering(project)
+    results["changed_objects"] = working_objects(project)
     results["changed_recounted"] = count_every_pair_again(project)
     results["full"] = run_project(project, instance=instance)
     results["full_pairs"] = pairs_for_clustering(project)
+    results["full_objects"] = working_objects(project)
     return {"folder": folder, "project": project, **results}
 
 
@@ -367,6 +388,18 @@ def test_a_full_relink_reports_its_drift_from_the_incremental_state(sequence: di
     assert "pairwise agreement of the clusters" in report
     # The same pairs could be clustered: only their scores can differ.
     assert sequence["changed_pairs"].keys() == sequence["full_pairs"].keys()
+
+
+def test_the_working_database_keeps_no_view_of_gone_tables_nor_stale_incremental_ones(
+    sequence: dict,
+) -> None:
+    """Whoever opens the secure working database finds every view readable, and after a full
+    relink none of the last incremental linkage's working tables (its pairs, its records)."""
+    for stage in ("changed_objects", "full_objects"):
+        unreadable = [name for name, ok in sequence[stage].items() if not ok]
+        assert unreadable == [], stage
+    assert "__incremental_new_pairs" in sequence["changed_objects"]
+    assert [n for n in sequence["full_objects"] if n.startswith("__incremental_")] == []
 
 
 def test_incremental_linkage_needs_a_publication_to_extend(
