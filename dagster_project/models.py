@@ -74,6 +74,9 @@ def model_assets() -> list[dg.AssetsDefinition]:
                 }
                 path = s.layout.model_comparison(entry.version, approved.version)
                 path.write_text(json.dumps(comparison, indent=2))
+                for made in tables.values():  # copies of each model's pairs: compared, done
+                    for table in made.values():
+                        s.engine.drop_table(table)
                 record.update(comparison=str(path), promoted=False)
             s.record.update(record)
         metadata: dict[str, object] = {

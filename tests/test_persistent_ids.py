@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pytest
 import yaml
@@ -250,6 +251,15 @@ def test_a_candidate_is_compared_then_promoted_and_its_relink_reports_churn(
     balanced = trained.comparison["by_threshold"]["balanced"]
     assert 0.9 < balanced["pairwise_agreement"] <= 1.0
     assert balanced["links_in_both"] > 0
+    # The copies of each model's pairs and persons it compared are not left behind.
+    database = OutputLayout(project.output_dir).work_dir / "joinedup.duckdb"
+    with duckdb.connect(str(database), read_only=True) as con:
+        left = con.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE starts_with(table_name, '__candidate_') "
+            "OR starts_with(table_name, '__approved_')"
+        ).fetchall()
+    assert left == []
     # Not promoted: linkage stays with v1.
     assert run_project(project).manifest["model"]["version"] == 1
     promote_model(project, 2)
