@@ -264,6 +264,11 @@ WHERE b.record_id IS NULL""",
     }
 
 
+def _records_view(role: str, source: str) -> str:
+    """The view of a source's new or kept records ("new"/"kept")."""
+    return f"__incremental_{role}_{source}"
+
+
 def _split_inputs(
     engine: Engine, input_tables: dict[str, str]
 ) -> tuple[dict[str, str], dict[str, str]]:
@@ -275,7 +280,7 @@ def _split_inputs(
             f"FROM {table} i LEFT JOIN {NEW_RECORDS} n ON n.source_dataset = i.source_dataset "
             "AND n.record_id = CAST(i.record_id AS VARCHAR)"
         )
-        new_view, kept_view = f"__incremental_new_{source}", f"__incremental_kept_{source}"
+        new_view, kept_view = _records_view("new", source), _records_view("kept", source)
         engine.create_view(new_view, f"SELECT i.* {joined} WHERE n.record_id IS NOT NULL")
         engine.create_view(kept_view, f"SELECT i.* {joined} WHERE n.record_id IS NULL")
         if counts.get(source):
@@ -290,12 +295,16 @@ def drop_working_tables(engine: Engine, sources: list[str]) -> None:
     records and pairs the last one added, what it reclustered) then describe nothing."""
     for source in sources:
         for role in ("new", "kept"):
-            engine.drop_view(f"__incremental_{role}_{source}")
+            engine.drop_view(_records_view(role, source))
     engine.drop_view(SCORED_PAIRS)
-    for table in (CURRENT_RECORDS, NEW_RECORDS, REMOVED_RECORDS, NEW_PAIRS, TOUCHED, NODES):
+    for table in (CURRENT_RECORDS, NEW_RECORDS, REMOVED_RECORDS, NEW_PAIRS, RECLUSTERED_RECORDS):
         engine.drop_table(table)
-    engine.drop_table(EDGES)
-    engine.drop_table(RECLUSTERED_RECORDS)
+    _drop_reclustering_tables(engine)
+
+
+def _drop_reclustering_tables(engine: Engine) -> None:
+    for table in (TOUCHED, NODES, EDGES):
+        engine.drop_table(table)
 
 
 def _oriented_sql(columns: list[str], table: str) -> str:
@@ -322,7 +331,7 @@ def score_changes(
     Splink's working tables, and the scored pairs, are the engine's scratch tables."""
     new, kept = _split_inputs(engine, input_tables)
     frames = {
-        role: [db_api.register(t, table_name=f"__incremental_{role}_{s}") for s, t in parts.items()]
+        role: [db_api.register(t, table_name=_records_view(role, s)) for s, t in parts.items()]
         for role, parts in (("new", new), ("kept", kept))
     }
     scored = []
@@ -432,8 +441,7 @@ def recluster_touched(
         f"SELECT {RECORD_KEY_L} {linked} UNION ALL SELECT {RECORD_KEY_R} {linked} "
         f"UNION ALL SELECT {RECORD_KEY} FROM {REMOVED_RECORDS}"
     )
-    for table in (TOUCHED, NODES, EDGES):  # stored by earlier versions, which would hide these
-        engine.drop_table(table)
+    _drop_reclustering_tables(engine)  # stored by earlier versions, they would hide these
     with engine.scratch():  # the step's working tables, not the stored linkage's
         engine.create_table(
             TOUCHED, f"SELECT DISTINCT cluster_id FROM {widest} WHERE {RECORD_KEY} IN ({ends})"
