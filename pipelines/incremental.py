@@ -14,12 +14,12 @@ are not the latest publication's.
 An incremental linkage compares the accepted records now with the stored fingerprints:
 records *new* (or changed) and records *removed* (withdrawn, replaced or changed). With the
 approved model and the term-frequency tables of the whole current population it scores the
-new records against the kept ones (Splink's `predict_between`) and among themselves
-(`predict_within`); in place, the stored pairs of removed records are deleted and the new
-pairs inserted. Then only the clusters it touched are recomputed: the previous clusters
-holding an end of a new link or a removed record, with the new records (one set for all
-three thresholds, `recluster_touched`); every other cluster is carried as it was. Scoring
-and clustering cost in proportion to the change.
+new records against every record (Splink's `predict_between`, in one pass: against the kept
+records and among themselves, a record's pair with itself dropped); in place, the stored
+pairs of removed records are deleted and the new pairs inserted. Then only the clusters it
+touched are recomputed: the previous clusters holding an end of a new link or a removed
+record, with the new records (one set for all three thresholds, `recluster_touched`); every
+other cluster is carried as it was. Scoring and clustering cost in proportion to the change.
 
 What the stored pairs do not have is what a full relink would give now: they keep the term
 frequencies of their own linkage, and a removed record's pairs below the floor stay in the
@@ -44,6 +44,8 @@ STATE_RECORDS = "linkage_state_records"  # kept between runs, with the linkage's
 CURRENT_RECORDS = "__incremental_current_records"
 NEW_RECORDS = "__incremental_new_records"
 REMOVED_RECORDS = "__incremental_removed_records"
+EVERY_RECORD = "__incremental_every_record"  # every input record (a view)
+NEW_RECORD_ROWS = "__incremental_new_record_rows"  # the new records' input rows (a view)
 SCORED_PAIRS = "__incremental_scored_pairs"  # every new pair scored (a view)
 NEW_PAIRS = "__incremental_new_pairs"  # those at or above the prediction floor, every column
 TOUCHED = "__incremental_touched_clusters"
@@ -264,39 +266,30 @@ WHERE b.record_id IS NULL""",
     }
 
 
-def _records_view(role: str, source: str) -> str:
-    """The view of a source's new or kept records ("new"/"kept")."""
-    return f"__incremental_{role}_{source}"
-
-
-def _split_inputs(
-    engine: Engine, input_tables: dict[str, str]
-) -> tuple[dict[str, str], dict[str, str]]:
-    """Each source's input as two views: its new records and the records kept."""
-    new, kept = {}, {}
-    counts = dict(engine.fetch(f"SELECT source_dataset, count(*) FROM {NEW_RECORDS} GROUP BY 1"))
-    for source, table in input_tables.items():
-        joined = (
-            f"FROM {table} i LEFT JOIN {NEW_RECORDS} n ON n.source_dataset = i.source_dataset "
-            "AND n.record_id = CAST(i.record_id AS VARCHAR)"
-        )
-        new_view, kept_view = _records_view("new", source), _records_view("kept", source)
-        engine.create_view(new_view, f"SELECT i.* {joined} WHERE n.record_id IS NOT NULL")
-        engine.create_view(kept_view, f"SELECT i.* {joined} WHERE n.record_id IS NULL")
-        if counts.get(source):
-            new[source] = new_view
-        if engine.count(table) > counts.get(source, 0):
-            kept[source] = kept_view
-    return new, kept
+def _new_and_every_record_views(engine: Engine, input_tables: dict[str, str]) -> bool:
+    """Two views, one frame each for Splink: every input record (EVERY_RECORD) and the new
+    ones among them (NEW_RECORD_ROWS). False when no record is new."""
+    columns = ", ".join(ident(c) for c in engine.columns(next(iter(input_tables.values()))))
+    engine.create_view(
+        EVERY_RECORD,
+        " UNION ALL ".join(f"SELECT {columns} FROM {t}" for t in input_tables.values()),
+    )
+    engine.create_view(
+        NEW_RECORD_ROWS,
+        f"SELECT i.* FROM {EVERY_RECORD} i JOIN {NEW_RECORDS} n "
+        "ON n.source_dataset = i.source_dataset AND n.record_id = CAST(i.record_id AS VARCHAR)",
+    )
+    return engine.count(NEW_RECORDS) > 0
 
 
 def drop_working_tables(engine: Engine, sources: list[str]) -> None:
     """A full linkage replaces what incremental ones extended: their working tables (the
     records and pairs the last one added, what it reclustered) then describe nothing."""
-    for source in sources:
+    for source in sources:  # each source's views, left by earlier versions
         for role in ("new", "kept"):
-            engine.drop_view(_records_view(role, source))
-    engine.drop_view(SCORED_PAIRS)
+            engine.drop_view(f"__incremental_{role}_{source}")
+    for view in (SCORED_PAIRS, NEW_RECORD_ROWS, EVERY_RECORD):
+        engine.drop_view(view)
     for table in (CURRENT_RECORDS, NEW_RECORDS, REMOVED_RECORDS, NEW_PAIRS, RECLUSTERED_RECORDS):
         engine.drop_table(table)
     _drop_reclustering_tables(engine)
@@ -307,42 +300,45 @@ def _drop_reclustering_tables(engine: Engine) -> None:
         engine.drop_table(table)
 
 
-def _oriented_sql(columns: list[str], table: str) -> str:
-    """Pairs with their left record the one whose key sorts first, as Splink's predict
-    orients them (predict_between puts the new record on the left)."""
-    swap = (
-        "(source_dataset_l || '-__-' || record_id_l) > (source_dataset_r || '-__-' || record_id_r)"
-    )
+def _new_pairs_sql(columns: list[str], table: str) -> str:
+    """Splink's pairs of new records against every record (`predict_between`, the new
+    record on the left) as the pairs they are: a record with itself dropped, a pair of two
+    new records once (the way round `predict_within` would give it), and every pair with
+    its left record the one whose key sorts first, as Splink's predict orients them."""
+    key_l = "(p.source_dataset_l || '-__-' || p.record_id_l)"
+    key_r = "(p.source_dataset_r || '-__-' || p.record_id_r)"
     items = []
     for c in columns:
         other = c[:-2] + ("_r" if c.endswith("_l") else "_l")
         if c.endswith(("_l", "_r")) and other in columns:
-            items.append(f"CASE WHEN {swap} THEN {ident(other)} ELSE {ident(c)} END AS {ident(c)}")
+            items.append(
+                f"CASE WHEN {key_l} > {key_r} THEN p.{ident(other)} ELSE p.{ident(c)} END "
+                f"AS {ident(c)}"
+            )
         else:
-            items.append(ident(c))
-    return f"SELECT {', '.join(items)} FROM {table}"
+            items.append(f"p.{ident(c)}")
+    return f"""SELECT {", ".join(items)} FROM {table} p
+LEFT JOIN {NEW_RECORDS} n ON n.source_dataset = p.source_dataset_r
+ AND n.record_id = CAST(p.record_id_r AS VARCHAR)
+WHERE n.record_id IS NULL OR {key_l} < {key_r}"""
 
 
 def score_changes(
     engine: Engine, linker: Any, db_api: Any, trained: dict[str, Any], input_tables: dict[str, str]
-) -> list[Any]:
-    """Splink's scored pairs of the new records: against the kept records, and among
-    themselves (the linker holds the whole population, whose term frequencies are used).
-    Splink's working tables, and the scored pairs, are the engine's scratch tables."""
-    new, kept = _split_inputs(engine, input_tables)
-    frames = {
-        role: [db_api.register(t, table_name=_records_view(role, s)) for s, t in parts.items()]
-        for role, parts in (("new", new), ("kept", kept))
-    }
-    scored = []
+) -> Any | None:
+    """Splink's scored pairs of the new records against every record, the new ones
+    included (one pass scores them against the kept records and among themselves; the
+    linker holds the whole population, whose term frequencies are used). None when no
+    record is new. Splink's working tables, and the scored pairs, are the engine's scratch
+    tables."""
+    if not _new_and_every_record_views(engine, input_tables):
+        return None
+    new = db_api.register(NEW_RECORD_ROWS, table_name=NEW_RECORD_ROWS)
+    every = db_api.register(EVERY_RECORD, table_name=EVERY_RECORD)
     with engine.scratch():
         for column in linkage.tf_columns(trained):
             linker.table_management.compute_tf_table(column)
-        if frames["new"] and frames["kept"]:
-            scored.append(linker.inference.predict_between(frames["new"], frames["kept"]))
-        if frames["new"]:
-            scored.append(linker.inference.predict_within(frames["new"]))
-    return scored
+        return linker.inference.predict_between([new], [every])
 
 
 def score_new_records(
@@ -356,9 +352,8 @@ def score_new_records(
     is only summed, as in a full linkage. "detailed_pairs": NEW_PAIRS, or "" when no record
     was new."""
     scored = score_changes(engine, linker, db_api, trained, input_tables)
-    if scored:
-        columns = engine.columns(scored[0].physical_name)
-        every = " UNION ALL ".join(_oriented_sql(columns, frame.physical_name) for frame in scored)
+    if scored is not None:
+        every = _new_pairs_sql(engine.columns(scored.physical_name), scored.physical_name)
     else:
         columns = engine.columns(Tables.PAIRWISE_PREDICTIONS)
         every = (
@@ -368,18 +363,17 @@ def score_new_records(
     engine.drop_view(SCORED_PAIRS)  # stored by earlier versions, which would hide this one
     with engine.scratch():  # a view of Splink's scratch tables goes with them
         engine.create_view(SCORED_PAIRS, every)
-    floor = linkage.PREDICTION_FLOOR
-    below = f"match_probability < {floor}"
-    new_below = engine.fetch(
-        f"SELECT count(*) FILTER (WHERE {below}), "
-        f"coalesce(sum(match_probability) FILTER (WHERE {below}), 0), count(*), "
-        f"coalesce(sum(match_probability), 0) FROM {SCORED_PAIRS}"
-    )[0]
+    below = f"match_probability < {linkage.PREDICTION_FLOOR}"
     engine.create_table(NEW_PAIRS, f"SELECT * FROM {SCORED_PAIRS} WHERE NOT ({below})")
+    # Each side of the floor read once: below it summed, above it from NEW_PAIRS.
+    sums = "count(*), coalesce(sum(match_probability), 0)"
+    under, under_sum = engine.fetch(f"SELECT {sums} FROM {SCORED_PAIRS} WHERE {below}")[0]
+    over, over_sum = engine.fetch(f"SELECT {sums} FROM {NEW_PAIRS}")[0]
+    new_below = (under, under_sum, under + over, under_sum + over_sum)
     return {
         "new_pairs_scored": int(new_below[2]),
         "new_below_floor": new_below,
-        "detailed_pairs": NEW_PAIRS if scored else "",
+        "detailed_pairs": NEW_PAIRS if scored is not None else "",
     }
 
 

@@ -77,6 +77,17 @@ def pairs_for_clustering(project: LoadedProject) -> dict[tuple[str, str], float]
     return {(a, b): p for a, b, p in rows}
 
 
+def stored_pair_rows(project: LoadedProject) -> list[tuple[str, str]]:
+    """Every stored scored pair as it is stored: its left and right record keys, in the
+    form Splink orders a pair's records by."""
+    database = OutputLayout(project.output_dir).work_dir / "joinedup.duckdb"
+    with duckdb.connect(str(database), read_only=True) as con:
+        return con.execute(
+            "SELECT source_dataset_l || '-__-' || record_id_l, "
+            f"source_dataset_r || '-__-' || record_id_r FROM {Tables.PAIRWISE_PREDICTIONS}"
+        ).fetchall()
+
+
 def working_objects(project: LoadedProject) -> dict[str, bool]:
     """Every table and view of the working database, and whether it can be read (a view
     over tables that are gone cannot)."""
@@ -166,6 +177,7 @@ def sequence(small_data: GeneratedData, tmp_path_factory: pytest.TempPathFactory
     withdraw_delivery(project, "prisons", "prisons_2026-01.parquet", "retracted by its owner")
     results["changed"] = run_project(project, instance=instance, incremental=True)
     results["changed_pairs"] = pairs_for_clustering(project)
+    results["changed_pair_rows"] = stored_pair_rows(project)
     results["changed_objects"] = working_objects(project)
     results["changed_recounted"] = count_every_pair_again(project)
     results["full"] = run_project(project, instance=instance)
@@ -369,6 +381,18 @@ def test_incremental_linkage_on_spark_gives_the_clusters_it_gives_on_duckdb(
         on_duckdb = sequence["month2"].manifest["estimated_error_rates"][name]
         for rate in ("precision", "recall"):
             assert estimated[rate] == pytest.approx(on_duckdb[rate], abs=2e-6), (name, rate)
+
+
+def test_incremental_pairs_are_stored_once_each_as_a_full_linkage_stores_them(
+    sequence: dict,
+) -> None:
+    """The new records are scored against every record, themselves included, in one pass:
+    what is stored is each pair once, never a record with itself, its left record the one
+    whose key sorts first (as a full linkage stores them)."""
+    rows = sequence["changed_pair_rows"]
+    assert rows, "no pair stored"
+    assert len(set(rows)) == len(rows)
+    assert all(left < right for left, right in rows)
 
 
 def test_a_full_relink_reports_its_drift_from_the_incremental_state(sequence: dict) -> None:
