@@ -170,6 +170,7 @@ def sequence(small_data: GeneratedData, tmp_path_factory: pytest.TempPathFactory
 
     deliver(folder, 3)
     results["month3"] = run_project(project, instance=instance, incremental=True)
+    results["month3_objects"] = working_objects(project)
 
     corrected = rows(folder, FILES["magistrates_courts"].format(2))
     corrected.loc[0, "defendant_name"] = "Corrected Name"
@@ -418,12 +419,18 @@ def test_the_working_database_keeps_no_view_of_gone_tables_nor_stale_incremental
     sequence: dict,
 ) -> None:
     """Whoever opens the secure working database finds every view readable, and after a full
-    relink none of the last incremental linkage's working tables (its pairs, its records)."""
+    relink none of the last incremental linkage's working tables (its pairs, its records).
+    The rows a delivery added to a source's combination in place go once the source is
+    combined afresh (here both: a record corrected in one, a delivery withdrawn from the
+    other)."""
     for stage in ("changed_objects", "full_objects"):
         unreadable = [name for name, ok in sequence[stage].items() if not ok]
         assert unreadable == [], stage
     assert "__incremental_new_pairs" in sequence["changed_objects"]
     assert [n for n in sequence["full_objects"] if n.startswith("__incremental_")] == []
+    added = tuple(f"__{t}_new_" for t in ("accepted", "checked", "quarantined"))
+    assert "__accepted_new_prisons" in sequence["month3_objects"]
+    assert [n for n in sequence["changed_objects"] if n.startswith(added)] == []
 
 
 def test_incremental_linkage_needs_a_publication_to_extend(
