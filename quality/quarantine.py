@@ -131,11 +131,13 @@ def combine_and_quarantine(
     quarantine_table = Tables.quarantined(source.name)
     # The rows read now, with their reasons: a table of their own when added to a previous
     # combination, else the combination itself.
-    added_tables = [f"__{t}_new_{source.name}" for t in ("checked", "quarantined", "accepted")]
-    for table in added_tables:  # an earlier addition's rows: stale now, whatever this does
-        engine.drop_table(table)
-    rows_now = added_tables[0] if held else checked
-    quarantined_now = added_tables[1] if held else quarantine_table
+    checked_added, quarantined_added, accepted_added = (
+        f"__{t}_new_{source.name}" for t in ("checked", "quarantined", "accepted")
+    )
+    for table in (checked_added, quarantined_added, accepted_added):
+        engine.drop_table(table)  # an earlier addition's rows: stale now, whatever this does
+    rows_now = checked_added if held else checked
+    quarantined_now = quarantined_added if held else quarantine_table
     quarantine_parts = []
     if accepted_new:
         engine.create_table(
@@ -186,7 +188,7 @@ def combine_and_quarantine(
         bookkeeping = ("quarantine_reason", "_delivery_order", "_malformed")
         kept = ", ".join(ident(c) for c in engine.columns(rows_now) if c not in bookkeeping)
         if held:
-            appended_rows = added_tables[2]
+            appended_rows = accepted_added
             # A table, not a view: the linkage's later steps read which records are new.
             engine.create_table(appended_rows, accepted_rows.format(columns=kept))
             engine.insert_rows(checked, f"SELECT * FROM {rows_now}")
