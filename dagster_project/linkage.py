@@ -6,6 +6,7 @@ and everything downstream of it; a schedule runs it periodically.
     -> linkage/person_clusters
 """
 
+import logging
 import time
 from dataclasses import asdict
 from typing import Any
@@ -29,6 +30,8 @@ from quality.error_rates import ComparedPairs
 from quality.model_comparison import incremental_drift
 from quality.quarantine import combine_and_quarantine
 from quality.threshold_choice import candidate_thresholds, choose_balanced_threshold
+
+log = logging.getLogger("joinedup.linkage")
 
 LINKAGE_INPUTS = dg.AssetKey(["linkage", "linkage_inputs"])
 MODEL = dg.AssetKey(["linkage", "model"])
@@ -199,13 +202,20 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
             # this record, for an incremental linkage to extend).
             forget_record(s.layout, "evaluate")
             stored = s.record["stored_linkage"] = incremental.forget_state(s.layout)
+            # Asked to link incrementally where there is no publication's linkage to
+            # extend (nothing published yet, or its tables rebuilt since, as `train` does),
+            # every record is linked afresh, and the record and manifest say why.
+            unavailable = (
+                incremental.not_extendable(s.layout.published, stored)
+                if config.incremental
+                else None
+            )
+            if unavailable:
+                log.warning("linking in full, not incrementally: %s", unavailable)
+            linking_incrementally = config.incremental and unavailable is None
             # An incremental linkage adds new deliveries to what the publication combined,
             # for each source whose combined deliveries are all still there as they were.
-            combined = (
-                incremental.stored_combinations(s.layout.published, stored)
-                if config.incremental
-                else {}
-            )
+            combined = (stored or {}).get("combined", {}) if linking_incrementally else {}
             sources: dict[str, Any] = {}
             pending: list[dict[str, Any]] = []
             withdrawn = withdrawn_deliveries(s.layout)
@@ -238,7 +248,8 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                 }
             s.record.update(
                 {
-                    "incremental": config.incremental,
+                    "incremental": linking_incrementally,
+                    "incremental_unavailable": unavailable,
                     "pending_deliveries": pending,
                     "withdrawn_deliveries": list(withdrawn.values()),
                     "sources": sources,
@@ -367,6 +378,10 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
             s.record["linkage"] = {
                 "linked": "incremental" if changed else "full",
                 "incremental": changed,
+                # Asked for incrementally, linked in full: why (pipelines.incremental).
+                "incremental_unavailable": load_record(s.layout, "linkage_inputs").get(
+                    "incremental_unavailable"
+                ),
                 # A model's first linkage: the clusters its balanced threshold choice made.
                 "clusters_made_in_model_step": taken,
                 # A full relink after incremental ones: how far their clusters had drifted.

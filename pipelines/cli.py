@@ -184,7 +184,9 @@ def _print_summary(result: RunResult) -> None:
             f"{change['records_kept']:,}, {change['records_removed_or_changed']:,} taken out; "
             f"{reclustered:,} records reclustered (balanced)"
         )
-    elif linked.get("drift_from_incremental"):
+    if linked.get("incremental_unavailable"):
+        console.print(f"linked in full, not incrementally: {linked['incremental_unavailable']}")
+    if linked.get("drift_from_incremental"):
         drift = linked["drift_from_incremental"]["by_threshold"]["balanced"]
         console.print(
             "full relink after incremental linkages: balanced clusters agreed on "

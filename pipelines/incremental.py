@@ -167,18 +167,19 @@ def commit_state(layout: OutputLayout, published_snapshot: str) -> bool:
     return True
 
 
-def _check_publication(published: OutputLayout, state: dict[str, Any] | None) -> str:
-    """The latest publication, when `state` is its linkage's (else says why not)."""
+def not_extendable(published: OutputLayout, state: dict[str, Any] | None) -> str | None:
+    """Why the latest publication's linkage cannot be extended with `state` (what
+    `forget_state` returned when this linkage began); None when it can."""
     if not published.exact_manifest.exists():
-        raise IncrementalUnavailable(f"nothing is published yet to add to: {FULL_RELINK}")
+        return "nothing is published yet to add to"
     linked = json.loads(published.exact_manifest.read_text())["snapshot"]
     if state is None or state["snapshot"] != linked:
-        raise IncrementalUnavailable(
+        return (
             f"the working database does not hold the linkage of the latest publication "
-            f"({linked}): another job rebuilt its tables, or they were started afresh; "
-            f"{FULL_RELINK}"
+            f"({linked}): another job rebuilt its tables (`joinedup train` links the "
+            "models it compares into them), a run failed, or they were started afresh"
         )
-    return linked
+    return None
 
 
 def check_state(
@@ -187,7 +188,10 @@ def check_state(
     """`state` (what `forget_state` returned when this linkage began) when it is the latest
     publication's and was linked under the same conditions: an incremental linkage may
     extend it. Otherwise says why not and what to run."""
-    linked = _check_publication(published, state)
+    why = not_extendable(published, state)
+    if why is not None or state is None:
+        raise IncrementalUnavailable(f"{why}: {FULL_RELINK}")
+    linked = state["snapshot"]
     changed = [k for k, v in conditions.items() if state.get(k) != v]
     if changed:
         what = ", ".join(f"{k} {state.get(k)!r} -> {conditions[k]!r}" for k in changed)
@@ -198,26 +202,14 @@ def check_state(
     return state
 
 
-def stored_combinations(
-    published: OutputLayout, state: dict[str, Any] | None
-) -> dict[str, dict[str, Any]]:
-    """Per source, how the latest publication's linkage combined it (its linkage_inputs
-    entry), when `state` is that publication's; else none to extend."""
-    try:
-        _check_publication(published, state)
-    except IncrementalUnavailable:
-        return {}
-    return (state or {}).get("combined", {})
-
-
 def combination_to_extend(
     engine: Engine, entry: dict[str, Any] | None, source: str, deliveries: list[DeliveryTables]
 ) -> dict[str, Any] | None:
-    """`entry` (one of `stored_combinations`) when the working database still holds it and
-    its deliveries are the first of `deliveries`, unchanged: the deliveries after them can
-    be added to it in place. None when the source must be combined afresh (a delivery
-    withdrawn, replaced, re-validated or ordered before a combined one; or nothing to
-    extend)."""
+    """`entry` (how the publication's linkage combined the source: its state's "combined")
+    when the working database still holds it and its deliveries are the first of
+    `deliveries`, unchanged: the deliveries after them can be added to it in place. None
+    when the source must be combined afresh (a delivery withdrawn, replaced, re-validated
+    or ordered before a combined one; or nothing to extend)."""
     if not entry or not entry.get("accepted_table") or not entry.get("linkage_input"):
         return None
     held = entry["deliveries"]

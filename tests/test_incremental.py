@@ -28,7 +28,7 @@ from pipelines.contract import (
 from pipelines.deliveries import withdraw_delivery
 from pipelines.engines import DuckDBEngine
 from pipelines.linking import blocking_rules, clustering_pairs
-from pipelines.run import ProjectGraph, RunError, RunResult, run_project
+from pipelines.run import ProjectGraph, RunResult, run_project, train_project
 from pipelines.synthetic import GeneratedData
 from quality.error_rates import ComparedPairs, estimate_error_rates
 
@@ -433,10 +433,29 @@ def test_the_working_database_keeps_no_view_of_gone_tables_nor_stale_incremental
     assert [n for n in sequence["changed_objects"] if n.startswith(added)] == []
 
 
-def test_incremental_linkage_needs_a_publication_to_extend(
+def test_an_incremental_linkage_with_nothing_to_extend_links_in_full_and_says_why(
     small_data: GeneratedData, tmp_path: Path
 ) -> None:
+    """With nothing published, or after `joinedup train` linked the models it compared into
+    the working database, an incremental run links every record afresh (what a relink
+    would publish) and says why; the next one is incremental again."""
     project = load_project(monthly_project(small_data, tmp_path))
     deliver(tmp_path, 1)
-    with pytest.raises(RunError, match="nothing is published yet.*full relink"):
-        run_project(project, incremental=True)
+    first = run_project(project, incremental=True).manifest["linkage"]
+    assert first["linked"] == "full"
+    assert first["incremental_unavailable"].startswith("nothing is published yet")
+
+    train_project(project)
+    deliver(tmp_path, 2)
+    after_train = run_project(project, incremental=True)
+    linkage = after_train.manifest["linkage"]
+    assert linkage["linked"] == "full"
+    assert "joinedup train" in linkage["incremental_unavailable"]
+    assert after_train.manifest["model"]["version"] == 1  # the approved model, not the candidate
+    relinked = run_project(project)
+    assert members(lookup(after_train), "person_id") == members(lookup(relinked), "person_id")
+
+    deliver(tmp_path, 3)
+    resumed = run_project(project, incremental=True).manifest["linkage"]
+    assert resumed["linked"] == "incremental"
+    assert resumed["incremental_unavailable"] is None
