@@ -366,6 +366,7 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
     ) -> dg.MaterializeResult:
         with step(project, engine, "cluster") as s:
             inputs = input_tables(s.layout)
+            combined = load_record(s.layout, "linkage_inputs")
             changed = load_record(s.layout, "predict").get("incremental")
             taken = False
             if changed:
@@ -379,9 +380,7 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                 "linked": "incremental" if changed else "full",
                 "incremental": changed,
                 # Asked for incrementally, linked in full: why (pipelines.incremental).
-                "incremental_unavailable": load_record(s.layout, "linkage_inputs").get(
-                    "incremental_unavailable"
-                ),
+                "incremental_unavailable": combined.get("incremental_unavailable"),
                 # A model's first linkage: the clusters its balanced threshold choice made.
                 "clusters_made_in_model_step": taken,
                 # A full relink after incremental ones: how far their clusters had drifted.
@@ -395,7 +394,7 @@ def linkage_assets(upstream: list[dg.AssetKey], engine: str) -> list[dg.AssetsDe
                 None if changed else inputs,
                 linkage_conditions(s.layout, s.project, engine.engine),
                 changed,
-                load_record(s.layout, "linkage_inputs")["sources"],
+                combined["sources"],
             )
         metadata: dict[str, object] = {}
         for name, counts in summary.items():
