@@ -127,8 +127,11 @@ _TRAINED_LEVEL_KEYS = (
 )
 
 
-def train(linker: Linker, training: TrainingSpec) -> dict[str, Any]:
-    """Estimate the prior, u and m; returns a summary for the model card."""
+def train(
+    linker: Linker, training: TrainingSpec, relink: Callable[[dict[str, Any]], Linker]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Estimate the prior, u and m; returns the model and a summary for the model card.
+    `relink` builds a fresh linker over a saved model (see _estimate_m_held_above_zero)."""
     linker.training.estimate_probability_two_random_records_match(
         [blocking_rule(r) for r in training.deterministic_rules],
         recall=training.deterministic_rules_recall,
@@ -139,18 +142,23 @@ def train(linker: Linker, training: TrainingSpec) -> dict[str, Any]:
     linker.training.estimate_u_using_random_sampling(
         max_pairs=training.u_max_pairs, seed=training.seed, min_count_per_level=None
     )
-    sessions = _estimate_m(linker, training, fix=lambda _: False)
-    trained = linker.misc.save_model_to_json()
-    return {
+    trained, sessions, held = _estimate_m_held_above_zero(
+        linker, relink, training, fix=lambda _: False
+    )
+    return trained, {
         "probability_two_random_records_match": trained["probability_two_random_records_match"],
         "em_sessions": sessions,
+        "m_held_at_floor": held,
     }
 
 
-def refit_m(linker: Linker, training: TrainingSpec) -> list[dict[str, Any]]:
-    """Estimate m again (u kept), fixing each EM block's match rate where the prior can give
-    it (Splink's `fix_probability_two_random_records_match`; see block_rate_derivable);
-    returns the sessions.
+def refit_m(
+    model: dict[str, Any], training: TrainingSpec, relink: Callable[[dict[str, Any]], Linker]
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """Estimate m again over `model` (u kept), fixing each EM block's match rate where the
+    prior can give it (Splink's `fix_probability_two_random_records_match`; see
+    block_rate_derivable); returns the model, the sessions and any level whose m was held
+    at the floor.
 
     Left free, EM picks the block's match rate that best explains its pairs, and where a
     block holds coincidences that nothing the block leaves free tells from matches, it
@@ -158,11 +166,12 @@ def refit_m(linker: Linker, training: TrainingSpec) -> list[dict[str, Any]]:
     birth date held 143,706 strangers without middle names beside 994,519 matches; EM
     learnt "family name and place both differ" 2.7 times too common among matches
     (0.026, true 0.0099), and every such stranger scored about three times too likely.
-    The linker should be a fresh one, over the first model: Splink takes the median of a
-    level's estimates over a linker's sessions, so sessions run on the first linker would
-    be mixed with the free ones."""
-    model = linker.misc.save_model_to_json()
-    return _estimate_m(linker, training, fix=lambda rule: block_rate_derivable(model, rule))
+    Each pass runs on a fresh linker: Splink takes the median of a level's estimates over
+    a linker's sessions, so sessions run on the first linker would be mixed with the free
+    ones."""
+    return _estimate_m_held_above_zero(
+        relink(model), relink, training, fix=lambda rule: block_rate_derivable(model, rule)
+    )
 
 
 def block_rate_derivable(model: dict[str, Any], rule: BlockingRule) -> bool:
@@ -200,6 +209,65 @@ def _estimate_m(
         )
         sessions.append({"blocking_rule": rule, "match_rate_fixed": fixed})
     return sessions
+
+
+def _estimate_m_held_above_zero(
+    linker: Linker,
+    relink: Callable[[dict[str, Any]], Linker],
+    training: TrainingSpec,
+    fix: Callable[[BlockingRule], bool],
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """Run the EM sessions; where Splink stops because EM drove a level's m to zero (below
+    what a float holds), hold that level's m at the floor, as finish_model would have set
+    it, and run the sessions again on a fresh linker. Returns the model, the sessions and
+    the levels held, as 'comparison: level'.
+
+    A level that never occurs among a block's matches has m shrink by a factor each
+    iteration: on 28,582 generated records, whose extracts never disagree on sex,
+    "Different sex" went 3e-233, 7e-292, then 0.0, and training stopped with Splink's
+    error for the whole project."""
+    model = linker.misc.save_model_to_json()
+    held: list[str] = []
+    while True:
+        try:
+            sessions = _estimate_m(linker, training, fix)
+            return linker.misc.save_model_to_json(), sessions, held
+        except ValueError as exc:
+            level = level_driven_to_zero(exc)
+            if level is None or f"{level[0]}: {level[1]}" in held:
+                raise
+        held.append(hold_m_at_floor(model, *level))
+        log.warning(
+            "EM drove m for %s to zero; held at %s and trained again", held[-1], M_PROBABILITY_FLOOR
+        )
+        linker = relink(model)
+
+
+def level_driven_to_zero(exc: ValueError) -> tuple[str, str] | None:
+    """(comparison, level label) of the level whose m Splink refused as below what a float
+    holds, read from where it refused it (its EM step has the level in hand), or None for
+    any other error."""
+    if "m_probability value" not in str(exc) or "below the minimum" not in str(exc):
+        return None
+    trace = exc.__traceback__
+    found = None
+    while trace is not None:
+        local = trace.tb_frame.f_locals
+        level, comparison = local.get("cl"), local.get("output_column_name")
+        if isinstance(comparison, str) and hasattr(level, "label_for_charts"):
+            found = (comparison, level.label_for_charts)
+        trace = trace.tb_next
+    return found
+
+
+def hold_m_at_floor(model: dict[str, Any], comparison: str, label: str) -> str:
+    """Fix one level's m at the floor (in place); returns it as 'comparison: level'."""
+    for name, level in _named_levels(model):
+        if name == f"{comparison}: {label}":
+            level["m_probability"] = M_PROBABILITY_FLOOR
+            level["fix_m_probability"] = True
+            return name
+    raise ValueError(f"no level {label!r} in comparison {comparison!r}")
 
 
 def _named_levels(model: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -137,6 +137,17 @@ def model_card_markdown(
                 "The prior stands on the declared recall of the deterministic rules: the scored "
                 "pairs lack a column the rules read, so their recall could not be checked.",
             ]
+        held = [
+            *(training_summary.get("m_held_at_floor") or []),
+            *((refit or {}).get("m_held_at_floor") or []),
+        ]
+        if held:
+            lines += [
+                "",
+                "EM drove m below what a float holds for "
+                + ", ".join(dict.fromkeys(held))
+                + ": held at 1e-5, fixed, and the EM sessions run again.",
+            ]
         floored = training_summary.get("m_probabilities_floored") or []
         lines.append("")
         lines.append(

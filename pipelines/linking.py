@@ -72,9 +72,13 @@ def train_model(
         db_api = engine.splink_api()
         blocking = choose_blocking_rules(db_api, input_tables, spec)
         linker = linkage.make_linker(db_api, input_tables, spec, blocking_rules=blocking["rules"])
-        summary = linkage.train(linker, spec.model.training)
+        trained, summary = linkage.train(
+            linker,
+            spec.model.training,
+            # A fresh database API per linker: Splink registers each input table once per API.
+            lambda model: linkage.make_linker(engine.splink_api(), input_tables, spec, model),
+        )
         summary["blocking"] = blocking
-        trained = linker.misc.save_model_to_json()
         # Splink samples about u_max_pairs random pairs, or every pair when there are fewer.
         sampled = min(spec.model.training.u_max_pairs, blocking["total_possible_pairs"] or math.inf)
         if spec.model.training.prior_from_scored_pairs:
@@ -144,9 +148,12 @@ def refit_on_implied_prior(
         * training.deterministic_rules_recall
         / implied,
     }
-    linker = linkage.make_linker(engine.splink_api(), input_tables, spec, second)
-    found["em_sessions"] = linkage.refit_m(linker, training)
-    return linker.misc.save_model_to_json(), found
+    trained, found["em_sessions"], found["m_held_at_floor"] = linkage.refit_m(
+        second,
+        training,
+        lambda model: linkage.make_linker(engine.splink_api(), input_tables, spec, model),
+    )
+    return trained, found
 
 
 def model_for_linkage(

@@ -13,7 +13,13 @@ import pytest
 
 from linkage_models.blocking import choose_blocking_rules
 from linkage_models.defaults import compared_columns
-from linkage_models.linkage import block_rate_derivable, make_linker
+from linkage_models.linkage import (
+    M_PROBABILITY_FLOOR,
+    block_rate_derivable,
+    hold_m_at_floor,
+    level_driven_to_zero,
+    make_linker,
+)
 from linkage_models.project import ComparisonSpec, ConfigError, LinkageProject, parse_project
 from linkage_models.settings import build_settings, comparison
 from pipelines.engines import DuckDBEngine, Engine
@@ -403,3 +409,43 @@ def test_blocking_analysis_drops_derived_rules_over_the_bound(duckdb_engine: Eng
     )
     assert choice["rules"] == [["given_name", "family_name"]]
     assert choice["analysis"][0]["why"].startswith("kept (written in the project)")
+
+
+def test_a_level_em_drives_to_zero_is_named_and_held_at_the_floor(
+    duckdb_engine: Engine,
+) -> None:
+    """Where EM drives a level's m below what a float holds, Splink refuses the value and
+    training would stop for the whole project; joinedup reads which level it was from
+    Splink's refusal and holds its m at the floor, fixed, in the model it trains again.
+    (Splink's own M-step is called here with the zero it refused on 28,582 generated
+    records, whose extracts never disagree on sex.)"""
+    from splink.internals.expectation_maximisation import populate_m_u_from_lookup
+
+    project = _project()
+    linker = make_linker(duckdb_engine.splink_api(), _inputs(duckdb_engine, project), project)
+    comparison = linker._settings_obj.comparisons[0]
+    level = comparison.comparison_levels[-1]
+    lookup = {
+        comparison.output_column_name: {
+            level.comparison_vector_value: {"m_probability": 0.0, "u_probability": 0.5}
+        }
+    }
+    with pytest.raises(ValueError) as refused:
+        populate_m_u_from_lookup(set(), level, comparison.output_column_name, lookup)
+    found = level_driven_to_zero(refused.value)
+    assert found == (comparison.output_column_name, level.label_for_charts)
+
+    model = linker.misc.save_model_to_json()
+    assert hold_m_at_floor(model, *found) == f"{found[0]}: {found[1]}"
+    relinked = make_linker(
+        duckdb_engine.splink_api(), _inputs(duckdb_engine, project), project, model
+    ).misc.save_model_to_json()
+    held = next(
+        lv
+        for c in relinked["comparisons"]
+        if c["output_column_name"] == found[0]
+        for lv in c["comparison_levels"]
+        if lv["label_for_charts"] == found[1]
+    )
+    assert held["m_probability"] == M_PROBABILITY_FLOOR and held["fix_m_probability"]
+    assert level_driven_to_zero(ValueError("any other error")) is None
