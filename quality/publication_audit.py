@@ -30,9 +30,9 @@ from pipelines.contract import LOOKUP_COLUMNS, OutputLayout, Tables
 from pipelines.disclosure_control import disclosive_counts
 from pipelines.engines import Engine
 from pipelines.sql import ident
+from quality.shareable_text import name_pairs, without_library_code
 
 TEXT_SUFFIXES = {".html", ".json", ".md", ".csv", ".txt", ".js", ".svg"}
-WORD = re.compile(r"[^\W\d_][^\W\d_'’-]*(?:['’-][^\W\d_]+)*")
 POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}\b")
 # Long codes; never the digits after a decimal point (0.988969 is a rate, not an id).
 IDENTIFIER_CODE = re.compile(r"(?<!\d\.)\b[A-Z0-9]{6,}\b")
@@ -42,14 +42,6 @@ IDENTIFIER_CODE = re.compile(r"(?<!\d\.)\b[A-Z0-9]{6,}\b")
 # one by chance and the audit could never pass.
 CHANCE_MATCH = 1e-4
 DIGITS_ONLY = "translate(token, '0123456789', '') = ''"
-# The chart libraries (Vega) inlined so charts work offline: minified code, never data.
-LIBRARY_BUNDLE = re.compile(r"<script[^>]*>\s*!function\(.*?</script>", re.S)
-
-
-def without_library_code(text: str) -> str:
-    """Text of a shareable file with inlined JavaScript libraries left out (their
-    identifiers, e.g. a function `marshall`, are not anyone's name)."""
-    return LIBRARY_BUNDLE.sub("", text)
 
 
 class AuditFailure(RuntimeError):
@@ -58,13 +50,12 @@ class AuditFailure(RuntimeError):
 
 def _text_tokens(files: list[Path]) -> pd.DataFrame:
     """Candidate identifier values in the shareable zone's text: adjacent word pairs
-    (a full name), postcode-shaped strings and long codes, by file. The text is the size of
-    the reports, not of the data."""
+    (a full name; see `shareable_text`), postcode-shaped strings and long codes, by file.
+    The text is the size of the reports, not of the data."""
     rows: list[tuple[str, str, str]] = []
     for path in files:
+        rows += [(path.name, "name", pair) for pair in name_pairs(path)]
         text = without_library_code(path.read_text(errors="replace"))
-        words = [w.lower() for w in WORD.findall(text)]
-        rows += [(path.name, "name", f"{a} {b}") for a, b in zip(words, words[1:], strict=False)]
         upper = text.upper()
         rows += [(path.name, "postcode", p.replace(" ", "")) for p in POSTCODE.findall(upper)]
         rows += [(path.name, "code", c) for c in IDENTIFIER_CODE.findall(upper)]

@@ -17,7 +17,7 @@ import pytest
 from linkage_models.project import DEFAULT_PLACEHOLDER_DATES, DEFAULT_PLACEHOLDERS
 from pipelines.contract import OutputLayout
 from pipelines.synthetic import GeneratedData
-from quality.publication_audit import without_library_code
+from quality.shareable_text import without_library_code
 
 
 def demo_subset(data: GeneratedData, folder: Path, sources: tuple[str, ...]) -> Path:

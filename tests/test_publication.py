@@ -168,6 +168,48 @@ def test_the_audit_does_not_take_a_colour_code_for_a_record_named_by_initials(
     assert current_snapshot(layout) == small_run.snapshot
 
 
+def test_the_audit_does_not_take_the_products_own_words_for_a_name(
+    small_run: RunResult, small_project: LoadedProject
+) -> None:
+    """Found at 1M generated records: a record named "Is Day" matched the words either side
+    of a backtick in the chart text "If comparison level is `day and month swapped`", and
+    the audit refused the whole publication. JSON keys, tag names, column names and the
+    product's own sentences are not names; a name written into a page still is."""
+    layout = OutputLayout(small_run.output_dir)
+    stage_from_current(layout, "audit-test")
+    try:
+        with DuckDBEngine(layout.work_dir / "joinedup.duckdb") as engine:
+            sources = list(small_run.manifest["reconciliation"]["by_source"])
+            names = [("is", "day"), ("start", "mark"), ("in", "code"), ("has", "more")]
+            given, family = (
+                " ".join(f"WHEN {i} THEN '{name[part]}'" for i, name in enumerate(names, 1))
+                for part in (0, 1)
+            )
+            engine.execute(  # on this connection only: the shared run stays as it was
+                "CREATE TEMP TABLE linkage_input_prisons AS SELECT * EXCLUDE (n) REPLACE ("
+                f"CASE n {given} ELSE given_name END AS given_name, "
+                f"CASE n {family} ELSE family_name END AS family_name) FROM ("
+                "SELECT *, row_number() OVER (ORDER BY record_id) AS n "
+                "FROM main.linkage_input_prisons)"
+            )
+            page = layout.reports_dir / "analyst_page.html"
+            page.write_text(
+                "<html><body><p>No person has more than 25 records, all in\n"
+                "<code>linked/person_lookup.parquet</code>.</p>\n"
+                '<script>var spec = {"data": [{"chart_start": 4644400}], "mark": "bar", '
+                '"bayes_factor_description": "If comparison level is `day and month '
+                'swapped` then comparison is 305 times more likely to be a match"};</script>'
+                "</body></html>\n"
+            )
+            assert audit_build(engine, small_project.spec, layout, sources)["published_tables"]
+            page.write_text("<table><tr><td>Is</td><td>Day</td></tr></table>\n")
+            with pytest.raises(AuditFailure, match="analyst_page.html: 1 name value"):
+                audit_build(engine, small_project.spec, layout, sources)
+    finally:
+        shutil.rmtree(layout.root / "staging")
+    assert current_snapshot(layout) == small_run.snapshot
+
+
 @pytest.mark.parametrize(
     ("first_key", "step", "dense"),
     [(100_000, 1, True), (400_000_000_000, 7_919, False)],
