@@ -32,7 +32,7 @@ from pathlib import Path
 
 # The chart libraries (Vega) inlined so charts work offline: minified code, never data.
 LIBRARY_BUNDLE = re.compile(r"<script[^>]*>\s*!function\(.*?</script>", re.S)
-PIECE = re.compile(r"[\w'’-]+")
+PIECE = re.compile(r"[\w'‘’-]+")
 NAME_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 QUOTES = re.compile(r"[`\"“”]")
 STRING_LITERAL = re.compile(r"\"((?:[^\"\\\n]|\\.)*)\"|'((?:[^'\\\n]|\\.)*)'")
@@ -53,6 +53,7 @@ def word_pairs(unit: str, quotes_part: bool = True) -> set[str]:
     for part in QUOTES.split(unit) if quotes_part else [QUOTES.sub(" ", unit)]:
         previous = None
         for piece in PIECE.findall(part):
+            piece = piece.strip("'‘’-")  # a name in single quotes is still a name
             word = piece.lower() if NAME_WORD.fullmatch(piece) else None
             if previous and word:
                 pairs.add(f"{previous} {word}")

@@ -20,6 +20,7 @@ def test_a_name_in_a_page_is_read_in_text_table_cells_attributes_and_chart_data(
     tmp_path: Path,
 ) -> None:
     assert "ann lee" in _pairs_of(tmp_path, "a.html", "<p>Checked Ann Lee by hand.</p>")
+    assert "ann o'neill" in _pairs_of(tmp_path, "q.html", "<p>Checked ‘Ann O'Neill’.</p>")
     cells = "<table><tr><td>Ann</td><td>Lee</td></tr></table>"
     assert "ann lee" in _pairs_of(tmp_path, "b.html", cells)
     assert "ann lee" in _pairs_of(tmp_path, "c.html", '<td title="Ann Lee">1</td>')
