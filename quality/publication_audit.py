@@ -54,8 +54,8 @@ def _text_tokens(files: list[Path]) -> pd.DataFrame:
     The text is the size of the reports, not of the data."""
     rows: list[tuple[str, str, str]] = []
     for path in files:
-        rows += [(path.name, "name", pair) for pair in name_pairs(path)]
         text = without_library_code(path.read_text(errors="replace"))
+        rows += [(path.name, "name", pair) for pair in name_pairs(text, path.suffix)]
         upper = text.upper()
         rows += [(path.name, "postcode", p.replace(" ", "")) for p in POSTCODE.findall(upper)]
         rows += [(path.name, "code", c) for c in IDENTIFIER_CODE.findall(upper)]

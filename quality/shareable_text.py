@@ -109,10 +109,9 @@ def _json_strings(value: object) -> Iterator[str]:
             yield from _json_strings(item)
 
 
-def text_units(path: Path) -> list[str]:
-    """The pieces of a shareable file's text in which a name could be written."""
-    text = without_library_code(path.read_text(errors="replace"))
-    suffix = path.suffix.lower()
+def text_units(text: str, suffix: str) -> list[str]:
+    """The pieces of a shareable file's text (libraries left out; `suffix` its kind, e.g.
+    ".html") in which a name could be written."""
     if suffix in (".html", ".svg"):
         page = _HtmlUnits()
         page.feed(text)
@@ -130,9 +129,10 @@ def text_units(path: Path) -> list[str]:
     return [text]
 
 
-def name_pairs(path: Path) -> set[str]:
-    """Adjacent word pairs of a shareable file's text that are not the product's own."""
-    found = set().union(*(word_pairs(unit) for unit in text_units(path)))
+def name_pairs(text: str, suffix: str) -> set[str]:
+    """Adjacent word pairs of a shareable file's text (as in `text_units`) that are not
+    the product's own."""
+    found = set().union(*(word_pairs(unit) for unit in text_units(text, suffix.lower())))
     return found - own_phrases()
 
 
