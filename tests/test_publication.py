@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -109,29 +111,36 @@ def test_a_second_run_into_the_same_folder_stops_and_changes_nothing(
     assert not layout.work_dir.exists()  # the working state was not touched either
 
 
-def test_the_audit_passes_a_clean_build_and_refuses_one_showing_a_name(
-    small_run: RunResult, small_project: LoadedProject
-) -> None:
+@contextmanager
+def _staged_audit(small_run: RunResult) -> Iterator[tuple[OutputLayout, DuckDBEngine, list[str]]]:
+    """The small run's publication staged again to be audited, with an engine on its
+    working database and its sources; the staging is removed afterwards."""
     layout = OutputLayout(small_run.output_dir)
     stage_from_current(layout, "audit-test")
     try:
         with DuckDBEngine(layout.work_dir / "joinedup.duckdb") as engine:
-            sources = list(small_run.manifest["reconciliation"]["by_source"])
-            checked = audit_build(engine, small_project.spec, layout, sources)
-            assert checked["identifier_values_found"] == 0 and checked["text_files_scanned"] > 10
-            given, family = engine.fetch(
-                "SELECT given_name, family_name FROM linkage_input_prisons "
-                "WHERE given_name IS NOT NULL AND family_name IS NOT NULL LIMIT 1"
-            )[0]
-            note = layout.reports_dir / "analyst_note.md"
-            note.write_text(f"Checked the record of {given.title()} {family.upper()} by hand.\n")
-            with pytest.raises(AuditFailure) as refused:
-                audit_build(engine, small_project.spec, layout, sources)
-        message = str(refused.value)
-        assert "analyst_note.md: 1 name value(s) of input records" in message
-        assert given.lower() not in message.lower() and family.lower() not in message.lower()
+            yield layout, engine, list(small_run.manifest["reconciliation"]["by_source"])
     finally:
         shutil.rmtree(layout.root / "staging")
+
+
+def test_the_audit_passes_a_clean_build_and_refuses_one_showing_a_name(
+    small_run: RunResult, small_project: LoadedProject
+) -> None:
+    with _staged_audit(small_run) as (layout, engine, sources):
+        checked = audit_build(engine, small_project.spec, layout, sources)
+        assert checked["identifier_values_found"] == 0 and checked["text_files_scanned"] > 10
+        given, family = engine.fetch(
+            "SELECT given_name, family_name FROM linkage_input_prisons "
+            "WHERE given_name IS NOT NULL AND family_name IS NOT NULL LIMIT 1"
+        )[0]
+        note = layout.reports_dir / "analyst_note.md"
+        note.write_text(f"Checked the record of {given.title()} {family.upper()} by hand.\n")
+        with pytest.raises(AuditFailure) as refused:
+            audit_build(engine, small_project.spec, layout, sources)
+    message = str(refused.value)
+    assert "analyst_note.md: 1 name value(s) of input records" in message
+    assert given.lower() not in message.lower() and family.lower() not in message.lower()
     assert current_snapshot(layout) == small_run.snapshot
 
 
@@ -140,31 +149,25 @@ def test_the_audit_does_not_take_a_colour_code_for_a_record_named_by_initials(
 ) -> None:
     """Found on pseudopeople's files: a record named "B B" matched the "#1b1b1b" of every
     page's style sheet, and the audit refused the whole publication."""
-    layout = OutputLayout(small_run.output_dir)
-    stage_from_current(layout, "audit-test")
-    try:
-        with DuckDBEngine(layout.work_dir / "joinedup.duckdb") as engine:
-            sources = list(small_run.manifest["reconciliation"]["by_source"])
-            # A temporary table on this connection only: the shared run is left as it was.
-            engine.execute(
-                "CREATE TEMP TABLE linkage_input_prisons AS "
-                "SELECT * REPLACE ('B' AS given_name, 'B' AS family_name) "
-                "FROM main.linkage_input_prisons"
-            )
-            note = layout.reports_dir / "analyst_note.md"
-            note.write_text("<p style='color: #1b1b1b'>Checked by hand.</p>\n")
-            checked = audit_build(engine, small_project.spec, layout, sources)
-            assert checked["identifier_values_found"] == 0
-            # A real name beside the initials is still refused.
-            engine.execute(
-                "UPDATE linkage_input_prisons SET given_name = 'Bo', family_name = 'By' "
-                "WHERE record_id = (SELECT min(record_id) FROM linkage_input_prisons)"
-            )
-            note.write_text("<p>Checked Bo By by hand.</p>\n")
-            with pytest.raises(AuditFailure, match="analyst_note.md: 1 name value"):
-                audit_build(engine, small_project.spec, layout, sources)
-    finally:
-        shutil.rmtree(layout.root / "staging")
+    with _staged_audit(small_run) as (layout, engine, sources):
+        # A temporary table on this connection only: the shared run is left as it was.
+        engine.execute(
+            "CREATE TEMP TABLE linkage_input_prisons AS "
+            "SELECT * REPLACE ('B' AS given_name, 'B' AS family_name) "
+            "FROM main.linkage_input_prisons"
+        )
+        note = layout.reports_dir / "analyst_note.md"
+        note.write_text("<p style='color: #1b1b1b'>Checked by hand.</p>\n")
+        checked = audit_build(engine, small_project.spec, layout, sources)
+        assert checked["identifier_values_found"] == 0
+        # A real name beside the initials is still refused.
+        engine.execute(
+            "UPDATE linkage_input_prisons SET given_name = 'Bo', family_name = 'By' "
+            "WHERE record_id = (SELECT min(record_id) FROM linkage_input_prisons)"
+        )
+        note.write_text("<p>Checked Bo By by hand.</p>\n")
+        with pytest.raises(AuditFailure, match="analyst_note.md: 1 name value"):
+            audit_build(engine, small_project.spec, layout, sources)
     assert current_snapshot(layout) == small_run.snapshot
 
 
@@ -175,38 +178,32 @@ def test_the_audit_does_not_take_the_products_own_words_for_a_name(
     of a backtick in the chart text "If comparison level is `day and month swapped`", and
     the audit refused the whole publication. JSON keys, tag names, column names and the
     product's own sentences are not names; a name written into a page still is."""
-    layout = OutputLayout(small_run.output_dir)
-    stage_from_current(layout, "audit-test")
-    try:
-        with DuckDBEngine(layout.work_dir / "joinedup.duckdb") as engine:
-            sources = list(small_run.manifest["reconciliation"]["by_source"])
-            names = [("is", "day"), ("start", "mark"), ("in", "code"), ("has", "more")]
-            given, family = (
-                " ".join(f"WHEN {i} THEN '{name[part]}'" for i, name in enumerate(names, 1))
-                for part in (0, 1)
-            )
-            engine.execute(  # on this connection only: the shared run stays as it was
-                "CREATE TEMP TABLE linkage_input_prisons AS SELECT * EXCLUDE (n) REPLACE ("
-                f"CASE n {given} ELSE given_name END AS given_name, "
-                f"CASE n {family} ELSE family_name END AS family_name) FROM ("
-                "SELECT *, row_number() OVER (ORDER BY record_id) AS n "
-                "FROM main.linkage_input_prisons)"
-            )
-            page = layout.reports_dir / "analyst_page.html"
-            page.write_text(
-                "<html><body><p>No person has more than 25 records, all in\n"
-                "<code>linked/person_lookup.parquet</code>.</p>\n"
-                '<script>var spec = {"data": [{"chart_start": 4644400}], "mark": "bar", '
-                '"bayes_factor_description": "If comparison level is `day and month '
-                'swapped` then comparison is 305 times more likely to be a match"};</script>'
-                "</body></html>\n"
-            )
-            assert audit_build(engine, small_project.spec, layout, sources)["published_tables"]
-            page.write_text("<table><tr><td>Is</td><td>Day</td></tr></table>\n")
-            with pytest.raises(AuditFailure, match="analyst_page.html: 1 name value"):
-                audit_build(engine, small_project.spec, layout, sources)
-    finally:
-        shutil.rmtree(layout.root / "staging")
+    with _staged_audit(small_run) as (layout, engine, sources):
+        names = [("is", "day"), ("start", "mark"), ("in", "code"), ("has", "more")]
+        given, family = (
+            " ".join(f"WHEN {i} THEN '{name[part]}'" for i, name in enumerate(names, 1))
+            for part in (0, 1)
+        )
+        engine.execute(  # on this connection only: the shared run stays as it was
+            "CREATE TEMP TABLE linkage_input_prisons AS SELECT * EXCLUDE (n) REPLACE ("
+            f"CASE n {given} ELSE given_name END AS given_name, "
+            f"CASE n {family} ELSE family_name END AS family_name) FROM ("
+            "SELECT *, row_number() OVER (ORDER BY record_id) AS n "
+            "FROM main.linkage_input_prisons)"
+        )
+        page = layout.reports_dir / "analyst_page.html"
+        page.write_text(
+            "<html><body><p>No person has more than 25 records, all in\n"
+            "<code>linked/person_lookup.parquet</code>.</p>\n"
+            '<script>var spec = {"data": [{"chart_start": 4644400}], "mark": "bar", '
+            '"bayes_factor_description": "If comparison level is `day and month '
+            'swapped` then comparison is 305 times more likely to be a match"};</script>'
+            "</body></html>\n"
+        )
+        assert audit_build(engine, small_project.spec, layout, sources)["published_tables"]
+        page.write_text("<table><tr><td>Is</td><td>Day</td></tr></table>\n")
+        with pytest.raises(AuditFailure, match="analyst_page.html: 1 name value"):
+            audit_build(engine, small_project.spec, layout, sources)
     assert current_snapshot(layout) == small_run.snapshot
 
 
@@ -225,35 +222,28 @@ def test_the_audit_looks_for_numeric_person_keys_only_where_a_number_would_not_m
     prisons = next(s for s in raw["sources"] if s["name"] == "prisons")
     prisons["identifiers"]["other"] = {"prison_key": {"type": "person_id", "column": "key"}}
     project = parse_project(raw, "keys.yaml")
-    layout = OutputLayout(small_run.output_dir)
-    stage_from_current(layout, "audit-test")
-    try:
-        with DuckDBEngine(layout.work_dir / "joinedup.duckdb") as engine:
-            sources = list(small_run.manifest["reconciliation"]["by_source"])
-            for source in sources:  # on this connection only: the shared run stays as it was
-                key = (
-                    f"CAST({first_key} + {step} * row_number() OVER (ORDER BY record_id) "
-                    "AS VARCHAR)"
-                    if source == "prisons"
-                    else "CAST(NULL AS VARCHAR)"
-                )
-                engine.execute(
-                    f"CREATE TEMP TABLE linkage_input_{source} AS "
-                    f"SELECT *, {key} AS prison_key FROM main.linkage_input_{source}"
-                )
-            key = engine.fetch("SELECT max(prison_key) FROM linkage_input_prisons")[0][0]
-            note = layout.reports_dir / "analyst_note.md"
-            note.write_text(f"Precision 0.{key}, estimated.\n")
-            checked = audit_build(engine, project, layout, sources)
-            assert checked["digit_codes_not_scanned_lengths"] == ([6] if dense else [])
-            note.write_text(f"Records checked by hand: {key}.\n")
-            if dense:
-                assert audit_build(engine, project, layout, sources)["published_tables"]
-            else:
-                with pytest.raises(AuditFailure, match="analyst_note.md: 1 code value"):
-                    audit_build(engine, project, layout, sources)
-    finally:
-        shutil.rmtree(layout.root / "staging")
+    with _staged_audit(small_run) as (layout, engine, sources):
+        for source in sources:  # on this connection only: the shared run stays as it was
+            key = (
+                f"CAST({first_key} + {step} * row_number() OVER (ORDER BY record_id) AS VARCHAR)"
+                if source == "prisons"
+                else "CAST(NULL AS VARCHAR)"
+            )
+            engine.execute(
+                f"CREATE TEMP TABLE linkage_input_{source} AS "
+                f"SELECT *, {key} AS prison_key FROM main.linkage_input_{source}"
+            )
+        key = engine.fetch("SELECT max(prison_key) FROM linkage_input_prisons")[0][0]
+        note = layout.reports_dir / "analyst_note.md"
+        note.write_text(f"Precision 0.{key}, estimated.\n")
+        checked = audit_build(engine, project, layout, sources)
+        assert checked["digit_codes_not_scanned_lengths"] == ([6] if dense else [])
+        note.write_text(f"Records checked by hand: {key}.\n")
+        if dense:
+            assert audit_build(engine, project, layout, sources)["published_tables"]
+        else:
+            with pytest.raises(AuditFailure, match="analyst_note.md: 1 code value"):
+                audit_build(engine, project, layout, sources)
 
 
 def test_the_audit_refuses_a_shareable_count_that_escaped_disclosure_control(
