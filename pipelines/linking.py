@@ -8,6 +8,7 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,7 @@ def train_model(
         blocking = choose_blocking_rules(db_api, input_tables, spec)
         linker = linkage.make_linker(db_api, input_tables, spec, blocking_rules=blocking["rules"])
         trained, summary = linkage.train(
-            linker,
-            spec.model.training,
-            # A fresh database API per linker: Splink registers each input table once per API.
-            lambda model: linkage.make_linker(engine.splink_api(), input_tables, spec, model),
+            linker, spec.model.training, _relinker(engine, input_tables, spec)
         )
         summary["blocking"] = blocking
         # Splink samples about u_max_pairs random pairs, or every pair when there are fewer.
@@ -129,8 +127,8 @@ def refit_on_implied_prior(
     training = spec.model.training
     scoring = copy.deepcopy(first)
     finish_model(scoring, sampled)
-    # A fresh database API per linker: Splink registers each input table once per API.
-    linker = linkage.make_linker(engine.splink_api(), input_tables, spec, scoring)
+    relink = _relinker(engine, input_tables, spec)
+    linker = relink(scoring)
     scored = linker.inference.predict(threshold_match_probability=linkage.PREDICTION_FLOOR)
     implied = implied_rules_recall(engine, training.deterministic_rules, scored.physical_name)
     scored.drop_table_from_database_and_remove_from_cache()
@@ -149,11 +147,17 @@ def refit_on_implied_prior(
         / implied,
     }
     trained, found["em_sessions"], found["m_held_at_floor"] = linkage.refit_m(
-        second,
-        training,
-        lambda model: linkage.make_linker(engine.splink_api(), input_tables, spec, model),
+        second, training, relink
     )
     return trained, found
+
+
+def _relinker(
+    engine: Engine, input_tables: dict[str, str], spec: LinkageProject
+) -> Callable[[dict[str, Any]], linkage.Linker]:
+    """Builds a linker over a saved model, on a fresh database API each time: Splink
+    registers each input table once per API."""
+    return lambda model: linkage.make_linker(engine.splink_api(), input_tables, spec, model)
 
 
 def model_for_linkage(
