@@ -45,3 +45,17 @@ def test_ground_truth_is_separate_and_covers_every_record(small_data: GeneratedD
         assert "true_person_id" not in _read(path).columns
     # People appear more than once (within and across sources).
     assert truth.true_person_id.value_counts().max() > 2
+
+
+def test_households_hold_brothers_and_sisters_as_well_as_twins(small_data: GeneratedData) -> None:
+    """Two different pupils with one family name at one postcode are mostly siblings born
+    years apart, and some are twins: sharing a home is not near-proof of being one person."""
+    truth = pd.read_parquet(small_data.ground_truth)
+    pupils = pd.read_parquet(small_data.files["pupils"]).merge(
+        truth.rename(columns={"source_record_id": "pupil_matching_ref"}), on="pupil_matching_ref"
+    )
+    pairs = pupils.merge(pupils, on=["surname", "postcode"])
+    others = pairs[pairs.true_person_id_x < pairs.true_person_id_y]
+    born_apart = others.date_of_birth_x != others.date_of_birth_y
+    assert born_apart.mean() > 0.8
+    assert (~born_apart).sum() > 0
