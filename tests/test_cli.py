@@ -197,10 +197,13 @@ def test_demo_generates_links_reviews_and_reports(tmp_path: Path) -> None:
     assert 0.9 < reach["share_of_matches_blocked"] < 1
     assert len(reach["by_source_pair"]) > 1
     assert "were never blocked" in published(out).linkage_report.read_text()
-    # ... and counted in the estimates: missed, less those that sit inside one person.
-    for estimate in manifest["estimated_error_rates"].values():
-        assert 0 < estimate["expected_missed_not_blocked"] <= reach["expected_matches_not_blocked"]
-        assert estimate["within_cluster_pairs_never_blocked"] >= 0
+    # ... and counted in the estimates: missed, less those that sit inside one person (all
+    # of them may, on small data), so fewer as the threshold falls and persons grow.
+    estimates = manifest["estimated_error_rates"]
+    missed = [estimates[t]["expected_missed_not_blocked"] for t in THRESHOLDS]
+    assert all(0 <= m <= reach["expected_matches_not_blocked"] for m in missed)
+    assert missed[0] > 0 and missed == sorted(missed, reverse=True)
+    assert all(e["within_cluster_pairs_never_blocked"] >= 0 for e in estimates.values())
     report_words = " ".join(published(out).linkage_report.read_text().split())
     assert "The estimates count those too" in report_words
     # The bias tables take the published estimate apart by group: over everyone, they are it.

@@ -167,8 +167,9 @@ def test_probable_twins_rule_count_is_the_pairs_it_removed(
         twins_left = engine.fetch(
             f"SELECT count(*) FROM pairs_for_clustering WHERE {probable_twins_condition(project)}"
         )[0][0]
+        balanced = run.manifest["thresholds"]["balanced"]  # the model's choice
         removed_links = engine.fetch(
-            "SELECT count(*) FROM pairwise_predictions WHERE match_probability >= 0.99 "
+            f"SELECT count(*) FROM pairwise_predictions WHERE match_probability >= {balanced} "
             f"AND {probable_twins_condition(project)}"
         )[0][0]
     assert removed > 0 and removed == scored - kept
