@@ -28,21 +28,23 @@ from pipelines.engines.spark_engine import SparkEngine, SparkSettings, parse_con
 from pipelines.run import ProjectGraph, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 
-from .conftest import DEMO_CONFIG, REPO, SPARK_TEST_SETTINGS
+from .conftest import REPO, SPARK_TEST_SETTINGS
 from .helpers import published
 
-# On the test data u is counted over every pair and EM sees the same pairs on both engines:
-# the models differ only where the engines' Jaro-Winkler functions do (measured: 0.0085
-# bits at most). A block whose match rate one engine fixed and the other left free moved
-# household m by 0.0047 and its weight by 0.93 bits.
+# On the test data u is counted over every pair (conftest's test_config) and EM sees the
+# same pairs on both engines: the models differ only where the engines' Jaro-Winkler
+# functions do (measured: 0.0085 bits at most). A block whose match rate one engine fixed
+# and the other left free moved household m by 0.0047 and its weight by 0.93 bits.
 MAX_WEIGHT_DIFFERENCE_BITS = 0.05
 MAX_M_DIFFERENCE = 0.001
 
 
 @pytest.fixture(scope="session")
-def spark_project(small_data: GeneratedData, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def spark_project(
+    small_data: GeneratedData, test_config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     return load_project(
-        DEMO_CONFIG,
+        test_config,
         data_dir=small_data.out_dir,
         output_dir=tmp_path_factory.mktemp("spark_out"),
     )
