@@ -28,6 +28,8 @@ import pyarrow.parquet as pq
 FIRST_EVENT = np.datetime64("2005-01-01")
 LAST_EVENT = np.datetime64("2024-12-31")
 POSTCODE_UNIT_LETTERS = np.array(list("ABDEFGHJLNPQRSTUWXYZ"))
+FIRST_BIRTH = np.datetime64("1940-01-01")
+LAST_BIRTH = np.datetime64("2008-12-31")
 MONTHS = np.array(
     ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 )
@@ -145,7 +147,7 @@ class _Population:
     """People as parallel arrays (index = person)."""
 
     def __init__(self, n: int, rng: np.random.Generator):
-        given = _reference_csv("given_names.csv")
+        given = _given_name_pools()
         surnames = _reference_csv("surnames.csv")
         areas = _reference_csv("postcode_areas.csv")
 
@@ -155,14 +157,12 @@ class _Population:
         self.sex = rng.choice(np.array(["M", "F"]), size=n)
         self.given = np.empty(n, dtype=object)
         self.middle = np.full(n, "", dtype=object)
-        for sex in ("M", "F"):
-            pool = given[given.sex == sex]
-            p = pool.weight.to_numpy() / pool.weight.sum()
+        for sex, (names, p) in given.items():
             idx = np.flatnonzero(self.sex == sex)
-            self.given[idx] = rng.choice(pool.given_name.to_numpy(), size=idx.size, p=p)
+            self.given[idx] = rng.choice(names, size=idx.size, p=p)
             has_middle = rng.random(idx.size) < 0.6
-            middles = rng.choice(pool.given_name.to_numpy(), size=idx.size, p=p)
-            second = rng.choice(pool.given_name.to_numpy(), size=idx.size, p=p)
+            middles = rng.choice(names, size=idx.size, p=p)
+            second = rng.choice(names, size=idx.size, p=p)
             two = has_middle & (rng.random(idx.size) < 0.12)
             middles = np.where(two, middles + " " + second, middles)
             self.middle[idx] = np.where(has_middle, middles, "")
@@ -175,9 +175,8 @@ class _Population:
             self.birth_family[double] + "-" + rng.choice(sn, size=int(double.sum()), p=sp)
         )
 
-        start, end = np.datetime64("1940-01-01"), np.datetime64("2008-12-31")
-        span = (end - start).astype(int)
-        self.dob = start + rng.integers(0, span, size=n).astype("timedelta64[D]")
+        span = (LAST_BIRTH - FIRST_BIRTH).astype(int)
+        self.dob = FIRST_BIRTH + rng.integers(0, span, size=n).astype("timedelta64[D]")
 
         # Address history: up to four addresses, moving in given years.
         area_p = areas.weight.to_numpy() / areas.weight.sum()
@@ -213,19 +212,19 @@ class _Population:
         self.postcodes[tw] = self.postcodes[src]
         self.move_years[tw] = self.move_years[src]
         self.family_change_year[tw] = 9999
-        for sex in ("M", "F"):
-            pool = given[given.sex == sex]
-            p = pool.weight.to_numpy() / pool.weight.sum()
+        for sex, (names, p) in given.items():
             idx = tw[self.sex[tw] == sex]
-            picked = rng.choice(pool.given_name.to_numpy(), size=idx.size, p=p)
+            picked = rng.choice(names, size=idx.size, p=p)
             clash = picked == self.given[src[np.isin(tw, idx)]]
-            picked[clash] = rng.choice(pool.given_name.to_numpy(), size=int(clash.sum()), p=p)
+            picked[clash] = rng.choice(names, size=int(clash.sum()), p=p)
             self.given[idx] = picked
         self.birth_year = birth_year
         # A small minority of people are known to the justice system.
         self.offender = rng.random(n) < 0.12
 
-    def _add_siblings(self, n_base: int, given: pd.DataFrame, rng: np.random.Generator) -> None:
+    def _add_siblings(
+        self, n_base: int, given: dict[str, tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
+    ) -> None:
         """Make a third of the base people a brother or sister of another: same birth family
         name, born one to ten years apart, living in the family's first two homes until they
         leave. Without them every pair sharing a family name and a postcode was one person or
@@ -235,10 +234,9 @@ class _Population:
         sib, src = others[: n_base // 3], others[n_base // 3 : 2 * (n_base // 3)]
         self.birth_family[sib] = self.birth_family[src]
         gap = rng.integers(365, 3650, size=sib.size).astype("timedelta64[D]")
-        start, end = np.datetime64("1940-01-01"), np.datetime64("2008-12-31")
         later = self.dob[src] + gap
-        self.dob[sib] = np.where(later <= end, later, self.dob[src] - gap)
-        self.dob[sib] = np.maximum(self.dob[sib], start)
+        self.dob[sib] = np.where(later <= LAST_BIRTH, later, self.dob[src] - gap)
+        self.dob[sib] = np.maximum(self.dob[sib], FIRST_BIRTH)
         born = self.dob[sib].astype("datetime64[Y]").astype(int) + 1970
         moves = self.move_years
         self.postcodes[sib, :2] = self.postcodes[src, :2]
@@ -246,11 +244,20 @@ class _Population:
         moves[sib, 1] = np.maximum(moves[src, 1], born + 1)
         moves[sib, 2] = np.maximum(moves[src, 2], moves[sib, 1] + 1)
         moves[sib, 3] = moves[sib, 2] + rng.integers(2, 15, size=sib.size)
-        for sex in ("M", "F"):  # parents do not give two children one name
-            pool = given[given.sex == sex]
-            p = pool.weight.to_numpy() / pool.weight.sum()
+        for sex, (names, p) in given.items():  # parents do not give two children one name
             pick = (self.sex[sib] == sex) & (self.given[sib] == self.given[src])
-            self.given[sib[pick]] = rng.choice(pool.given_name.to_numpy(), int(pick.sum()), p=p)
+            self.given[sib[pick]] = rng.choice(names, int(pick.sum()), p=p)
+
+
+def _given_name_pools() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per sex (M, then F: the order draws are made in), the given names and their
+    probabilities."""
+    given = _reference_csv("given_names.csv")
+    pools = {}
+    for sex in ("M", "F"):
+        pool = given[given.sex == sex]
+        pools[sex] = (pool.given_name.to_numpy(), pool.weight.to_numpy() / pool.weight.sum())
+    return pools
 
 
 def _random_postcodes(area: np.ndarray, rng: np.random.Generator) -> np.ndarray:
