@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from linkage_models.project import LoadedProject, load_project
 from pipelines.engines import DuckDBEngine, Engine
@@ -15,8 +14,7 @@ from pipelines.engines.spark_engine import SparkEngine, SparkSettings, spark_ses
 from pipelines.run import RunResult, run_project
 from pipelines.synthetic import GeneratedData, generate_extracts
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO / "examples" / "demo_project.yaml"
+from .helpers import demo_settings, write_project
 
 
 @pytest.fixture(scope="session")
@@ -30,11 +28,9 @@ def test_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     10.3M pairs, above the demo's 1e7). A sample is drawn by a hash of the record id that
     each engine computes its own way, so sampled, DuckDB's and Spark's u differ by up to
     0.07 bits on rare levels, and comparing the engines would compare their hashes."""
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = demo_settings()
     raw["model"]["training"]["u_max_pairs"] = 1e8
-    path = tmp_path_factory.mktemp("config") / "demo_project.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return write_project(raw, tmp_path_factory.mktemp("config") / "demo_project.yaml")
 
 
 @pytest.fixture(scope="session")

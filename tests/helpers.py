@@ -10,32 +10,42 @@ from dataclasses import dataclass
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 
 from linkage_models.project import DEFAULT_PLACEHOLDER_DATES, DEFAULT_PLACEHOLDERS
 from pipelines.contract import OutputLayout
 from pipelines.synthetic import GeneratedData
 from quality.shareable_text import without_library_code
 
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "examples" / "demo_project.yaml"
+
+
+def demo_settings() -> dict[str, Any]:
+    """The demo project file as a dict, a fresh copy a test may change into its variant."""
+    return yaml.safe_load(DEMO_CONFIG.read_text())
+
+
+def write_project(raw: dict[str, Any], path: Path) -> Path:
+    """A project's settings written as a project file at `path` (keys in their order)."""
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
 
 def demo_subset(data: GeneratedData, folder: Path, sources: tuple[str, ...]) -> Path:
     """The demo project over some of its sources, with their files copied into `folder`
     (free to break) and its outputs in `folder/out`; returns the project file."""
-    import yaml
-
-    from .conftest import DEMO_CONFIG
-
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = demo_settings()
     raw["sources"] = [s for s in raw["sources"] if s["name"] in sources]
     for s in raw["sources"]:
         shutil.copy(data.files[s["name"]], folder / s["path"])
     raw["data_dir"] = str(folder)
     raw["output"]["path"] = str(folder / "out")
-    config = folder / "project.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    return config
+    return write_project(raw, folder / "project.yaml")
 
 
 def published(output_dir: Path) -> OutputLayout:

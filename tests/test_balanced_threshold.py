@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from linkage_models.project import Thresholds, load_project
 from linkage_models.registry import ModelRegistry
@@ -17,8 +16,7 @@ from pipelines.run import RunResult, run_project
 from pipelines.synthetic import GeneratedData
 from quality.threshold_choice import candidate_thresholds, pick_balanced
 
-from .conftest import DEMO_CONFIG
-from .helpers import html_tables, published
+from .helpers import demo_settings, html_tables, published, write_project
 from .test_incremental import members
 from .test_persistent_ids import lookup
 
@@ -114,13 +112,11 @@ def test_the_run_links_at_the_threshold_the_model_chose_and_says_why(
 
 
 def _variant(folder: Path, data: GeneratedData, balanced: object) -> Path:
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = demo_settings()
     raw["model"]["thresholds"]["balanced"] = balanced
     raw["data_dir"] = str(data.out_dir)
     raw["output"]["path"] = str(folder / "out")
-    path = folder / f"project_{balanced}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_project(raw, folder / f"project_{balanced}.yaml")
 
 
 def test_a_fixed_balanced_threshold_overrides_the_models_and_the_models_is_kept(

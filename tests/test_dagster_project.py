@@ -13,7 +13,6 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-import yaml
 
 from dagster_project.definitions import build_definitions
 from linkage_models.project import LoadedProject, load_project
@@ -23,15 +22,22 @@ from pipelines.engines import open_engine
 from pipelines.run import ProjectGraph, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 
-from .conftest import DEMO_CONFIG, REPO
-from .helpers import html_tables, identifiers_of, published, small_counts_shown
+from .helpers import (
+    REPO,
+    demo_settings,
+    html_tables,
+    identifiers_of,
+    published,
+    small_counts_shown,
+    write_project,
+)
 
 pytestmark = pytest.mark.slow
 
 
 def _landing_project(tmp_path: Path, data: GeneratedData, globbed: bool = True) -> LoadedProject:
     """The demo project pointed at a landing folder per source (a glob of deliveries)."""
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = demo_settings()
     for source in raw["sources"]:
         folder = tmp_path / "landing" / source["name"]
         folder.mkdir(parents=True)
@@ -40,9 +46,7 @@ def _landing_project(tmp_path: Path, data: GeneratedData, globbed: bool = True) 
         source["path"] = f"{source['name']}/*{original.suffix}" if globbed else source["path"]
     raw["data_dir"] = str(tmp_path / "landing")
     raw["output"]["path"] = str(tmp_path / "out")
-    config = tmp_path / "project.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    return load_project(config)
+    return load_project(write_project(raw, tmp_path / "project.yaml"))
 
 
 SOURCES = ("magistrates_courts", "prisons", "probation", "pupils", "benefits")

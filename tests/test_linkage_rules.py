@@ -17,7 +17,7 @@ from pipelines.identity import ASSIGNMENTS, carry_forward
 from pipelines.linking import apply_pair_rules, clustering_pairs
 from pipelines.publish import person_id_key, person_lookup_sql
 
-from .conftest import DEMO_CONFIG
+from .helpers import DEMO_CONFIG
 
 DEMO = load_project(DEMO_CONFIG).spec
 # The demo with the opt-in rule turned on.

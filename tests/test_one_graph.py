@@ -20,8 +20,7 @@ from pipelines.contract import MODEL_STEP
 from pipelines.deliveries import discover_deliveries
 from pipelines.synthetic import GeneratedData
 
-from .conftest import DEMO_CONFIG
-from .helpers import published
+from .helpers import DEMO_CONFIG, published
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

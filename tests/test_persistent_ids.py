@@ -10,7 +10,6 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
-import yaml
 
 from linkage_models.project import LoadedProject, load_project
 from linkage_models.registry import ModelRegistry
@@ -26,7 +25,7 @@ from pipelines.run import (
 )
 from pipelines.synthetic import GeneratedData
 
-from .conftest import DEMO_CONFIG
+from .helpers import demo_settings, write_project
 
 SOURCES = ("magistrates_courts", "prisons")
 MONTHS = 3
@@ -36,7 +35,7 @@ def monthly_project(data: GeneratedData, folder: Path, **checks: float) -> Path:
     """The demo project over two sources, each delivered as MONTHS monthly files (its
     extract cut in row order) matched by a glob; returns the project file. Only the
     deliveries later put in place with `deliver` are there to link."""
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = demo_settings()
     raw["sources"] = [s for s in raw["sources"] if s["name"] in SOURCES]
     (folder / "all").mkdir()
     for s in raw["sources"]:
@@ -63,9 +62,7 @@ def monthly_project(data: GeneratedData, folder: Path, **checks: float) -> Path:
     raw["output"]["path"] = str(folder / "out")
     raw["checks"] = {**raw.get("checks", {}), **checks}
     (folder / "data").mkdir()
-    config = folder / "project.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    return config
+    return write_project(raw, folder / "project.yaml")
 
 
 def deliver(folder: Path, month: int, source: str | None = None) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from linkage_models.linkage import probable_twins_condition
 from linkage_models.project import LinkageProject, load_project
@@ -22,8 +21,7 @@ from pipelines.run import RunError, RunResult, run_project, train_project
 from pipelines.synthetic import GeneratedData
 from quality.accuracy import pairwise_cluster_metrics
 
-from .conftest import DEMO_CONFIG
-from .helpers import identifiers_of, published
+from .helpers import DEMO_CONFIG, demo_settings, identifiers_of, published, write_project
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +31,10 @@ def twins_rule_run(
     small_data: GeneratedData, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[RunResult, LinkageProject]:
     """The demo with the opt-in probable-twins rule turned on."""
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = demo_settings()
     raw["model"]["probable_twins_rule"] = "exclude"
     folder = tmp_path_factory.mktemp("twins_rule")
-    config = folder / "twins.yaml"
-    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = write_project(raw, folder / "twins.yaml")
     project = load_project(config, data_dir=small_data.out_dir, output_dir=folder / "out")
     return run_project(project, ground_truth=small_data.ground_truth), project.spec
 
@@ -372,7 +369,7 @@ def test_a_new_source_needs_only_yaml(small_data: GeneratedData, tmp_path: Path)
     hospital_dir = tmp_path / "data"
     hospital_dir.mkdir()
     hospital.to_csv(hospital_dir / "hospital_2021.tsv", sep="\t", index=False)
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = demo_settings()
     raw["sources"] = [s for s in raw["sources"] if s["name"] == "magistrates_courts"]
     raw["sources"][0]["path"] = str(small_data.files["magistrates_courts"])
     raw["sources"].append(
@@ -395,8 +392,7 @@ def test_a_new_source_needs_only_yaml(small_data: GeneratedData, tmp_path: Path)
         }
     )
     raw["data_dir"] = str(hospital_dir)
-    config = tmp_path / "with_hospital.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = write_project(raw, tmp_path / "with_hospital.yaml")
     result = run_project(load_project(config, output_dir=tmp_path / "out"))
     lookup = pd.read_parquet(published(result.output_dir).person_lookup)
     by_person = lookup.groupby("person_id").source_dataset.nunique()
@@ -438,11 +434,10 @@ def test_dedupe_only_on_one_source_runs_end_to_end(
 ) -> None:
     """One source deduplicated on its own: the whole graph runs (diagnostics, error rates,
     reports) and finds the source's repeated people."""
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = demo_settings()
     raw["sources"] = [s for s in raw["sources"] if s["name"] == "probation"]
     raw["model"]["link_type"] = "dedupe_only"
-    config = tmp_path / "dedupe.yaml"
-    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = write_project(raw, tmp_path / "dedupe.yaml")
     project = load_project(config, data_dir=small_data.out_dir, output_dir=tmp_path / "out")
     result = run_project(project, ground_truth=small_data.ground_truth)
     rec = result.manifest["reconciliation"]
@@ -462,11 +457,10 @@ def test_link_only_with_a_derived_model_links_across_sources_and_needs_two(
     """A project that leaves the model to joinedup: link_only across two sources runs end to
     end with a derived model (recorded in the manifest), links only across the sources, and
     stops with a plain message when only one source has data to link."""
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = demo_settings()
     raw["sources"] = [s for s in raw["sources"] if s["name"] in ("probation", "prisons")]
     raw["model"] = {"link_type": "link_only"}
-    config = tmp_path / "link_only.yaml"
-    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = write_project(raw, tmp_path / "link_only.yaml")
     project = load_project(config, data_dir=small_data.out_dir, output_dir=tmp_path / "out")
     result = run_project(project, ground_truth=small_data.ground_truth)
     model = result.manifest["model"]
@@ -483,7 +477,7 @@ def test_link_only_with_a_derived_model_links_across_sources_and_needs_two(
 
     # Every delivery of one source rejected by its contract: one source left to link.
     raw["sources"][1].setdefault("validation", {})["row_count"] = {"min": 10_000_000}
-    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_project(raw, config)
     alone = load_project(config, data_dir=small_data.out_dir, output_dir=tmp_path / "alone")
     with pytest.raises(RunError, match="link_only needs accepted deliveries from at least two"):
         run_project(alone)

@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from linkage_models.project import ConfigError, load_project
 
-from .conftest import DEMO_CONFIG
+from .helpers import DEMO_CONFIG, demo_settings, write_project
 
 
 def _write_variant(tmp_path: Path, mutate) -> Path:
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = demo_settings()
     mutate(raw)
-    path = tmp_path / "project.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_project(raw, tmp_path / "project.yaml")
 
 
 def test_demo_project_loads_with_paths_resolved_against_the_file() -> None:

@@ -30,8 +30,7 @@ from pipelines.run import RunError, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 from quality.publication_audit import AuditFailure, audit_build
 
-from .conftest import DEMO_CONFIG
-from .helpers import demo_subset
+from .helpers import demo_settings, demo_subset, write_project
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
@@ -98,7 +97,7 @@ def test_a_second_run_into_the_same_folder_stops_and_changes_nothing(
             run_project(project)
         raw = yaml.safe_load(config.read_text())
         raw["output"]["wait_for_running_seconds"] = 1.5
-        config.write_text(yaml.safe_dump(raw))
+        write_project(raw, config)
         waiting = load_project(config)
         started = time.monotonic()
         with pytest.raises(RunError, match=rf"pid {holder.pid}"):
@@ -218,7 +217,7 @@ def test_the_audit_looks_for_numeric_person_keys_only_where_a_number_would_not_m
     """A pseudonymised key numbered 100000, 100001, ... makes almost every six-digit
     number in a report someone's key: looking for them would refuse every publication.
     Sparse keys are still looked for, and never in the digits of a rate (0.400000007919)."""
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = demo_settings()
     prisons = next(s for s in raw["sources"] if s["name"] == "prisons")
     prisons["identifiers"]["other"] = {"prison_key": {"type": "person_id", "column": "key"}}
     project = parse_project(raw, "keys.yaml")

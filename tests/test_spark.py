@@ -28,8 +28,8 @@ from pipelines.engines.spark_engine import SparkEngine, SparkSettings, parse_con
 from pipelines.run import ProjectGraph, RunResult, run_project
 from pipelines.synthetic import GeneratedData
 
-from .conftest import REPO, SPARK_TEST_SETTINGS
-from .helpers import published
+from .conftest import SPARK_TEST_SETTINGS
+from .helpers import REPO, published
 
 # On the test data u is counted over every pair (conftest's test_config) and EM sees the
 # same pairs on both engines: the models differ only where the engines' Jaro-Winkler

@@ -14,8 +14,7 @@ from pipelines.engines import Engine
 from pipelines.ingest import ingest_delivery
 from quality.validation import build_expectations, validate_delivery
 
-from .conftest import DEMO_CONFIG
-from .helpers import render_offline
+from .helpers import DEMO_CONFIG, render_offline
 
 
 def _courts():
