@@ -17,11 +17,18 @@ The choices, and why:
   name's sound, on postcode (or address) with each name, and on the swapped names;
 - estimate the prior from rules that admit almost no false links (a person identifier
   with a name, full name with date of birth, family name with date of birth and postcode);
-- run EM on at least two sessions so that every comparison is free in one of them.
+- run EM on at least two sessions so that every comparison is free in one of them, and
+  free among pairs that can hold it: a session blocked on an identifier only one source
+  maps sees that source's records alone, so it frees a comparison only if that source
+  maps it too (pseudopeople's 1040 returns carry the SSN and no date of birth: a session
+  on the SSN left the date of birth to Splink's default m).
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Sequence
+from itertools import combinations_with_replacement
 from typing import Any
 
 # The comparison of family name and where a person lives together. Fellegi-Sunter treats
@@ -62,11 +69,14 @@ def household_place(mapped: dict[str, int], others: dict[str, str], link_type: s
     return addresses or (["postcode"] if mapped.get("postcode", 0) >= need else [])
 
 
-def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str) -> dict[str, Any]:
+def derive_model(
+    per_source: Sequence[frozenset[str]], others: dict[str, str], link_type: str
+) -> dict[str, Any]:
     """comparisons, blocking_rules and training for the identifiers mapped.
 
-    `mapped`: identifier (primitive, `dob_year`, or other identifier's name) -> number of
-    sources mapping it; `others`: other identifier name -> type."""
+    `per_source`: for each source, the identifiers it maps (primitives, `dob_year`, other
+    identifiers' names); `others`: other identifier name -> type."""
+    mapped = Counter(key for present in per_source for key in present)
     need = 2 if link_type == "link_only" else 1
 
     def has(*keys: str) -> bool:
@@ -132,7 +142,8 @@ def derive_model(mapped: dict[str, int], others: dict[str, str], link_type: str)
             deterministic.append(["given_name", "family_name", address])
 
     columns = {name: compared_columns(name, place) for name in comparisons}
-    sessions = _em_sessions(has, birth, full_dob, person_ids, addresses, columns, place)
+    held = _held_together(per_source, link_type, others)
+    sessions = _em_sessions(has, birth, full_dob, person_ids, addresses, columns, place, held)
     if not blocking:
         blocking = list(sessions)
     if not deterministic:
@@ -158,6 +169,42 @@ def compared_columns(name: str, place: list[str]) -> set[str]:
     return {name + suffix for suffix in ADDRESS_SUFFIXES}  # another identifier's columns
 
 
+def _identifier_of(column: str, others: dict[str, str]) -> str:
+    """The identifier a standardised column comes from (`postcode_district` -> postcode,
+    `dob_year` -> dob_year, `home_address_house` -> home_address)."""
+    for name in others:
+        if column == name or any(column == name + suffix for suffix in ADDRESS_SUFFIXES):
+            return name
+    if column.startswith("dob_"):
+        return "dob_year"
+    return next((p for p in PRIMITIVE_ORDER if column.startswith(p)), column)
+
+
+def _held_together(
+    per_source: Sequence[frozenset[str]], link_type: str, others: dict[str, str]
+) -> Callable[[list[str], str], bool]:
+    """Whether a session blocked on `rule` can hold a pair that has comparison `name` on
+    both records: some pair of sources the linkage compares (one source with itself,
+    except for link_only) both map every identifier the rule blocks on and the one the
+    comparison needs (for the household, the family name)."""
+    pairs = [
+        per_source[i] & per_source[j]
+        for i, j in combinations_with_replacement(range(len(per_source)), 2)
+        if not (link_type == "link_only" and i == j)
+    ]
+
+    def needed(name: str) -> str:
+        if name == HOUSEHOLD:
+            return "family_name"
+        return "dob_year" if name == "date_of_birth" else name
+
+    def held(rule: list[str], name: str) -> bool:
+        wanted = {_identifier_of(column, others) for column in rule} | {needed(name)}
+        return any(wanted <= both for both in pairs)
+
+    return held
+
+
 def _em_sessions(
     has: Any,
     birth: str,
@@ -166,9 +213,11 @@ def _em_sessions(
     addresses: list[str],
     comparisons: dict[str, set[str]],
     place: list[str],
+    held: Callable[[list[str], str], bool],
 ) -> list[list[str]]:
     """At least two EM blocking rules, each comparison free in at least one of them (a
-    session frees a comparison when it blocks on none of the columns it reads).
+    session frees a comparison when it blocks on none of the columns it reads, and some
+    pair of sources it compares maps that comparison on both records: `held`).
 
     With a household comparison, the first sessions block on identifiers that admit few
     non-matches and leave family name and place free (each person identifier, then given
@@ -200,14 +249,16 @@ def _em_sessions(
     candidates += [[p] for p in person_ids]
     candidates += [[f"{a}_street"] for a in addresses]
     candidates += [[k] for k in ("family_name", "given_name") if has(k)]
+
+    def frees(rule: list[str], name: str) -> bool:
+        return not set(rule) & comparisons[name] and held(rule, name)
+
     sessions: list[list[str]] = []
     for rule in candidates:
-        untrained = [
-            c for c, compared in comparisons.items() if all(set(s) & compared for s in sessions)
-        ]
+        untrained = [c for c in comparisons if not any(frees(s, c) for s in sessions)]
         if len(sessions) >= 2 and not untrained:
             break
-        if rule not in sessions and any(not set(rule) & comparisons[c] for c in untrained):
+        if rule not in sessions and any(frees(rule, c) for c in untrained):
             sessions.append(rule)  # it lets EM estimate a comparison no session has yet
     for rule in candidates:  # Splink's EM wants two sessions at least
         if len(sessions) < 2 and rule not in sessions:

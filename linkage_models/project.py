@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -574,7 +575,7 @@ class LinkageProject(_Strict):
         link_type = model.get("link_type", "link_and_dedupe")
         if link_type == "link_only" and len(sources) < 2:
             raise ValueError("model.link_type link_only links across sources: declare two or more")
-        derived = derive_model(mapped_identifiers(sources), other_types(sources), link_type)
+        derived = derive_model(identifiers_per_source(sources), other_types(sources), link_type)
         if not derived["blocking_rules"]:
             raise ValueError(
                 "no identifier is mapped by enough sources to derive a model from (link_only "
@@ -698,10 +699,10 @@ class LoadedProject(BaseModel):
         return self.model_copy(update={"spec": spec})
 
 
-def mapped_identifiers(sources: list[SourceSpec]) -> dict[str, int]:
-    """How many sources map each primitive (full_name counts as the three name parts; a
-    year of birth or age counts as dob_year) and each other identifier, by name."""
-    counts: dict[str, int] = {}
+def identifiers_per_source(sources: list[SourceSpec]) -> list[frozenset[str]]:
+    """The identifiers each source maps: primitives (full_name counts as the three name
+    parts; a year of birth or age counts as dob_year) and other identifiers, by name."""
+    per_source = []
     for source in sources:
         ids = source.identifiers
         present = {k for k in PRIMITIVES if getattr(ids, k) is not None}
@@ -711,10 +712,13 @@ def mapped_identifiers(sources: list[SourceSpec]) -> dict[str, int]:
             present.add("middle_names")
         if "date_of_birth" in present or ids.year_of_birth or ids.age:
             present.add("dob_year")
-        present |= set(ids.other)
-        for key in present:
-            counts[key] = counts.get(key, 0) + 1
-    return counts
+        per_source.append(frozenset(present | set(ids.other)))
+    return per_source
+
+
+def mapped_identifiers(sources: list[SourceSpec]) -> dict[str, int]:
+    """How many sources map each identifier (as identifiers_per_source names them)."""
+    return dict(Counter(k for present in identifiers_per_source(sources) for k in present))
 
 
 def other_types(sources: list[SourceSpec]) -> dict[str, str]:

@@ -324,6 +324,35 @@ def test_a_project_with_only_the_six_primitives_gets_every_comparison_estimated(
         assert not block_rate_derivable(model, ["given_name", "family_name"]), dialect
 
 
+def test_em_estimates_the_date_of_birth_where_the_person_id_source_has_none() -> None:
+    """Tax returns carry an SSN and no date of birth; a census carries the date of birth and
+    no SSN. A session blocked on the SSN holds tax returns alone, so it cannot estimate the
+    date of birth, though it blocks on none of its columns: some other session must (else
+    the date of birth is scored with Splink's default m, as pseudopeople's 1040 returns
+    once left it)."""
+    raw = _project().model_dump(mode="json", exclude={"model"})
+    returns, census = raw["sources"]
+    returns["identifiers"] = {
+        "given_name": "forename",
+        "family_name": "surname",
+        "postcode": {"column": "pc", **AU_POSTCODE},
+        "other": {"ssn": {"type": "person_id", "column": "ni"}},
+    }
+    census["identifiers"] = {
+        "given_name": "forename",
+        "family_name": "surname",
+        "date_of_birth": {"column": "dob", "formats": ["%d/%m/%Y"]},
+        "postcode": {"column": "pc", **AU_POSTCODE},
+    }
+    project = parse_project(raw, "test.yaml")
+    sessions = project.model.training.em_blocking_rules
+    assert sessions[0] == ["ssn"]  # still first: it admits few non-matches
+    _assert_em_can_estimate_every_comparison(project)
+    dob = compared_columns("date_of_birth", project.household_place())
+    census_sessions = [s for s in sessions if "ssn" not in s]
+    assert any(not set(s) & dob for s in census_sessions), sessions
+
+
 def test_the_household_is_family_name_with_the_postcode_where_no_address_is_mapped() -> None:
     raw = _project().model_dump(mode="json", exclude={"model"})
     for source in raw["sources"]:
