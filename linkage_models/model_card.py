@@ -15,6 +15,20 @@ def _weight(m: float | None, u: float | None) -> str:
     return f"{math.log2(m / u):+.2f}"
 
 
+def _comparisons_without_m(model: dict[str, Any]) -> list[str]:
+    """Comparisons EM estimated no level of: scored wholly on Splink's default m."""
+    names = []
+    for comparison in model.get("comparisons", []):
+        levels = [
+            level
+            for level in comparison.get("comparison_levels", [])
+            if not level.get("is_null_level")
+        ]
+        if levels and all("m_probability" not in level for level in levels):
+            names.append(str(comparison.get("output_column_name")))
+    return names
+
+
 def _blocking_lines(blocking: dict[str, Any] | None) -> list[str]:
     """The blocking analysis: pairs each rule adds, and which rules were kept and why."""
     if not blocking:
@@ -201,6 +215,14 @@ def model_card_markdown(
             for parameter in ("m", "u"):
                 for level in untrained.get(parameter, []):
                     lines.append(f"- {parameter} not estimated: {level}")
+            for name in _comparisons_without_m(model):
+                lines += [
+                    "",
+                    f"**No level of `{name}` had its m estimated**: the whole comparison is "
+                    "weighed by Splink's defaults (0.95 of matches on its first level), not by "
+                    "this data. No EM session held pairs with it on both records: add one that "
+                    "blocks on identifiers the sources carrying it map too.",
+                ]
         lines += _blocking_lines(training_summary.get("blocking"))
     else:
         lines.append("This run reused an earlier version; no training was done.")

@@ -53,6 +53,18 @@ def test_card_names_each_level_splink_could_not_estimate() -> None:
     assert "Null" not in card.split("## Parameters")[0]
 
 
+def test_card_says_when_a_whole_comparison_was_never_estimated() -> None:
+    """A comparison no EM session could see (pseudopeople's 1040 returns once left the date
+    of birth so) is weighed wholly by Splink's defaults: the card says so in bold, apart
+    from the list of rare levels."""
+    model = _model(dob_exact_m=None)
+    assert "No level of `date_of_birth`" not in _card(model)  # one level was estimated
+    del model["comparisons"][0]["comparison_levels"][3]["m_probability"]
+    card = _card(model)
+    assert "**No level of `date_of_birth` had its m estimated**" in card
+    assert "Splink's defaults" in card
+
+
 def test_card_is_silent_when_every_level_was_estimated() -> None:
     model = _model(dob_exact_m=0.9)
     model["comparisons"][0]["comparison_levels"][2]["m_probability"] = 0.04
