@@ -69,6 +69,11 @@ def household_place(mapped: dict[str, int], others: dict[str, str], link_type: s
     return addresses or (["postcode"] if mapped.get("postcode", 0) >= need else [])
 
 
+def identifier_counts(per_source: Sequence[frozenset[str]]) -> dict[str, int]:
+    """How many sources map each identifier, from what each source maps."""
+    return dict(Counter(key for present in per_source for key in present))
+
+
 def derive_model(
     per_source: Sequence[frozenset[str]], others: dict[str, str], link_type: str
 ) -> dict[str, Any]:
@@ -76,7 +81,7 @@ def derive_model(
 
     `per_source`: for each source, the identifiers it maps (primitives, `dob_year`, other
     identifiers' names); `others`: other identifier name -> type."""
-    mapped = Counter(key for present in per_source for key in present)
+    mapped = identifier_counts(per_source)
     need = 2 if link_type == "link_only" else 1
 
     def has(*keys: str) -> bool:

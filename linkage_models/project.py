@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import Counter
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from linkage_models.defaults import HOUSEHOLD, derive_model, household_place
+from linkage_models.defaults import HOUSEHOLD, derive_model, household_place, identifier_counts
 
 PRIMITIVES = ("given_name", "middle_names", "family_name", "date_of_birth", "sex", "postcode")
 
@@ -718,7 +717,7 @@ def identifiers_per_source(sources: list[SourceSpec]) -> list[frozenset[str]]:
 
 def mapped_identifiers(sources: list[SourceSpec]) -> dict[str, int]:
     """How many sources map each identifier (as identifiers_per_source names them)."""
-    return dict(Counter(k for present in identifiers_per_source(sources) for k in present))
+    return identifier_counts(identifiers_per_source(sources))
 
 
 def other_types(sources: list[SourceSpec]) -> dict[str, str]:

@@ -28,8 +28,6 @@ def test_invalid_config_exits_with_the_key_and_no_traceback(tmp_path: Path) -> N
 
 
 def test_missing_source_file_is_named(tmp_path: Path) -> None:
-    from .helpers import DEMO_CONFIG
-
     result = runner.invoke(
         app, ["run", str(DEMO_CONFIG), "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]
     )
@@ -238,8 +236,6 @@ def test_malformed_delivery_fails_its_ingest_with_the_file_named(
 
 
 def test_unknown_engine_is_refused_before_outputs_are_touched(tmp_path: Path) -> None:
-    from .helpers import DEMO_CONFIG
-
     out = tmp_path / "out"
     (published(out).linked_dir).mkdir(parents=True)
     marker = published(out).person_lookup
