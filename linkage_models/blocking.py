@@ -41,6 +41,27 @@ def _counts(frames: list[Any], rules: list[BlockingRule], link_type: str, propor
     )
 
 
+def _registered(db_api: Any, input_tables: dict[str, str], prefix: str) -> tuple[list[Any], float]:
+    """The input tables registered with Splink, and the share of records to count on."""
+    frames = [
+        db_api.register(table, table_name=f"{prefix}_{source}")
+        for source, table in input_tables.items()
+    ]
+    records = sum(
+        int(db_api.query_sql(f"SELECT count(*) AS n FROM {t}", "pandas").n.iloc[0])
+        for t in input_tables.values()
+    )
+    return frames, min(1.0, SAMPLE_RECORDS / max(records, 1))
+
+
+def count_pairs(
+    db_api: Any, input_tables: dict[str, str], rule: BlockingRule, link_type: str
+) -> int:
+    """How many pairs one rule makes (estimated from a sample on large inputs)."""
+    frames, proportion = _registered(db_api, input_tables, "count_input")
+    return int(_counts(frames, [rule], link_type, proportion)[0]["marginal_comparison_count"])
+
+
 def choose_blocking_rules(
     db_api: Any, input_tables: dict[str, str], project: LinkageProject
 ) -> dict[str, Any]:
@@ -49,15 +70,7 @@ def choose_blocking_rules(
     Returns {rules: the kept rules, analysis: one RuleCount per rule, total_possible,
     estimated: bool, bound}."""
     model = project.model
-    frames = [
-        db_api.register(table, table_name=f"blocking_input_{source}")
-        for source, table in input_tables.items()
-    ]
-    records = sum(
-        int(db_api.query_sql(f"SELECT count(*) AS n FROM {t}", "pandas").n.iloc[0])
-        for t in input_tables.values()
-    )
-    proportion = min(1.0, SAMPLE_RECORDS / max(records, 1))
+    frames, proportion = _registered(db_api, input_tables, "blocking_input")
     rules = list(model.blocking_rules)
     derived = "blocking_rules" in model.derived
     first = _counts(frames, rules, model.link_type, proportion)

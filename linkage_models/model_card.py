@@ -83,6 +83,40 @@ def _balanced_choice_lines(choice: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _household_lines(found: dict[str, Any] | None) -> list[str]:
+    """How often different members of one household share a birth date (the u of the
+    within-household levels)."""
+    if not found:
+        return []
+    if not found.get("learnt"):
+        return [
+            "",
+            f"Within-household levels: an estimated {found.get('strangers', 0):,} pairs of "
+            f"different people in one household (of {found.get('pairs', 0):,} pairs with the "
+            "same family name and place) are too few to learn from, so these levels keep the "
+            "population's u: a birth date shared within a household weighs as one shared by "
+            "strangers.",
+        ]
+    rows = [
+        f"| {name} | {u['within_household']:.3g} | {u['population']:.3g} |"
+        for name, u in found["u"].items()
+        if u["within_household"] is not None and u["population"] is not None
+    ]
+    return [
+        "",
+        f"Within-household levels: u learnt by EM (m held, u free) over "
+        f"`{found['blocking_rule']}`: {found['pairs']:,} pairs, an estimated "
+        f"{found['strangers']:,} of them different people of one household. Different "
+        "members of one household share a birth date far more often than strangers do "
+        "(twins, forms that copy a relative's), so that agreement weighs less there; m is "
+        "the exact level's, and u is never set below the population's.",
+        "",
+        "| exact level | u within one household | u in the population |",
+        "|---|---:|---:|",
+        *rows,
+    ]
+
+
 def model_card_markdown(
     project: str,
     entry: ModelVersion,
@@ -151,6 +185,7 @@ def model_card_markdown(
                 "The prior stands on the declared recall of the deterministic rules: the scored "
                 "pairs lack a column the rules read, so their recall could not be checked.",
             ]
+        lines += _household_lines(training_summary.get("household_dependence"))
         held = [
             *(training_summary.get("m_held_at_floor") or []),
             *((refit or {}).get("m_held_at_floor") or []),

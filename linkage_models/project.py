@@ -496,6 +496,12 @@ class ModelSpec(_Strict):
     # linked, as probable twins. It costs recall wherever given names vary in ways the name
     # comparison does not know; the linkage report prints what it removed.
     probable_twins_rule: Literal["exclude", "off"] = "off"
+    # "off" (the default): a birth date shared within one household weighs as one shared by
+    # strangers. "learnt" (opt in, with a household comparison): it gets a level of its own,
+    # where the given names are unrelated, whose u is learnt among household members; the
+    # estimates at the top then hold on data with twins, and recall at a 0.999 precision
+    # target can fall (settings.within_household_level, docs/benchmarks.md).
+    household_dependence: Literal["learnt", "off"] = "off"
     # Splink's blocking analysis counts the pairs each rule makes before training. A derived
     # rule making more than this is dropped; a rule you wrote is kept and reported.
     max_comparisons_per_blocking_rule: float = Field(default=5e7, gt=0)

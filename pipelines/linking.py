@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from linkage_models import linkage, settings
-from linkage_models.blocking import choose_blocking_rules
+from linkage_models.blocking import choose_blocking_rules, count_pairs
 from linkage_models.model_card import model_card_markdown
 from linkage_models.project import LinkageProject, LoadedProject
 from linkage_models.registry import ModelRegistry, ModelVersion
@@ -72,7 +72,9 @@ def train_model(
     with engine.scratch():  # Splink's many working tables; training stores none of its own
         db_api = engine.splink_api()
         blocking = choose_blocking_rules(db_api, input_tables, spec)
-        linker = linkage.make_linker(db_api, input_tables, spec, blocking_rules=blocking["rules"])
+        linker = linkage.make_linker(
+            db_api, input_tables, spec, blocking_rules=blocking["rules"], household_levels=False
+        )
         trained, summary = linkage.train(
             linker, spec.model.training, _relinker(engine, input_tables, spec)
         )
@@ -83,6 +85,9 @@ def train_model(
             trained, summary["prior_refit"] = refit_on_implied_prior(
                 engine, spec, input_tables, trained, sampled
             )
+        trained, summary["household_dependence"] = learn_household_dependence(
+            engine, spec, input_tables, trained
+        )
     summary.update(finish_model(trained, sampled))
     refit = summary.get("prior_refit") or {}
     entry = ModelRegistry(OutputLayout(project.output_dir).model_dir).register(
@@ -93,6 +98,23 @@ def train_model(
         or spec.model.training.deterministic_rules_recall,
     )
     return entry, trained, summary
+
+
+def learn_household_dependence(
+    engine: Engine, spec: LinkageProject, input_tables: dict[str, str], trained: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trained model with its within-household levels learnt (see
+    linkage.learn_household_dependence); unchanged where the model has no household."""
+    if settings.within_household_level(spec) is None:
+        return trained, {}
+    pairs = count_pairs(
+        engine.splink_api(), input_tables, linkage.household_block(spec), spec.model.link_type
+    )
+    if not pairs:
+        return linkage.with_household_levels(trained, spec), {"pairs": 0, "learnt": False}
+    return linkage.learn_household_dependence(
+        trained, spec, _relinker(engine, input_tables, spec), pairs
+    )
 
 
 def finish_model(trained: dict[str, Any], sampled: float) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from linkage_models.defaults import compared_columns
 from linkage_models.linkage import (
     M_PROBABILITY_FLOOR,
     block_rate_derivable,
-    hold_m_at_floor,
+    hold_at_floor,
     level_driven_to_zero,
     make_linker,
 )
@@ -465,7 +465,7 @@ def test_a_level_em_drives_to_zero_is_named_and_held_at_the_floor(
     assert found == (comparison.output_column_name, level.label_for_charts)
 
     model = linker.misc.save_model_to_json()
-    assert hold_m_at_floor(model, *found) == f"{found[0]}: {found[1]}"
+    assert hold_at_floor(model, *found) == f"{found[0]}: {found[1]}"
     relinked = make_linker(
         duckdb_engine.splink_api(), _inputs(duckdb_engine, project), project, model
     ).misc.save_model_to_json()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from linkage_models.project import load_project
-from linkage_models.settings import exact_match_gamma
+from linkage_models.settings import exact_match_gammas
 from pipelines.contract import OutputLayout, Tables
 from pipelines.engines import Engine
 from pipelines.identity import ASSIGNMENTS, carry_forward
@@ -20,12 +20,18 @@ from pipelines.publish import person_id_key, person_lookup_sql
 from .helpers import DEMO_CONFIG
 
 DEMO = load_project(DEMO_CONFIG).spec
-# The demo with the opt-in rule turned on.
+# The demo with the opt-in rule turned on, and the birth date within one household learnt.
 PROJECT = DEMO.model_copy(
-    update={"model": DEMO.model.model_copy(update={"probable_twins_rule": "exclude"})}
+    update={
+        "model": DEMO.model.model_copy(
+            update={"probable_twins_rule": "exclude", "household_dependence": "learnt"}
+        )
+    }
 )
-DOB_EXACT = exact_match_gamma(PROJECT, "date_of_birth")
-GIVEN_EXACT = exact_match_gamma(PROJECT, "given_name")
+# With a household learnt, the date of birth has two exact levels: within one household,
+# given names unrelated (first), and the rest.
+DOB_WITHIN_HOUSEHOLD, DOB_EXACT = exact_match_gammas(PROJECT, "date_of_birth")
+(GIVEN_EXACT,) = exact_match_gammas(PROJECT, "given_name")
 
 
 def _predictions(engine: Engine) -> None:
@@ -37,6 +43,7 @@ def _predictions(engine: Engine) -> None:
         ("d", 2, DOB_EXACT),  # one edit apart: a typing error, kept
         ("e", 0, DOB_EXACT - 1),  # different names, date of birth not identical: kept
         ("f", -1, DOB_EXACT),  # a given name missing: kept
+        ("g", 0, DOB_WITHIN_HOUSEHOLD),  # twins of one household
     ]
     frame = pd.DataFrame(
         {
@@ -57,7 +64,7 @@ def test_probable_twins_rule_removes_same_birth_date_different_given_names(
 ) -> None:
     _predictions(any_engine)
     removed = apply_pair_rules(any_engine, PROJECT, "scored_pairs", "kept_pairs")
-    assert removed == 2
+    assert removed == 3
     kept = sorted(r[0] for r in any_engine.fetch("SELECT record_id_l FROM kept_pairs"))
     assert kept == ["c1", "d1", "e1", "f1"]
 
