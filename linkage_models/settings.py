@@ -547,12 +547,12 @@ def comparison(
 ) -> ComparisonCreator:
     """The standard comparison for one identifier of the project; `household_levels`: with
     the within-household levels (see within_household_level) where there is a household."""
-    within = within_household_level(project) if household_levels else None
     if name == HOUSEHOLD:
         return household_comparison(project)
     if name == "postcode":
         return postcode_comparison(spec, project.postcode_mapping())
     if name == "date_of_birth":
+        within = within_household_level(project) if household_levels else None
         return date_of_birth_comparison(spec, ages=project.maps_age(), within_household=within)
     if name in COMPARISON_BUILDERS:
         return COMPARISON_BUILDERS[name](spec)
