@@ -439,8 +439,9 @@ class Thresholds(_Strict):
     """Match probabilities at which pairs are accepted when clustering. `balanced: auto` (the
     default) has it chosen with the model, from the model's own estimates, and frozen with
     it (quality.threshold_choice): the lowest candidate whose estimated precision reaches
-    `balanced_precision_target` at the low end of its 95% interval, else the one of highest
-    estimated F1. A number fixes it. A fixed 0.99 linked
+    `balanced_precision_target` at the low end of its 95% interval, unless that costs more
+    than `balanced_max_f1_loss` of estimated F1; else the one of highest estimated F1. A
+    number fixes it. A fixed 0.99 linked
     every data set measured below its best F1 (docs/benchmarks.md, "The balanced
     threshold")."""
 
@@ -448,6 +449,7 @@ class Thresholds(_Strict):
     balanced: float | Literal["auto"] = Field(default="auto")
     high_recall: float = Field(gt=0, lt=1)
     balanced_precision_target: float = Field(default=0.999, gt=0, le=1)
+    balanced_max_f1_loss: float = Field(default=0.01, ge=0, le=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> Thresholds:
