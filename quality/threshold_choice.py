@@ -59,15 +59,15 @@ def pick_balanced(
     data allows. The estimates near the top rest on few pairs, and a candidate can reach the
     target on paper at a recall cliff (0.71 on the pseudopeople households set with a level
     tried in session 39, measured precision 0.9981 there all the same)."""
-    best = max(estimates, key=lambda t: (f1(estimates[t]["precision"], estimates[t]["recall"]), t))
-    best_f1 = f1(estimates[best]["precision"], estimates[best]["recall"])
+    scores = {t: f1(e["precision"], e["recall"]) for t, e in estimates.items()}
+    best = max(scores, key=lambda t: (scores[t], t))
     reaching = sorted(t for t, e in estimates.items() if e["precision_low"] >= target)
     if not reaching:
         return best, (
             f"no candidate's estimated precision reaches {target}: the one of highest estimated F1"
         )
     lowest = reaching[0]
-    loss = best_f1 - f1(estimates[lowest]["precision"], estimates[lowest]["recall"])
+    loss = scores[best] - scores[lowest]
     if loss <= max_f1_loss:
         return lowest, (
             f"the lowest candidate whose estimated precision reaches {target} (at the lower "
